@@ -1,0 +1,3 @@
+from capo_operator.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""The webhook's work for one review: decide, reserve within the deadline, never block on our own trouble."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from kubernetes.aio import client as k8s
+
+from capo_operator import policy
+from capo_operator.events import ObjectRef
+from capo_operator.policy import NamespaceFacts, PodFacts, Skip
+from capo_operator.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+# Skips worth an Event: the pod was selected, yet its IP is not reserved.
+_NOTABLE_SKIPS = frozenset({Skip.HOST_NETWORK, Skip.NO_IP, Skip.TERMINAL, Skip.IP_REUSED})
+
+
+def eviction_dry_run(eviction: Mapping[str, Any]) -> bool:
+    """`kubectl drain --dry-run=server` sends the dry run inside the Eviction, not in the review."""
+    options = eviction.get("deleteOptions") or {}
+    return bool(options.get("dryRun"))
+
+
+async def namespace_facts(rt: Runtime, name: str) -> NamespaceFacts | None:
+    cached = rt.views.namespace(name)
+    if cached is not None:
+        return cached
+    try:  # created a moment ago: the watch may not have delivered it yet
+        ns = await k8s.CoreV1Api(rt.api).read_namespace(name)
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return NamespaceFacts.from_namespace(rt.api.sanitize_for_serialization(ns))
+
+
+async def pod_facts(rt: Runtime, namespace: str, name: str) -> PodFacts | None:
+    cached = rt.views.pod(namespace, name)
+    if cached is not None:
+        return cached
+    try:
+        pod = await k8s.CoreV1Api(rt.api).read_namespaced_pod(name, namespace)
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return PodFacts.from_pod(rt.api.sanitize_for_serialization(pod))
+
+
+async def review(
+    rt: Runtime,
+    pod: PodFacts,
+    *,
+    operation: str,
+    dry_run: bool,
+    warnings: list[str],
+) -> None:
+    """Reserve the pod's IPs if policy says so. Raises kopf.AdmissionError only in strict mode."""
+    started = time.monotonic()
+    metrics = rt.metrics
+    outcome = "error"
+    try:
+        if not dry_run and pod.uid in rt.recent:
+            outcome = "repeated"  # a real apiserver calls 2-3 times per deletion, kubelet once more
+            return
+        namespace = await namespace_facts(rt, pod.namespace)
+        holders = rt.views.ip_holders(pod.ips, except_uid=pod.uid)
+        decision = policy.decide(pod, namespace, rt.config, ip_holders=holders, dry_run=dry_run)
+        if decision.skip is not None or decision.hold is None:
+            outcome = "dry-run" if decision.skip is Skip.DRY_RUN else "skipped"
+            reason = decision.skip.value if decision.skip else "none"
+            metrics.webhook_skips.labels(reason=reason).inc()
+            if decision.skip in _NOTABLE_SKIPS:
+                rt.events.post(
+                    ObjectRef("Pod", pod.name, pod.namespace, pod.uid), "IPNotReserved", decision.detail
+                )
+            logger.debug("not reserving pod %s/%s: %s", pod.namespace, pod.name, decision.detail)
+            return
+        if decision.reused:
+            metrics.reservations_lost.inc(len(decision.reused))
+        if decision.hold.warning:
+            warnings.append(decision.hold.warning)
+        trigger = "eviction" if operation == "eviction" else "delete"
+        deadline = rt.config.webhook_deadline.total_seconds()
+        write = asyncio.ensure_future(rt.reserver.reserve(pod, decision.ips, decision.hold, trigger))
+        try:
+            # shield: past the deadline the write goes on in the background; the safety net checks it.
+            await asyncio.wait_for(asyncio.shield(write), deadline)
+        except Exception as exc:
+            what = "timed out" if isinstance(exc, TimeoutError) else f"failed: {exc}"
+            logger.warning(
+                "reserving %s of pod %s/%s %s", ",".join(decision.ips), pod.namespace, pod.name, what
+            )
+            rt.safety_net.retry(pod, decision.ips, decision.hold, trigger)
+            if rt.config.strict_mode:
+                outcome = "denied"
+                raise kopf.AdmissionError(
+                    f"capo-operator could not reserve IP {', '.join(decision.ips)} ({what}); "
+                    "strict mode refuses the deletion, retry shortly",
+                    code=503,
+                ) from exc
+            warnings.append(
+                f"capo-operator could not reserve IP {', '.join(decision.ips)} yet ({what}); "
+                "it will keep trying in the background"
+            )
+            return
+        rt.recent.add(pod.uid)
+        outcome = "reserved"
+    except kopf.AdmissionError:
+        raise
+    except Exception as exc:  # our own trouble never blocks a deletion (unless strict mode)
+        logger.exception("admission review of pod %s/%s failed", pod.namespace, pod.name)
+        if rt.config.strict_mode:
+            outcome = "denied"
+            raise kopf.AdmissionError(f"capo-operator failed: {exc}", code=503) from exc
+        warnings.append(f"capo-operator could not check this pod's IP reservation: {exc}")
+    finally:
+        metrics.webhook_requests.labels(operation=operation, outcome=outcome).inc()
+        metrics.webhook_duration.labels(operation=operation).observe(time.monotonic() - started)

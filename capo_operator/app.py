@@ -1,0 +1,305 @@
+"""Process wiring: the Kopf operator plus the loops around it (election, probes, config reload)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import ssl
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import kopf
+from kubernetes.aio import client as k8s
+from kubernetes.aio import config as k8s_config
+
+from capo_operator import handlers as _handlers  # noqa: F401  (registers the Kopf handlers)
+from capo_operator import probes
+from capo_operator.calico import CalicoStore, detect_group
+from capo_operator.config import Config, ConfigError, parse_config
+from capo_operator.events import EventRecorder, ObjectRef
+from capo_operator.leader import LeaseElector
+from capo_operator.ledger import Ledger
+from capo_operator.metrics import Metrics
+from capo_operator.records import GROUP, PLURAL, VERSION, RecordStore
+from capo_operator.releaser import Releaser
+from capo_operator.reserver import Reserver
+from capo_operator.runtime import Options, Runtime, Views
+from capo_operator.safety_net import SafetyNet
+
+logger = logging.getLogger(__name__)
+
+CONFIG_POLL_SECONDS = 2.0
+CERT_SECRET_NAME = "capo-webhook-tls"
+
+
+class StartupError(Exception):
+    """The operator cannot start; the message says what to fix."""
+
+
+async def connect(kubeconfig: str | None) -> k8s.ApiClient:
+    cfg = k8s.Configuration()
+    if kubeconfig:
+        await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    else:
+        try:
+            k8s_config.load_incluster_config(client_configuration=cfg)
+        except k8s_config.ConfigException:
+            await k8s_config.load_kube_config(client_configuration=cfg)
+    return k8s.ApiClient(cfg)
+
+
+async def require_records_crd(api: k8s.ApiClient) -> None:
+    try:
+        resources = await k8s.CustomObjectsApi(api).get_api_resources(GROUP, VERSION)
+    except k8s.ApiException as exc:
+        raise StartupError(
+            f"the ReservedIP CRD ({PLURAL}.{GROUP}) is not installed: apply manifests/crd first "
+            f"(HTTP {exc.status})"
+        ) from exc
+    if not any(r.name == PLURAL for r in resources.resources):
+        raise StartupError(
+            f"the API group {GROUP}/{VERSION} does not serve {PLURAL}: apply manifests/crd first"
+        )
+
+
+def cert_loadable(cert: Path, key: Path) -> bool:
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError):
+        return False
+    return True
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """Settings read once at start: a reload records them but they apply after a restart."""
+    fields = {
+        "webhook.port": (old.webhook_port, new.webhook_port),
+        "metrics.bindAddress": (old.metrics_bind_address, new.metrics_bind_address),
+        "health.healthProbeBindAddress": (old.health_probe_bind_address, new.health_probe_bind_address),
+        "leaderElection": (old.leader_election, new.leader_election),
+        "ipReservationName": (old.ip_reservation_name, new.ip_reservation_name),
+        "calicoAPIGroup": (old.calico_api_group, new.calico_api_group),
+    }
+    return [name for name, (a, b) in fields.items() if a != b]
+
+
+async def watch_config(rt: Runtime, path: Path) -> None:
+    """Reload the file when its content changes (a mounted ConfigMap is swapped in by the kubelet).
+    A bad file is refused with a log line, an Event and a metric; the last good config stays."""
+    pod = ObjectRef("Pod", rt.options.identity, rt.options.namespace)
+    last = _digest(path)
+    while True:
+        await asyncio.sleep(CONFIG_POLL_SECONDS)
+        digest = _digest(path)
+        if digest == last or digest is None:
+            continue
+        last = digest
+        try:
+            new = parse_config(path.read_text())
+        except (ConfigError, OSError) as exc:
+            rt.metrics.config_reloads.labels(result="failure").inc()
+            rt.metrics.config_last_reload_ok.set(0)
+            logger.error("configuration reload refused, keeping the last good one: %s", exc)
+            rt.events.post(pod, "ConfigRejected", f"{path}: {exc}", warning=True)
+            continue
+        stale = restart_needed(rt.config, new)
+        rt.config = new
+        rt.metrics.config_reloads.labels(result="success").inc()
+        rt.metrics.config_last_reload_ok.set(1)
+        rt.metrics.reserve_count_max.set(new.ip_reserve_max_count)
+        for warning in new.warnings:
+            logger.warning("configuration: %s", warning)
+        note = f" ({', '.join(stale)} apply after a restart)" if stale else ""
+        logger.info("configuration reloaded from %s%s", path, note)
+        rt.events.post(pod, "ConfigReloaded", f"configuration reloaded from {path}{note}")
+
+
+def _digest(path: Path) -> bytes | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).digest()
+    except OSError:
+        return None
+
+
+def kopf_settings(config: Config, cert: Path, key: Path) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.admission.server = kopf.WebhookServer(
+        addr="0.0.0.0",
+        port=config.webhook_port,
+        certfile=str(cert),
+        pkeyfile=str(key),
+        file_check_interval=10,
+    )
+    settings.admission.managed = None  # the webhook configuration ships with the manifests
+    settings.posting.enabled = False  # our own Events say more than Kopf's per-handler ones
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 30
+    settings.networking.connect_timeout = 10
+    return settings
+
+
+async def run(
+    options: Options,
+    config: Config,
+    *,
+    calico: CalicoStore | None = None,
+    records: RecordStore | None = None,
+) -> int:
+    """Run until Kopf stops (SIGTERM/SIGINT) or a loop crashes. `calico`/`records` replace the real
+    stores (the webhook benchmark uses in-memory ones)."""
+    if options.kubeconfig:
+        os.environ["KUBECONFIG"] = options.kubeconfig  # Kopf's own login reads it
+    api = await connect(options.kubeconfig)
+    try:
+        if calico is None:
+            group = await detect_group(api, config.calico_api_group)
+            calico = CalicoStore(api, name=config.ip_reservation_name, group=group)
+            await calico.ensure()
+        await require_records_crd(api)
+    except StartupError:
+        await api.close()
+        raise
+    except Exception as exc:
+        await api.close()
+        raise StartupError(f"cannot reach the Calico IPReservation API: {exc}") from exc
+    logger.info(
+        "writing reservations to %s/%s IPReservation %s",
+        calico.group.value,
+        calico.group.version,
+        calico.name,
+    )
+
+    metrics = Metrics()
+    metrics.reserve_count_max.set(config.ip_reserve_max_count)
+    events = EventRecorder(api, host=options.identity)
+    records = records or RecordStore(api)
+    views = Views()
+    holder: dict[str, Runtime] = {}
+    reserver = Reserver(
+        calico=calico, records=records, events=events, metrics=metrics, config=lambda: holder["rt"].config
+    )
+    safety_net = SafetyNet(
+        views=views, reserver=reserver, metrics=metrics, leading=lambda: holder["rt"].leading
+    )
+    rt = Runtime(
+        options=options,
+        config=config,
+        metrics=metrics,
+        api=api,
+        calico=calico,
+        records=records,
+        events=events,
+        reserver=reserver,
+        safety_net=safety_net,
+        views=views,
+    )
+    holder["rt"] = rt
+
+    tasks: list[asyncio.Task[Any]] = []
+
+    def spawn(coro: Coroutine[Any, Any, Any], name: str) -> None:
+        tasks.append(asyncio.create_task(coro, name=name))
+
+    cert_file, key_file = options.tls_cert_file, options.tls_key_file
+    builtin = None
+    if options.certs == "builtin":
+        from capo_operator.certs import BuiltinCertificates
+
+        builtin = BuiltinCertificates(
+            api,
+            namespace=options.namespace,
+            secret_name=CERT_SECRET_NAME,
+            service_name=options.webhook_service,
+            webhook_config_name=options.webhook_config_name,
+            cert_dir=cert_file.parent,
+            on_expiry=metrics.cert_expiry.set,
+        )
+        await builtin.prepare()
+        cert_file, key_file = builtin.cert_file, builtin.key_file
+        spawn(builtin.run(), "certificates")
+
+    operator_task: asyncio.Task[None] | None = None
+
+    def ready() -> tuple[bool, str]:
+        rt.cert_ready = builtin.ready if builtin is not None else cert_loadable(cert_file, key_file)
+        return rt.ready
+
+    def alive() -> tuple[bool, str]:
+        if operator_task is not None and operator_task.done():
+            return False, "the Kopf operator stopped"
+        return True, "ok"
+
+    runners = [
+        await probes.serve(probes.probes_app(ready, alive), config.health_probe_bind_address),
+        await probes.serve(probes.metrics_app(metrics.registry), config.metrics_bind_address),
+    ]
+    spawn(events.run(), "events")
+    spawn(safety_net.run(lambda: rt.config), "safety-net")
+    spawn(watch_config(rt, options.config_path), "config-reload")
+
+    election = config.leader_election
+    lease_name = election.resource_name
+    releaser = Releaser(rt, Ledger(api, namespace=options.namespace))
+
+    def on_leader_change(leading: bool) -> None:
+        rt.leading = leading
+        metrics.set_leader(lease_name, leading)
+        if not leading:
+            rt.manual_releases.clear()
+        logger.info("leadership %s", "acquired" if leading else "lost")
+
+    metrics.set_leader(lease_name, False)
+    if election.leader_elect:
+        elector = LeaseElector(
+            api,
+            namespace=election.resource_namespace or options.namespace,
+            name=lease_name,
+            identity=options.identity,
+            lease_duration=election.lease_duration,
+            renew_deadline=election.renew_deadline,
+            retry_period=election.retry_period,
+            on_change=on_leader_change,
+        )
+        spawn(elector.run(releaser.lead), "leader-election")
+    else:
+        on_leader_change(True)
+        spawn(releaser.lead(), "releaser")
+
+    operator_task = asyncio.create_task(
+        kopf.operator(
+            registry=kopf.get_default_registry(),
+            settings=kopf_settings(config, cert_file, key_file),
+            memo=rt,
+            standalone=True,
+            clusterwide=True,
+        ),
+        name="kopf",
+    )
+    try:
+        done, _ = await asyncio.wait([operator_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not operator_task and not task.cancelled() and task.exception() is not None:
+                logger.error("task %s crashed: %r", task.get_name(), task.exception())
+                return 1
+        return 0
+    finally:
+        # The elector goes first: it releases the Lease so a standby takes over at once.
+        for task in reversed(tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if not operator_task.done():
+            operator_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await operator_task
+        with contextlib.suppress(Exception):
+            await events.drain()
+        for runner in runners:
+            await runner.cleanup()
+        await api.close()

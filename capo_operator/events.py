@@ -1,0 +1,79 @@
+"""Kubernetes Events, posted in the background so that no reservation ever waits for one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from kubernetes.aio import client as k8s
+
+logger = logging.getLogger(__name__)
+
+COMPONENT = "capo-operator"
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    kind: str
+    name: str
+    namespace: str | None = None  # None: cluster-scoped (the Event goes to "default")
+    uid: str | None = None
+    api_version: str = "v1"
+
+
+class EventRecorder:
+    def __init__(self, api: k8s.ApiClient, *, host: str, max_queue: int = 2000) -> None:
+        self._core = k8s.CoreV1Api(api)
+        self._host = host
+        self._queue: asyncio.Queue[tuple[ObjectRef, str, str, str]] = asyncio.Queue(max_queue)
+        self.dropped = 0
+
+    def post(self, ref: ObjectRef, reason: str, message: str, *, warning: bool = False) -> None:
+        """Queue an Event; when the queue is full the Event is dropped (and counted), never awaited."""
+        try:
+            self._queue.put_nowait((ref, "Warning" if warning else "Normal", reason, message))
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def run(self) -> None:
+        while True:
+            ref, type_, reason, message = await self._queue.get()
+            try:
+                await self._send(ref, type_, reason, message)
+            except Exception as exc:  # an Event is best effort; the log has the same facts
+                logger.debug("could not post event %s on %s/%s: %s", reason, ref.kind, ref.name, exc)
+
+    async def drain(self, seconds: float = 2.0) -> None:
+        """Post what is queued (used at shutdown)."""
+        async with asyncio.timeout(seconds):
+            while not self._queue.empty():
+                ref, type_, reason, message = self._queue.get_nowait()
+                await self._send(ref, type_, reason, message)
+
+    async def _send(self, ref: ObjectRef, type_: str, reason: str, message: str) -> None:
+        now = datetime.now(UTC)
+        namespace = ref.namespace or "default"
+        body = k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(generate_name=f"{ref.name[:200]}."),
+            involved_object=k8s.V1ObjectReference(
+                api_version=ref.api_version,
+                kind=ref.kind,
+                name=ref.name,
+                namespace=ref.namespace,
+                uid=ref.uid,
+            ),
+            reason=reason,
+            message=message[:1024],
+            type=type_,
+            source=k8s.V1EventSource(component=COMPONENT, host=self._host),
+            reporting_component=COMPONENT,
+            reporting_instance=self._host,
+            first_timestamp=now,
+            last_timestamp=now,
+            event_time=now,
+            action=reason,
+            count=1,
+        )
+        await self._core.create_namespaced_event(namespace, body)

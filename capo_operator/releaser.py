@@ -1,0 +1,348 @@
+"""The leader's loop: release by age, cap, owner/namespace deletion and manual request; keep the
+Calico object and the records in agreement (DESIGN invariants 1-4); keep the ledger current."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from kubernetes.aio import client as k8s
+
+from capo_operator import planner, policy
+from capo_operator.durations import format_duration
+from capo_operator.events import ObjectRef
+from capo_operator.ledger import Ledger, LedgerEntry, reconcile
+from capo_operator.policy import Owner, PodFacts
+from capo_operator.records import KIND, Record
+from capo_operator.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+OWNER_CHECK_PERIOD = 30.0
+# An owner must be missing in two checks this far apart: a delete-and-recreate (helm, kubectl
+# replace) is not a deliberate deletion of the cluster.
+OWNER_GONE_CONFIRM = timedelta(seconds=60)
+ORPHAN_CONFIRM_PASSES = 2
+
+
+def alive_uids(pods: Iterable[PodFacts]) -> set[str]:
+    return {pod.uid for pod in pods if not pod.deleting and not pod.terminal}
+
+
+@dataclass(frozen=True)
+class _OwnerKey:
+    namespace: str
+    kind: str
+    name: str
+    uid: str
+
+
+class OwnerChecker:
+    """Finds top-level owners (StatefulSet, Deployment, DaemonSet) deleted on purpose."""
+
+    _READERS = {
+        "StatefulSet": "read_namespaced_stateful_set",
+        "Deployment": "read_namespaced_deployment",
+        "DaemonSet": "read_namespaced_daemon_set",
+    }
+
+    def __init__(self, api: k8s.ApiClient, clock: Callable[[], datetime]) -> None:
+        self.apps = k8s.AppsV1Api(api)
+        self.clock = clock
+        self._missing_since: dict[_OwnerKey, datetime] = {}
+        self._last_check = 0.0
+        self._gone: frozenset[str] = frozenset()
+
+    async def gone_owner_uids(self, records: Iterable[Record]) -> frozenset[str]:
+        if time.monotonic() - self._last_check < OWNER_CHECK_PERIOD:
+            return self._gone
+        self._last_check = time.monotonic()
+        keys = {
+            _OwnerKey(r.pod.namespace, r.owner.kind, r.owner.name, r.owner.uid)
+            for r in records
+            if r.pod is not None and r.owner is not None and r.owner.kind in self._READERS
+        }
+        now = self.clock()
+        gone: set[str] = set()
+        for key in keys:
+            if await self._exists(key):
+                self._missing_since.pop(key, None)
+                continue
+            first = self._missing_since.setdefault(key, now)
+            if now - first >= OWNER_GONE_CONFIRM:
+                gone.add(key.uid)
+        self._missing_since = {k: v for k, v in self._missing_since.items() if k in keys}
+        self._gone = frozenset(gone)
+        return self._gone
+
+    async def _exists(self, key: _OwnerKey) -> bool:
+        """Only a 404 counts as gone; any other answer (or error) keeps the reservations: never early.
+        A recreated owner (same name, new uid) also counts as present: the cluster lives on."""
+        read = getattr(self.apps, self._READERS[key.kind])
+        try:
+            await read(key.name, key.namespace)
+        except k8s.ApiException as exc:
+            return bool(exc.status != 404)
+        return True
+
+
+class Releaser:
+    def __init__(
+        self, rt: Runtime, ledger: Ledger, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ):
+        self.rt = rt
+        self.ledger = ledger
+        self.clock = clock
+        self.owners = OwnerChecker(rt.api, clock)
+        self._orphan_passes: dict[str, int] = {}
+        self._applied_reserve_time: timedelta | None = None
+        self._ledger_saved: dict[str, LedgerEntry] | None = None
+        self._ledger_pending: dict[str, LedgerEntry] = {}
+
+    async def lead(self) -> None:
+        """Runs while this process leads; cancelled at once when leadership is lost."""
+        await self.rt.views.synced.wait()
+        self._applied_reserve_time = self.rt.config.ip_reserve_time
+        try:
+            await self.recover_from_ledger()
+        except Exception:
+            logger.exception("could not compare the ledger with the live pods; will retry next term")
+        while True:
+            started = time.monotonic()
+            try:
+                await self.pass_once()
+            except Exception:
+                logger.exception("release pass failed; retrying next period")
+            period = self.rt.config.ip_release_period.total_seconds()
+            await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
+
+    # -- the ledger -------------------------------------------------------------------------
+
+    def _selected_entries(self) -> dict[str, LedgerEntry]:
+        cfg = self.rt.config
+        out: dict[str, LedgerEntry] = {}
+        for pod in self.rt.views.pods():
+            if pod.terminal or pod.host_network or not pod.ips or not policy.selected(pod, cfg):
+                continue
+            ns = self.rt.views.namespace(pod.namespace)
+            if ns is None or not ns.enabled:
+                continue
+            for ip in pod.ips:
+                out[ip] = LedgerEntry(
+                    ip=ip,
+                    namespace=pod.namespace,
+                    name=pod.name,
+                    uid=pod.uid,
+                    node=pod.node,
+                    owner_kind=pod.owner.kind if pod.owner else None,
+                    owner_name=pod.owner.name if pod.owner else None,
+                    owner_uid=pod.owner.uid if pod.owner else None,
+                )
+        return out
+
+    async def recover_from_ledger(self) -> None:
+        """Reserve the IPs of selected pods that vanished while no replica was watching."""
+        saved = await self.ledger.load()
+        views = self.rt.views
+        pods = list(views.pods())
+        result = reconcile(
+            saved,
+            live_uids=alive_uids(pods),
+            ip_holders=views.all_ip_holders(),
+            recorded_ips={r.ip for r in views.records()},
+        )
+        by_uid = {pod.uid: pod for pod in pods}
+        for entry in result.lost:
+            self.rt.metrics.reservations_lost.inc()
+            message = (
+                f"IP {entry.ip} of pod {entry.namespace}/{entry.name} could not be reserved: the pod "
+                "vanished while capo-operator was down and another pod holds the IP now"
+            )
+            logger.warning(message)
+            self.rt.events.post(
+                ObjectRef("Pod", entry.name, entry.namespace, entry.uid), "IPLost", message, warning=True
+            )
+        hold = (
+            policy.hold_for(_facts_from_entry(result.to_reserve[0]), self.rt.config)
+            if result.to_reserve
+            else None
+        )
+        for entry in result.to_reserve:
+            known = by_uid.get(entry.uid)
+            trigger = policy.terminal_trigger(known) if known is not None and known.terminal else "safety-net"
+            facts = known or _facts_from_entry(entry)
+            assert hold is not None
+            try:
+                done = await self.rt.reserver.reserve(facts, (entry.ip,), hold, trigger)
+            except Exception as exc:
+                logger.warning(
+                    "could not reserve %s of vanished pod %s/%s: %s",
+                    entry.ip,
+                    entry.namespace,
+                    entry.name,
+                    exc,
+                )
+                self._ledger_pending[entry.ip] = entry
+                continue
+            if done.created:
+                self.rt.metrics.safety_net_catches.labels(trigger=trigger).inc(len(done.created))
+        self._ledger_saved = dict(saved)
+
+    async def _save_ledger(self) -> None:
+        entries = self._selected_entries()
+        recorded = {r.ip for r in self.rt.views.records()}
+        for ip, entry in list(self._ledger_pending.items()):
+            if ip in recorded or ip in entries:
+                del self._ledger_pending[ip]
+            else:
+                entries.setdefault(ip, entry)
+        if entries != self._ledger_saved:
+            await self.ledger.save(entries)
+            self._ledger_saved = entries
+
+    # -- one pass ---------------------------------------------------------------------------
+
+    async def pass_once(self) -> None:
+        rt, cfg, now = self.rt, self.rt.config, self.clock()
+        records = {r.name: r for r in rt.views.records()}
+        await self._retime(records, cfg.ip_reserve_time)
+
+        pods = list(rt.views.pods())
+        namespaces = rt.views.namespace_names()
+        gone_namespaces = {
+            r.pod.namespace
+            for r in records.values()
+            if r.pod is not None and (r.pod.namespace not in namespaces or _terminating(rt, r.pod.namespace))
+        }
+        gone_owners = (
+            await self.owners.gone_owner_uids(records.values()) if cfg.release_on_owner_deletion else ()
+        )
+        the_plan = planner.plan(
+            [r.view() for r in records.values() if r.releasing is None],
+            now=now,
+            max_count=cfg.ip_reserve_max_count,
+            alive_pod_uids=alive_uids(pods),
+            gone_namespaces=gone_namespaces,
+            gone_owner_uids=gone_owners,
+        )
+        for change in the_plan.clock_changes:
+            await rt.records.set_clock(
+                change.name, reserved_at=change.reserved_at, expires_at=change.expires_at, hold=change.hold
+            )
+
+        releasing = {r.name: r.releasing for r in records.values() if r.releasing is not None}
+        for release in the_plan.releases:
+            await rt.records.mark_releasing(release.name, release.reason)
+            releasing[release.name] = release.reason
+        manual = set(rt.manual_releases)
+        await self._release(records, releasing, manual, now)
+
+        snapshot = await rt.calico.read()
+        live_ips = {r.ip for name, r in records.items() if name not in releasing}
+        drift = planner.drift(snapshot.ips, live_ips, releasing=manual | {records[n].ip for n in releasing})
+        if drift.missing_in_calico:
+            logger.warning(
+                "re-adding %s to Calico: their records exist but the entries were missing",
+                ",".join(sorted(drift.missing_in_calico)),
+            )
+            await rt.calico.append(sorted(drift.missing_in_calico))
+        await self._adopt(drift.without_record, now)
+        await self._save_ledger()
+
+    async def _retime(self, records: dict[str, Record], reserve_time: timedelta) -> None:
+        old = self._applied_reserve_time
+        if old is None or old == reserve_time:
+            self._applied_reserve_time = reserve_time
+            return
+        for change in planner.retime([r.view() for r in records.values()], old=old, new=reserve_time):
+            await self.rt.records.set_clock(
+                change.name, reserved_at=change.reserved_at, expires_at=change.expires_at, hold=change.hold
+            )
+        self._applied_reserve_time = reserve_time
+
+    async def _release(
+        self, records: dict[str, Record], releasing: dict[str, str], manual: set[str], now: datetime
+    ) -> None:
+        rt = self.rt
+        ips = {records[name].ip for name in releasing} | manual
+        if not ips:
+            return
+        try:
+            await rt.calico.remove(sorted(ips))  # Calico first: a crash now leaves marked records
+        except Exception:
+            rt.metrics.calico_write_errors.labels(operation="remove").inc()
+            raise
+        for name, reason in releasing.items():
+            record = records[name]
+            await rt.records.delete(name)
+            self._count_release(record, reason, now)
+        for ip in manual:
+            rt.manual_releases.discard(ip)
+            rt.metrics.releases.labels(reason="manual").inc()
+            logger.info("released %s (manual: its record was deleted)", ip)
+
+    def _count_release(self, record: Record, reason: str, now: datetime) -> None:
+        rt = self.rt
+        held = max(0.0, (now - record.reserved_at).total_seconds())
+        rt.metrics.releases.labels(reason=reason).inc()
+        rt.metrics.hold_seconds.observe(held)
+        if reason == "cap":
+            rt.metrics.evictions.inc()
+        pod = record.pod
+        who = f" of pod {pod.namespace}/{pod.name}" if pod else ""
+        message = f"Released {record.ip}{who} ({reason}) after {timedelta(seconds=round(held))}"
+        logger.info(message, extra={"reason": reason, "ip": record.ip})
+        rt.events.post(ObjectRef(KIND, record.name, api_version="capo.io/v1"), "IPReleased", message)
+        if pod is not None:
+            rt.events.post(ObjectRef("Pod", pod.name, pod.namespace, pod.uid), "IPReleased", message)
+
+    async def _adopt(self, orphans: frozenset[str], now: datetime) -> None:
+        """Invariant 2: a Calico entry without a record gets a record (trigger recovered), never dropped.
+        Only after it is seen in two passes: the webhook writes Calico a moment before the record."""
+        self._orphan_passes = {ip: self._orphan_passes.get(ip, 0) + 1 for ip in orphans}
+        hold = self.rt.config.ip_reserve_time
+        for ip, passes in self._orphan_passes.items():
+            if passes < ORPHAN_CONFIRM_PASSES:
+                continue
+            record = Record(
+                ip=ip,
+                pod=None,
+                owner=None,
+                trigger="recovered",
+                reserved_at=now,
+                expires_at=now + hold,
+                hold=hold,
+                policy=f"ipReserveTime={format_duration(hold)}",
+            )
+            if await self.rt.records.create(record):
+                self.rt.metrics.reservations.labels(trigger="recovered").inc()
+                logger.info("adopted Calico entry %s without a record (recovered)", ip)
+
+
+def _terminating(rt: Runtime, namespace: str) -> bool:
+    ns = rt.views.namespace(namespace)
+    return ns is None or ns.terminating
+
+
+def _facts_from_entry(entry: LedgerEntry) -> PodFacts:
+    owner = None
+    if entry.owner_kind and entry.owner_name and entry.owner_uid:
+        owner = Owner(api_version="", kind=entry.owner_kind, name=entry.owner_name, uid=entry.owner_uid)
+    return PodFacts(
+        namespace=entry.namespace,
+        name=entry.name,
+        uid=entry.uid,
+        node=entry.node,
+        labels={},
+        annotations={},
+        ips=(entry.ip,),
+        host_network=False,
+        phase=None,
+        reason=None,
+        deleting=True,
+        owner=owner,
+    )

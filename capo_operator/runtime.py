@@ -1,0 +1,170 @@
+"""The per-process state handed to Kopf as `memo`, and the read-only views of Kopf's indices."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from capo_operator.config import Config
+from capo_operator.metrics import Metrics
+from capo_operator.policy import NamespaceFacts, PodFacts
+
+if TYPE_CHECKING:
+    from kubernetes.aio import client as k8s
+
+    from capo_operator.calico import CalicoStore
+    from capo_operator.events import EventRecorder
+    from capo_operator.records import Record, RecordStore
+    from capo_operator.reserver import Reserver
+    from capo_operator.safety_net import SafetyNet
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the command line decided (not reloadable)."""
+
+    config_path: Path
+    namespace: str
+    identity: str
+    tls_cert_file: Path
+    tls_key_file: Path
+    certs: str  # "files" | "builtin"
+    webhook_config_name: str
+    webhook_service: str
+    kubeconfig: str | None = None
+    log_format: str = "json"
+    log_level: str = "info"
+
+
+class StoreLike(Protocol):
+    """Kopf's index store: the values that one key collected from one or more objects."""
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __len__(self) -> int: ...
+
+
+class Views:
+    """Read-only views over Kopf's live indices (captured once the indices are populated)."""
+
+    def __init__(self) -> None:
+        self._pods: Mapping[Any, StoreLike] = {}
+        self._ips: Mapping[Any, StoreLike] = {}
+        self._namespaces: Mapping[Any, StoreLike] = {}
+        self._records: Mapping[Any, StoreLike] = {}
+        self.synced = asyncio.Event()
+
+    def attach(self, *, pods: Any, ips: Any, namespaces: Any, records: Any) -> None:
+        # Kopf's Index objects are updated in place, so keeping references gives a live view.
+        self._pods, self._ips, self._namespaces, self._records = pods, ips, namespaces, records
+        self.synced.set()
+
+    @staticmethod
+    def _first(store: StoreLike | None) -> Any:
+        if store is None:
+            return None
+        for value in store:
+            return value
+        return None
+
+    def pod(self, namespace: str, name: str) -> PodFacts | None:
+        value: PodFacts | None = self._first(self._pods.get((namespace, name)))
+        return value
+
+    def pods(self) -> Iterator[PodFacts]:
+        for store in list(self._pods.values()):
+            yield from store
+
+    def namespace(self, name: str) -> NamespaceFacts | None:
+        value: NamespaceFacts | None = self._first(self._namespaces.get(name))
+        return value
+
+    def namespace_names(self) -> frozenset[str]:
+        return frozenset(self._namespaces.keys())
+
+    def ip_holders(self, ips: tuple[str, ...], *, except_uid: str | None = None) -> dict[str, str]:
+        """IP -> uid of another live pod holding it now."""
+        holders: dict[str, str] = {}
+        for ip in ips:
+            for uid in self._ips.get(ip, ()):
+                if uid != except_uid:
+                    holders[ip] = uid
+                    break
+        return holders
+
+    def all_ip_holders(self) -> dict[str, str]:
+        return {ip: uid for ip, store in list(self._ips.items()) for uid in store}
+
+    def records(self) -> list[Record]:
+        return [record for store in list(self._records.values()) for record in store]
+
+    def record(self, name: str) -> Record | None:
+        value: Record | None = self._first(self._records.get(name))
+        return value
+
+
+class RecentUIDs:
+    """Pod UIDs reserved recently, so the repeated DELETE admissions of one deletion cost no API call."""
+
+    def __init__(self, ttl: float = 600.0, max_size: int = 50_000) -> None:
+        self.ttl = ttl
+        self.max_size = max_size
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def add(self, uid: str) -> None:
+        self._seen[uid] = time.monotonic()
+        self._seen.move_to_end(uid)
+        while len(self._seen) > self.max_size:
+            self._seen.popitem(last=False)
+
+    def discard(self, uid: str) -> None:
+        self._seen.pop(uid, None)
+
+    def __contains__(self, uid: object) -> bool:
+        if not isinstance(uid, str):
+            return False
+        seen = self._seen.get(uid)
+        if seen is None:
+            return False
+        if time.monotonic() - seen > self.ttl:
+            self._seen.pop(uid, None)
+            return False
+        return True
+
+
+@dataclass
+class Runtime:
+    """Everything a handler or loop needs. Kopf gives each object a shallow copy of `memo`;
+    `__copy__` returns self so that every handler sees the one live state (e.g. a reloaded config)."""
+
+    options: Options
+    config: Config
+    metrics: Metrics
+    api: k8s.ApiClient
+    calico: CalicoStore
+    records: RecordStore
+    events: EventRecorder
+    reserver: Reserver
+    safety_net: SafetyNet
+    views: Views = field(default_factory=Views)
+    recent: RecentUIDs = field(default_factory=RecentUIDs)
+    leading: bool = False
+    cert_ready: bool = False
+    # IPs whose records a person deleted (release now), filled by the records watch on the leader.
+    manual_releases: set[str] = field(default_factory=set)
+
+    def __copy__(self) -> Runtime:
+        return self
+
+    @property
+    def ready(self) -> tuple[bool, str]:
+        if not self.cert_ready:
+            return False, "the webhook serving certificate is not loaded"
+        if not self.views.synced.is_set():
+            return False, "the pod, namespace and record caches are not synced yet"
+        return True, "ready"

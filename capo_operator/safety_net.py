@@ -1,0 +1,173 @@
+"""The safety net: reserves what admission cannot see or could not write.
+
+Fed by the pod watch (deletions without a record, pods turning terminal with no API call, such as
+kubelet node-pressure evictions) and by the webhook when its own write failed. Every replica runs
+it; the leader acts first and the others a little later, after checking the records again, so
+one reservation is normally written once (and writing it twice is harmless anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from capo_operator import policy
+from capo_operator.addresses import record_name
+from capo_operator.config import Config
+from capo_operator.events import ObjectRef
+from capo_operator.metrics import Metrics
+from capo_operator.policy import Hold, PodFacts
+from capo_operator.reserver import Reserver
+from capo_operator.runtime import Views
+
+logger = logging.getLogger(__name__)
+
+LEADER_DELAY = 1.0
+STANDBY_DELAY = 4.0
+MAX_ATTEMPTS = 20
+MAX_BACKOFF = 30.0
+
+
+@dataclass(order=True)
+class _Item:
+    due: float
+    seq: int
+    pod: PodFacts = field(compare=False)
+    trigger: str = field(compare=False)
+    ips: tuple[str, ...] | None = field(compare=False, default=None)  # None: decide when due
+    hold: Hold | None = field(compare=False, default=None)
+    terminal_transition: bool = field(compare=False, default=False)
+    attempts: int = field(compare=False, default=0)
+
+
+class SafetyNet:
+    def __init__(
+        self,
+        *,
+        views: Views,
+        reserver: Reserver,
+        metrics: Metrics,
+        leading: Callable[[], bool],
+    ) -> None:
+        self.views = views
+        self.reserver = reserver
+        self.metrics = metrics
+        self.leading = leading
+        self._heap: list[_Item] = []
+        self._seq = itertools.count()
+        self._wakeup = asyncio.Event()
+        self._pending_uids: set[str] = set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._heap)
+
+    def _push(self, item: _Item) -> None:
+        heapq.heappush(self._heap, item)
+        self._pending_uids.add(item.pod.uid)
+        self._wakeup.set()
+
+    def _delay(self) -> float:
+        return LEADER_DELAY if self.leading() else STANDBY_DELAY
+
+    def pod_gone(self, pod: PodFacts) -> None:
+        """The pod was deleted; if no record holds its IPs, the webhook missed it."""
+        if pod.terminal or pod.uid in self._pending_uids:
+            return  # a terminal pod's IP was freed (and handled) when it turned terminal
+        self._push(_Item(time.monotonic() + self._delay(), next(self._seq), pod, "safety-net"))
+
+    def pod_terminated(self, pod: PodFacts) -> None:
+        """The pod turned Failed/Succeeded with no API call: its IP is being freed now."""
+        if pod.uid in self._pending_uids:
+            return
+        trigger = policy.terminal_trigger(pod)
+        item = _Item(
+            time.monotonic() + self._delay(), next(self._seq), pod, trigger, terminal_transition=True
+        )
+        self._push(item)
+
+    def retry(self, pod: PodFacts, ips: tuple[str, ...], hold: Hold, trigger: str) -> None:
+        """The webhook decided to reserve but its write failed or ran out of time."""
+        self._push(_Item(time.monotonic() + LEADER_DELAY, next(self._seq), pod, trigger, ips, hold))
+
+    async def run(self, config_getter: Callable[[], Config]) -> None:
+        while True:
+            if not self._heap:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            wait = self._heap[0].due - time.monotonic()
+            if wait > 0:
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), wait)
+                continue
+            item = heapq.heappop(self._heap)
+            try:
+                await self._handle(item, config_getter())
+            except Exception as exc:
+                item.attempts += 1
+                if item.attempts >= MAX_ATTEMPTS:
+                    self._pending_uids.discard(item.pod.uid)
+                    logger.error(
+                        "giving up reserving IPs of pod %s/%s: %s", item.pod.namespace, item.pod.name, exc
+                    )
+                    continue
+                backoff = min(MAX_BACKOFF, 2.0**item.attempts)
+                logger.warning(
+                    "safety net could not reserve pod %s/%s (retry in %.0fs): %s",
+                    item.pod.namespace,
+                    item.pod.name,
+                    backoff,
+                    exc,
+                )
+                item.due = time.monotonic() + backoff
+                heapq.heappush(self._heap, item)
+            else:
+                if not any(i.pod.uid == item.pod.uid for i in self._heap):
+                    self._pending_uids.discard(item.pod.uid)
+
+    def _unrecorded(self, ips: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(ip for ip in ips if self.views.record(record_name(ip)) is None)
+
+    async def _handle(self, item: _Item, config: Config) -> None:
+        pod = item.pod
+        if item.ips is not None and item.hold is not None:
+            ips, hold = item.ips, item.hold
+        else:
+            namespace = self.views.namespace(pod.namespace)
+            holders = self.views.ip_holders(pod.ips, except_uid=pod.uid)
+            decision = policy.decide(
+                pod, namespace, config, ip_holders=holders, terminal_transition=item.terminal_transition
+            )
+            if decision.reused:
+                self.metrics.reservations_lost.inc(len(decision.reused))
+                self.reserver.events.post(
+                    ObjectRef("Pod", pod.name, pod.namespace, pod.uid),
+                    "IPLost",
+                    f"IP {', '.join(decision.reused)} of pod {pod.namespace}/{pod.name} was not reserved: "
+                    "another pod holds it already",
+                    warning=True,
+                )
+            if not decision.ips or decision.hold is None:
+                return
+            ips, hold = decision.ips, decision.hold
+        missing = self._unrecorded(ips)
+        if not missing:
+            return  # the webhook (or another replica) got there first
+        result = await self.reserver.reserve(pod, missing, hold, item.trigger)
+        if result.created:
+            self.metrics.safety_net_catches.labels(trigger=item.trigger).inc(len(result.created))
+            logger.info(
+                "safety net reserved %s of pod %s/%s (%s)",
+                ",".join(result.created),
+                pod.namespace,
+                pod.name,
+                item.trigger,
+            )
