@@ -1,0 +1,165 @@
+"""What to release, and when a reservation's clock starts: pure functions of the records' state."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from capo_operator.addresses import AddressError, ip_of
+
+DEFAULT_GRACE = timedelta(seconds=10)
+
+
+@dataclass(frozen=True)
+class RecordView:
+    name: str
+    ip: str
+    pod_uid: str | None
+    namespace: str | None
+    owner_uid: str | None
+    reserved_at: datetime
+    expires_at: datetime | None  # None: the clock has not started (the pod is still alive)
+    hold: timedelta
+    default_policy: bool  # the hold came from ipReserveTime (not an annotation or a manual edit)
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    ip: str
+    reason: str  # "expired" | "cap" | "owner-deleted" | "namespace-deleted"
+    held: timedelta  # now - reserved_at
+
+
+@dataclass(frozen=True)
+class ClockChange:
+    name: str
+    reserved_at: datetime
+    expires_at: datetime | None
+    hold: timedelta
+
+
+@dataclass(frozen=True)
+class Plan:
+    releases: tuple[Release, ...]
+    clock_changes: tuple[ClockChange, ...]
+
+
+def plan(
+    records: Collection[RecordView],
+    *,
+    now: datetime,
+    max_count: int,
+    alive_pod_uids: Collection[str],
+    gone_namespaces: Collection[str] = (),
+    gone_owner_uids: Collection[str] = (),
+    grace: timedelta = DEFAULT_GRACE,
+) -> Plan:
+    """One release pass.
+
+    - A record whose pod (by uid) is in `alive_pod_uids` (alive, not terminating, not terminal) and
+      which is older than `grace` has its clock stopped (ClockChange with expires_at=None) and is
+      never released for expiry, owner or namespace deletion.
+    - A record with expires_at None whose pod is no longer alive starts its clock now
+      (reserved_at=now, expires_at=now+hold).
+    - Records of a gone namespace / gone owner (pod not alive) are released with that reason.
+    - Records with expires_at <= now are released ("expired").
+    - Then, while more than `max_count` records remain, the oldest by reserved_at (ties by name)
+      are released ("cap"). Every record counts toward the cap, stopped clocks included.
+    A record appears at most once in releases; released records get no clock change.
+
+    Cap order uses the reserved_at in force after this pass (a clock started now counts as the
+    newest); `held` is measured from the record's original reserved_at (how long its IP was held).
+    Releases come in record order (reserved_at, name), cap releases last; clock changes by name.
+    """
+    alive = set(alive_pod_uids)
+    gone_ns = set(gone_namespaces)
+    gone_owners = set(gone_owner_uids)
+    ordered = sorted(records, key=lambda r: (r.reserved_at, r.name))
+
+    releases: list[Release] = []
+    changes: dict[str, ClockChange] = {}
+    kept: list[tuple[datetime, str, RecordView]] = []  # (effective reserved_at, name, record)
+    for record in ordered:
+        pod_alive = record.pod_uid is not None and record.pod_uid in alive
+        if pod_alive and now - record.reserved_at > grace:
+            # The pod survived (refused eviction or delete): its IP is in use, the hold has not begun.
+            if record.expires_at is not None:
+                changes[record.name] = ClockChange(record.name, record.reserved_at, None, record.hold)
+            kept.append((record.reserved_at, record.name, record))
+            continue
+        reserved_at, expires_at = record.reserved_at, record.expires_at
+        if expires_at is None and not pod_alive:
+            reserved_at, expires_at = now, now + record.hold
+            changes[record.name] = ClockChange(record.name, reserved_at, expires_at, record.hold)
+        reason = None
+        # A pod that is still alive (within grace) has not been deleted along with its owner yet.
+        if not pod_alive and record.namespace is not None and record.namespace in gone_ns:
+            reason = "namespace-deleted"
+        elif not pod_alive and record.owner_uid is not None and record.owner_uid in gone_owners:
+            reason = "owner-deleted"
+        elif expires_at is not None and expires_at <= now:
+            reason = "expired"
+        if reason is not None:
+            releases.append(Release(record.name, record.ip, reason, now - record.reserved_at))
+            changes.pop(record.name, None)
+        else:
+            kept.append((reserved_at, record.name, record))
+
+    excess = len(kept) - max(max_count, 0)
+    if excess > 0:
+        kept.sort(key=lambda item: (item[0], item[1]))
+        for _, name, record in kept[:excess]:
+            releases.append(Release(name, record.ip, "cap", now - record.reserved_at))
+            changes.pop(name, None)
+    return Plan(tuple(releases), tuple(changes[name] for name in sorted(changes)))
+
+
+def retime(records: Collection[RecordView], *, old: timedelta, new: timedelta) -> tuple[ClockChange, ...]:
+    """After ipReserveTime changes from `old` to `new`: records with default_policy, hold == old and a
+    running clock get hold=new and expires_at=reserved_at+new. Others are untouched."""
+    if old == new:
+        return ()
+    changes = [
+        ClockChange(r.name, r.reserved_at, r.reserved_at + new, new)
+        for r in records
+        if r.default_policy and r.hold == old and r.expires_at is not None
+    ]
+    return tuple(sorted(changes, key=lambda c: c.name))
+
+
+@dataclass(frozen=True)
+class Drift:
+    missing_in_calico: frozenset[str]  # IPs of records absent from the Calico object: re-add (invariant 1)
+    without_record: frozenset[str]  # Calico entries without a record: adopt as "recovered" (invariant 2)
+    # Calico entries that are not a host IP/CIDR: never adopt or rewrite them, report them.
+    invalid_in_calico: frozenset[str] = field(default_factory=frozenset)
+
+
+def drift(calico_ips: Collection[str], record_ips: Collection[str], releasing: Collection[str] = ()) -> Drift:
+    """Compare the Calico object with the records. IPs in `releasing` (a release in flight: removed from
+    Calico, record not yet deleted) are not "missing": the release will finish (invariant 3).
+    Nor are they "without record" (a manual release deletes the record first): they are in flight.
+    Entries may be bare IPs or host CIDRs; the result holds canonical bare IPs."""
+    calico: set[str] = set()
+    invalid: set[str] = set()
+    for entry in calico_ips:
+        try:
+            calico.add(ip_of(entry))
+        except AddressError:
+            invalid.add(entry)
+    records = {_canonical_or_same(ip) for ip in record_ips}
+    in_flight = {_canonical_or_same(ip) for ip in releasing}
+    return Drift(
+        missing_in_calico=frozenset(records - calico - in_flight),
+        without_record=frozenset(calico - records - in_flight),
+        invalid_in_calico=frozenset(invalid),
+    )
+
+
+def _canonical_or_same(ip: str) -> str:
+    try:
+        return ip_of(ip)
+    except AddressError:
+        return ip
