@@ -19,6 +19,7 @@ from kubernetes.aio import config as k8s_config
 from capo_operator import handlers as _handlers  # noqa: F401  (registers the Kopf handlers)
 from capo_operator import probes
 from capo_operator.calico import CalicoStore, detect_group
+from capo_operator.certs import BuiltinCertificates, ReloadingWebhookServer, certificate_expiry
 from capo_operator.config import Config, ConfigError, parse_config
 from capo_operator.events import EventRecorder, ObjectRef
 from capo_operator.leader import LeaseElector
@@ -209,8 +210,6 @@ async def run(
     cert_file, key_file = options.tls_cert_file, options.tls_key_file
     builtin = None
     if options.certs == "builtin":
-        from capo_operator.certs import BuiltinCertificates
-
         builtin = BuiltinCertificates(
             api,
             namespace=options.namespace,
@@ -227,7 +226,12 @@ async def run(
     operator_task: asyncio.Task[None] | None = None
 
     def ready() -> tuple[bool, str]:
-        rt.cert_ready = builtin.ready if builtin is not None else cert_loadable(cert_file, key_file)
+        if builtin is not None:
+            rt.cert_ready = builtin.ready
+        else:
+            rt.cert_ready = cert_loadable(cert_file, key_file)
+            if rt.cert_ready:
+                metrics.cert_expiry.set(certificate_expiry(cert_file))
         return rt.ready
 
     def alive() -> tuple[bool, str]:
