@@ -19,7 +19,7 @@ from kubernetes.aio import config as k8s_config
 from capo_operator import handlers as _handlers  # noqa: F401  (registers the Kopf handlers)
 from capo_operator import probes
 from capo_operator.calico import CalicoStore, detect_group
-from capo_operator.certs import BuiltinCertificates, ReloadingWebhookServer, certificate_expiry
+from capo_operator.certs import BuiltinCertificates, certificate_expiry
 from capo_operator.config import Config, ConfigError, parse_config
 from capo_operator.events import EventRecorder, ObjectRef
 from capo_operator.leader import LeaseElector
