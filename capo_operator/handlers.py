@@ -29,6 +29,31 @@ def _slim(pod: kopf.Body) -> PodFacts:
     return PodFacts(**{**facts.__dict__, "annotations": annotations})
 
 
+# -- credentials ------------------------------------------------------------------------------
+
+
+@kopf.on.login()
+async def login(memo: Runtime, **_: Any) -> kopf.ConnectionInfo:
+    """Kopf uses the same endpoint and credentials as the operator's own client (one source of
+    truth, and the in-cluster token is re-read when Kopf logs in again after a 401)."""
+    cfg = memo.api.configuration
+    # This also runs the in-cluster token refresh hook.
+    header = await cfg.get_api_key_with_prefix("authorization") or ""
+    scheme, _sep, token = header.partition(" ")
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        ca_data=cfg.ca_cert_data if not cfg.ssl_ca_cert else None,
+        insecure=not cfg.verify_ssl,
+        scheme=scheme or None,
+        token=token or None,
+        username=cfg.username or None,
+        password=cfg.password or None,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+    )
+
+
 # -- indices (every replica) ------------------------------------------------------------------
 
 
@@ -71,7 +96,10 @@ def caches_synced(memo: Runtime, **kwargs: Any) -> None:
     namespace always exists: the first call here means the caches are synced."""
     if not memo.views.synced.is_set():
         memo.views.attach(
-            pods=pods_by_key, ips=pod_ips, namespaces=namespaces_by_name, records=records_by_name
+            pods=kwargs["pods_by_key"],
+            ips=kwargs["pod_ips"],
+            namespaces=kwargs["namespaces_by_name"],
+            records=kwargs["records_by_name"],
         )
         _refresh_record_metrics(memo)
         logger.info("caches synced: %d records", len(memo.views.records()))

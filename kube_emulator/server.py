@@ -1,0 +1,210 @@
+"""Assembles the emulator: storage, verbs, admission, allocator, kubelet, controllers and HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from . import control
+from .admission import Admission, ServiceMap
+from .allocator import Allocator
+from .apiserver import ApiServer
+from .context import RequestContext
+from .controllers import Controllers
+from .faults import Faults
+from .http_api import Api
+from .kubelet import Kubelet
+from .resources import Registry, builtin_types
+from .store import Store
+
+log = logging.getLogger("kube_emulator")
+
+CALICO_DIR = Path(__file__).resolve().parent.parent / "third_party" / "calico"
+CALICO_VARIANTS = ("latest", "v3.32.1", "v3.31")
+CALICO_MODES = ("crd", "v3", "both", "none")
+
+
+@dataclass
+class Options:
+    host: str = "127.0.0.1"
+    port: int = 0
+    pod_cidr: str = "10.244.0.0/24"
+    pod_cidr_v6: str | None = None
+    calico: str = "crd"
+    calico_variant: str = "latest"
+    nodes: int = 3
+    kubelet_delay: float = 0.3
+    watch_history: int = 2000
+    bookmark_interval: float = 5.0
+    kubeconfig_out: str | None = None
+    log_level: str = "info"
+
+
+def calico_crd_files(mode: str, variant: str) -> list[Path]:
+    if mode not in CALICO_MODES:
+        raise ValueError(f"calico must be one of {CALICO_MODES}")
+    if variant not in CALICO_VARIANTS:
+        raise ValueError(f"calico_variant must be one of {CALICO_VARIANTS}")
+    files = []
+    if mode in ("crd", "both"):
+        if variant == "latest":
+            files.append(CALICO_DIR / "crd.projectcalico.org_ipreservations.yaml")
+        else:
+            files.append(CALICO_DIR / "variants" / f"{variant}_crd.projectcalico.org_ipreservations.yaml")
+        files.append(CALICO_DIR / "crd.projectcalico.org_ippools.yaml")
+    if mode in ("v3", "both"):
+        files.append(CALICO_DIR / "projectcalico.org_ipreservations.yaml")
+    return files
+
+
+class Cluster:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.registry = Registry()
+        self.store = Store(options.watch_history)
+        for rt in builtin_types():
+            self.registry.add(rt)
+            self.store.bucket(rt.key)
+        self.faults = Faults()
+        self.services = ServiceMap()
+        self.admission = Admission(self.store, self.faults, self.services)
+        self.api = ApiServer(self.registry, self.store, self.admission)
+        cidrs = [options.pod_cidr] + ([options.pod_cidr_v6] if options.pod_cidr_v6 else [])
+        self.allocator = Allocator(self.store, cidrs)
+        self.kubelet = Kubelet(self)
+        self.controllers = Controllers(self)
+        self.store.listeners.append(self.kubelet.on_event)
+        self.store.listeners.append(self.controllers.on_event)
+        self.http = Api(self)
+
+    async def seed(self) -> None:
+        ctx = RequestContext()
+        ns_rt = self.registry.get("", "v1", "namespaces")
+        node_rt = self.registry.get("", "v1", "nodes")
+        crd_rt = self.registry.get("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        assert ns_rt and node_rt and crd_rt
+        for name in ("default", "kube-system", "kube-public", "kube-node-lease"):
+            await self.api.create(ns_rt, None, {"metadata": {"name": name}}, ctx)
+        for i in range(1, self.options.nodes + 1):
+            name = f"node-{i}"
+            node = _node(name, i)
+            created = await self.api.create(node_rt, None, node, ctx)
+            # Status is dropped on create (status subresource); the kubelet would report it.
+            await self.api.update(node_rt, None, name, {**created, "status": node["status"]}, ctx, "status")
+        for path in calico_crd_files(self.options.calico, self.options.calico_variant):
+            with path.open() as fh:
+                crd = yaml.safe_load(fh)
+            await self.api.create(crd_rt, None, crd, ctx)
+
+    async def stop(self) -> None:
+        self.http.close_all_watches()
+        await self.kubelet.stop()
+        await self.controllers.stop()
+        await self.admission.close()
+
+
+def _node(name: str, index: int) -> dict[str, Any]:
+    ip = f"172.18.0.{index + 1}"
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+            },
+        },
+        "spec": {"podCIDR": f"10.244.{index}.0/24"},
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "KubeletReady",
+                    "message": "kubelet is posting ready status",
+                }
+            ],
+            "nodeInfo": {
+                "kubeletVersion": "v1.36.0-kube-emulator",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+            },
+        },
+    }
+
+
+def kubeconfig(url: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
+        "users": [{"name": "emulator", "user": {"token": "emulator"}}],
+        "contexts": [
+            {
+                "name": "emulator",
+                "context": {"cluster": "emulator", "user": "emulator", "namespace": "default"},
+            }
+        ],
+        "current-context": "emulator",
+    }
+
+
+class EmulatorServer:
+    """The whole emulator listening on HTTP; ``start()`` returns once it serves requests."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.cluster = Cluster(options)
+        self.url = ""
+        self.kubeconfig_path = ""
+        self._runner: web.AppRunner | None = None
+        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self.cluster.http.middleware], client_max_size=64 * 1024 * 1024)
+        control.add_routes(app, self.cluster)
+        app.router.add_route("*", "/{tail:.*}", self.cluster.http.handle)
+        return app
+
+    async def start(self) -> str:
+        await self.cluster.seed()
+        self._runner = web.AppRunner(self.make_app(), handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.options.host, self.options.port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        sockets = getattr(server, "sockets", None) or []
+        port = sockets[0].getsockname()[1]
+        host = self.options.host
+        self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        path = self.options.kubeconfig_out
+        if not path:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="kube-emulator-")
+            path = os.path.join(self._tmpdir.name, "kubeconfig")
+        Path(path).write_text(yaml.safe_dump(kubeconfig(self.url)))
+        self.kubeconfig_path = path
+        log.info("kube emulator serving at %s (kubeconfig %s)", self.url, path)
+        return self.url
+
+    def ready_line(self) -> str:
+        return json.dumps({"url": self.url, "kubeconfig": self.kubeconfig_path})
+
+    async def stop(self) -> None:
+        await self.cluster.stop()
+        if self._runner is not None:
+            await asyncio.wait_for(self._runner.cleanup(), 5)
+            self._runner = None
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
