@@ -24,10 +24,14 @@ class ObjectRef:
 
 
 class EventRecorder:
-    def __init__(self, api: k8s.ApiClient, *, host: str, max_queue: int = 2000) -> None:
+    """Posts at most `rate` Events per second (like client-go's recorder, it protects the apiserver
+    and, here, the webhook's event loop during a burst of deletions); beyond the queue they are dropped."""
+
+    def __init__(self, api: k8s.ApiClient, *, host: str, max_queue: int = 2000, rate: float = 50.0) -> None:
         self._core = k8s.CoreV1Api(api)
         self._host = host
         self._queue: asyncio.Queue[tuple[ObjectRef, str, str, str]] = asyncio.Queue(max_queue)
+        self._interval = 1.0 / rate
         self.dropped = 0
 
     def post(self, ref: ObjectRef, reason: str, message: str, *, warning: bool = False) -> None:
@@ -44,6 +48,7 @@ class EventRecorder:
                 await self._send(ref, type_, reason, message)
             except Exception as exc:  # an Event is best effort; the log has the same facts
                 logger.debug("could not post event %s on %s/%s: %s", reason, ref.kind, ref.name, exc)
+            await asyncio.sleep(self._interval)
 
     async def drain(self, seconds: float = 2.0) -> None:
         """Post what is queued (used at shutdown)."""
