@@ -37,12 +37,12 @@ from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from capo_operator.addresses import host_cidr, ip_of  # noqa: E402
-from capo_operator.calico import CalicoGroup, Snapshot  # noqa: E402
-from capo_operator.config import parse_config  # noqa: E402
-from capo_operator.records import Record  # noqa: E402
-from capo_operator.runtime import Options  # noqa: E402
-from kube_emulator.testing import EmulatorProcess  # noqa: E402
+from capo_operator.addresses import host_cidr, ip_of
+from capo_operator.calico import CalicoGroup, Snapshot
+from capo_operator.config import parse_config
+from capo_operator.records import Record
+from capo_operator.runtime import Options
+from kube_emulator.testing import EmulatorProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "bench"
@@ -136,7 +136,8 @@ def review(i: int) -> dict[str, Any]:
     """A DELETE review of a distinct selected pod, as kube-apiserver sends it."""
     uid = str(uuid.uuid4())
     ip = str(ipaddress.ip_address("10.200.0.0") + i)
-    pod = {
+    name = f"redis-{i}"
+    pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -166,7 +167,7 @@ def review(i: int) -> dict[str, Any]:
             "resource": {"group": "", "version": "v1", "resource": "pods"},
             "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
             "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-            "name": pod["metadata"]["name"],
+            "name": name,
             "namespace": NAMESPACE,
             "operation": "DELETE",
             "userInfo": {"username": "bench"},
@@ -233,9 +234,10 @@ async def start_operator(emu: Any, workdir: Path) -> tuple[asyncio.Task[int], st
     cfg = client.Configuration()
     await config.load_kube_config(config_file=emu.kubeconfig_path, client_configuration=cfg)
     async with client.ApiClient(cfg) as api:
-        await client.CoreV1Api(api).create_namespace(
-            {"metadata": {"name": NAMESPACE, "labels": {"ip-reserve": "enabled"}}}
+        namespace = client.V1Namespace(
+            metadata=client.V1ObjectMeta(name=NAMESPACE, labels={"ip-reserve": "enabled"})
         )
+        await client.CoreV1Api(api).create_namespace(namespace)
         import yaml
 
         crd = yaml.safe_load((ROOT / "manifests/crd/capo.io_reservedips.yaml").read_text())
@@ -331,7 +333,8 @@ def table(result: dict[str, Any]) -> str:
         )
     m = result["median"]
     lines.append(
-        f"{'med':>4} {m['reviews_per_second']:>10.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['max_ms']:>8.2f}"
+        f"{'med':>4} {m['reviews_per_second']:>10.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} "
+        f"{m['max_ms']:>8.2f}"
     )
     return "\n".join(lines)
 

@@ -1,0 +1,228 @@
+"""CalicoStore against every IPReservation CRD flavour the emulator preloads, and the v3 group."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any, cast
+
+import pytest
+from component_support import Cluster
+
+from capo_operator.calico import CalicoError, CalicoGroup, CalicoStore, detect_group
+
+NAME = "capo-reserved-ips"
+
+FLAVOURS = [
+    pytest.param(({"calico": "crd", "calico_variant": "latest"}, CalicoGroup.CRD), id="crd-latest"),
+    pytest.param(({"calico": "crd", "calico_variant": "v3.32.1"}, CalicoGroup.CRD), id="crd-v3.32.1"),
+    pytest.param(({"calico": "crd", "calico_variant": "v3.31"}, CalicoGroup.CRD), id="crd-v3.31"),
+    pytest.param(({"calico": "v3", "calico_variant": "latest"}, CalicoGroup.V3), id="v3"),
+]
+
+
+@pytest.fixture(params=FLAVOURS)
+def flavour(request: pytest.FixtureRequest) -> tuple[dict[str, Any], CalicoGroup]:
+    param: tuple[dict[str, Any], CalicoGroup] = request.param
+    return param
+
+
+@pytest.fixture
+def emulator_options(flavour: tuple[dict[str, Any], CalicoGroup]) -> dict[str, Any]:
+    return flavour[0]
+
+
+@pytest.fixture
+def group(flavour: tuple[dict[str, Any], CalicoGroup]) -> CalicoGroup:
+    return flavour[1]
+
+
+async def raw_entries(cluster: Cluster, group: CalicoGroup) -> list[str] | None:
+    obj = cast(
+        dict[str, Any],
+        await cluster.custom.get_cluster_custom_object(group.value, group.version, "ipreservations", NAME),
+    )
+    entries: list[str] | None = (obj.get("spec") or {}).get("reservedCIDRs")
+    return entries
+
+
+async def put_raw(cluster: Cluster, group: CalicoGroup, spec: dict[str, Any]) -> None:
+    await cluster.custom.create_cluster_custom_object(
+        group.value,
+        group.version,
+        "ipreservations",
+        {
+            "apiVersion": f"{group.value}/{group.version}",
+            "kind": "IPReservation",
+            "metadata": {"name": NAME},
+            "spec": spec,
+        },
+    )
+
+
+async def test_detects_the_served_group(cluster: Cluster, group: CalicoGroup) -> None:
+    assert await detect_group(cluster.api) is group
+    assert await detect_group(cluster.api, forced="projectcalico.org") is CalicoGroup.V3
+    with pytest.raises(CalicoError):
+        await detect_group(cluster.api, forced="calico.example.org")
+
+
+async def test_append_creates_the_object_and_writes_host_cidrs(cluster: Cluster, group: CalicoGroup) -> None:
+    store = CalicoStore(cluster.api, name=NAME, group=group)
+    await store.append(["10.0.0.1", "FD00::0001", "10.0.0.1"])
+    assert await raw_entries(cluster, group) == ["10.0.0.1/32", "fd00::1/128"]
+    snap = await store.read()
+    assert snap.ips == {"10.0.0.1", "fd00::1"} and snap.malformed == () and snap.resource_version
+
+
+async def test_append_is_one_patch_without_a_read(cluster: Cluster, group: CalicoGroup) -> None:
+    store = CalicoStore(cluster.api, name=NAME, group=group)
+    await store.ensure()
+    await store.ensure()  # idempotent
+    assert await raw_entries(cluster, group) in ([], None)
+    cluster.calls.clear()
+    await store.append(["10.0.0.1", "10.0.0.2/32"])
+    assert [(m, s) for m, _, s in cluster.calls.log] == [("PATCH", 200)]
+    assert await raw_entries(cluster, group) == ["10.0.0.1/32", "10.0.0.2/32"]
+
+
+async def test_appending_a_present_entry_succeeds_without_duplicates_where_rejected(
+    cluster: Cluster, group: CalicoGroup, emulator_options: dict[str, Any]
+) -> None:
+    store = CalicoStore(cluster.api, name=NAME, group=group)
+    await store.append(["10.0.0.1", "10.0.0.2"])
+    await store.append(["10.0.0.2", "10.0.0.3"])  # one present, one new
+    entries = await raw_entries(cluster, group)
+    assert entries is not None
+    assert set(entries) == {"10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32"}
+    if emulator_options["calico_variant"] != "v3.31" or group is CalicoGroup.V3:
+        assert len(entries) == 3  # list-type set: the 422 path added only the missing one
+    assert (await store.read()).ips == {"10.0.0.1", "10.0.0.2", "10.0.0.3"}
+
+
+async def test_append_copes_with_an_omitted_list(cluster: Cluster, group: CalicoGroup) -> None:
+    # calico-apiserver omits an empty reservedCIDRs: a JSON-patch "add .../-" then has no list to add to.
+    await put_raw(cluster, group, {})
+    store = CalicoStore(cluster.api, name=NAME, group=group)
+    assert (await store.read()).ips == frozenset()
+    await store.append(["10.0.0.9"])
+    assert await raw_entries(cluster, group) == ["10.0.0.9/32"]
+
+
+async def test_invalid_input_is_refused_before_anything_is_sent(cluster: Cluster, group: CalicoGroup) -> None:
+    store = CalicoStore(cluster.api, name=NAME, group=group)
+    for bad in (["10.0.0.1", "garbage"], ["10.0.0.0/24"], [""], ["fe80::1%eth0"]):
+        with pytest.raises(CalicoError):
+            await store.append(bad)
+        with pytest.raises(CalicoError):
+            await store.remove(bad)
+    assert cluster.calls.log == []
+
+
+async def test_remove_keeps_the_others_and_reports_what_it_removed(
+    cluster: Cluster, group: CalicoGroup
+) -> None:
+    store = CalicoStore(cluster.api, name=NAME, group=group)
+    assert await store.remove(["10.0.0.1"]) == frozenset()  # absent object: nothing to do
+    await store.append(["10.0.0.1", "10.0.0.2", "fd00::3", "10.0.0.4"])
+    removed = await store.remove(["10.0.0.2", "fd00:0::3/128", "10.0.0.99"])
+    assert removed == {"10.0.0.2", "fd00::3"}
+    assert await raw_entries(cluster, group) == ["10.0.0.1/32", "10.0.0.4/32"]
+    cluster.calls.clear()
+    assert await store.remove(["10.0.0.99"]) == frozenset()
+    assert cluster.calls.count("PUT") == 0  # nothing to change: no write
+    assert await store.remove(["10.0.0.1", "10.0.0.4"]) == {"10.0.0.1", "10.0.0.4"}
+    assert await raw_entries(cluster, group) in ([], None)
+    await store.append(["10.0.0.5"])  # appending after the list emptied (and possibly vanished) works
+    assert (await store.read()).ips == {"10.0.0.5"}
+
+
+async def test_server_errors_become_calico_errors(cluster: Cluster, group: CalicoGroup) -> None:
+    store = CalicoStore(cluster.api, name=NAME, group=group)
+    await store.ensure()
+    await cluster.emu.control.add_fault(method="PATCH", path="ipreservations", status=500, times=1)
+    with pytest.raises(CalicoError) as err:
+        await store.append(["10.0.0.1"])
+    assert err.value.status == 500
+    await store.append(["10.0.0.1"])  # the fault was one-shot
+    assert (await store.read()).ips == {"10.0.0.1"}
+
+
+async def test_concurrent_appends_are_never_lost_during_removals(
+    cluster: Cluster, group: CalicoGroup
+) -> None:
+    """Removals read, then PUT with the resourceVersion; appends landing in between make the PUT
+    conflict, and the retry must keep them. Latency on the PUT (applied before the server looks at
+    it) widens the window between read and write, so appends land there."""
+    remover_api, remover_calls = await cluster.new_api()
+    remover = CalicoStore(remover_api, name=NAME, group=group)
+    appender = CalicoStore(cluster.api, name=NAME, group=group)
+    initial = [f"10.1.0.{i}" for i in range(1, 41)]
+    await appender.append(initial)
+    await cluster.emu.control.add_fault(method="PUT", path="ipreservations", latency=0.03)
+
+    new = [f"10.2.0.{i}" for i in range(1, 61)]
+    rng = random.Random(7)
+
+    async def append_all() -> None:
+        for ip in new:
+            await appender.append([ip])
+            await asyncio.sleep(rng.uniform(0, 0.01))
+
+    async def remove_all() -> set[str]:
+        removed: set[str] = set()
+        for i in range(0, len(initial), 4):
+            removed |= await remover.remove(initial[i : i + 4])
+        return removed
+
+    results = await asyncio.gather(append_all(), append_all(), remove_all(), remove_all())
+    snap = await appender.read()
+    assert snap.ips == set(new)  # every append survived, every removal happened
+    assert results[2] | results[3] == set(initial)
+    assert not results[2] & results[3]  # each IP was reported removed by exactly one of the two removers
+    assert remover_calls.count("PUT", status=409) > 0, "the test did not provoke any conflict"
+
+
+@pytest.mark.parametrize("emulator_options", [{"calico": "crd", "calico_variant": "v3.31"}])
+@pytest.mark.parametrize("group", [CalicoGroup.CRD])
+async def test_legacy_capo_entries(cluster: Cluster, group: CalicoGroup) -> None:
+    """Capo wrote bare IPs (and 1.1.1.1); Calico < 3.32 accepted garbage and duplicates."""
+    await put_raw(
+        cluster,
+        group,
+        {
+            "reservedCIDRs": [
+                "1.1.1.1",
+                "10.0.0.5",
+                "garbage",
+                "10.0.0.6/32",
+                "10.0.0.6/32",
+                "10.9.0.0/16",
+                "10.0.0.300",
+                "",
+            ]
+        },
+    )
+    store = CalicoStore(cluster.api, name=NAME, group=group)
+    snap = await store.read()
+    assert snap.ips == {"1.1.1.1", "10.0.0.5", "10.0.0.6"}
+    assert set(snap.malformed) == {"garbage", "10.0.0.300", ""}
+    assert snap.networks == ("10.9.0.0/16",)
+    assert await store.remove(["10.0.0.5"]) == {"10.0.0.5"}
+    # Bare IPs rewritten as host CIDRs, duplicates and malformed entries gone, a network kept.
+    assert await raw_entries(cluster, group) == ["1.1.1.1/32", "10.0.0.6/32", "10.9.0.0/16"]
+    assert (await store.read()).malformed == ()
+
+
+@pytest.mark.parametrize(
+    "emulator_options",
+    [{"calico": "both", "calico_variant": "latest"}, {"calico": "none", "calico_variant": "latest"}],
+)
+async def test_detection_prefers_crd_and_fails_without_calico(
+    cluster: Cluster, emulator_options: dict[str, Any]
+) -> None:
+    if emulator_options["calico"] == "both":
+        assert await detect_group(cluster.api) is CalicoGroup.CRD
+    else:
+        with pytest.raises(CalicoError, match="no Calico IPReservation API"):
+            await detect_group(cluster.api)
