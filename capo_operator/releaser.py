@@ -42,12 +42,17 @@ class _OwnerKey:
 
 
 class OwnerChecker:
-    """Finds top-level owners (StatefulSet, Deployment, DaemonSet) deleted on purpose."""
+    """Finds top-level owners (StatefulSet, Deployment, DaemonSet) deleted on purpose.
+
+    Records keep the pod's direct controller. For a ReplicaSet that is the Deployment's, named
+    `<deployment>-<pod-template-hash>`: it counts as gone only when that Deployment is gone as
+    well, since rollouts prune old ReplicaSets while the workload lives on."""
 
     _READERS = {
         "StatefulSet": "read_namespaced_stateful_set",
         "Deployment": "read_namespaced_deployment",
         "DaemonSet": "read_namespaced_daemon_set",
+        "ReplicaSet": "read_namespaced_replica_set",
     }
 
     def __init__(self, api: k8s.ApiClient, clock: Callable[[], datetime]) -> None:
@@ -64,7 +69,7 @@ class OwnerChecker:
         keys = {
             _OwnerKey(r.pod.namespace, r.owner.kind, r.owner.name, r.owner.uid)
             for r in records
-            if r.pod is not None and r.owner is not None and r.owner.kind in self._READERS
+            if r.pod is not None and r.owner is not None and r.owner.uid and r.owner.kind in self._READERS
         }
         now = self.clock()
         gone: set[str] = set()
@@ -80,11 +85,17 @@ class OwnerChecker:
         return self._gone
 
     async def _exists(self, key: _OwnerKey) -> bool:
-        """Only a 404 counts as gone; any other answer (or error) keeps the reservations: never early.
-        A recreated owner (same name, new uid) also counts as present: the cluster lives on."""
-        read = getattr(self.apps, self._READERS[key.kind])
+        if await self._present(key.kind, key.name, key.namespace):
+            return True
+        if key.kind == "ReplicaSet" and "-" in key.name:
+            return await self._present("Deployment", key.name.rsplit("-", 1)[0], key.namespace)
+        return False
+
+    async def _present(self, kind: str, name: str, namespace: str) -> bool:
+        """Only a 404 counts as gone; any other answer or error keeps the reservations (never
+        release early). A recreated owner (same name, new uid) is present: the cluster lives on."""
         try:
-            await read(key.name, key.namespace)
+            await getattr(self.apps, self._READERS[kind])(name, namespace)
         except k8s.ApiException as exc:
             return bool(exc.status != 404)
         return True
