@@ -1,0 +1,1 @@
+"""`make demo`: the emulator, two operator replicas and a small stateful workload, narrated."""

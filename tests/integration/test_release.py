@@ -1,0 +1,115 @@
+"""Releasing: the cap, manual release, moved expiry, and the metrics that describe it."""
+
+from __future__ import annotations
+
+from capo_testkit import Harness, eventually, now_plus, pod_ip, stays
+
+
+async def test_cap_releases_the_oldest(capo: Harness) -> None:
+    """ipReserveMaxCount=N with N+k deletions: the k oldest go (reason cap), N stay."""
+    c = capo.cluster
+    n, k = 2, 2
+    await capo.start_operators(1, reserve_time="60s", max_count=n)
+    ns = await c.create_namespace("apps")
+    ips = [pod_ip(await c.create_pod(ns, f"redis-{i}")) for i in range(n + k)]
+    # One at a time, each reserved before the next: the age order is the deletion order.
+    for i, ip in enumerate(ips):
+        await c.delete_pod(ns, f"redis-{i}")
+        await capo.wait_reserved(ip)
+        if i >= n:
+            await capo.wait_released(ips[i - n])
+    assert set(await c.records()) == set(ips[k:])
+    assert await c.reserved_ips() == set(ips[k:])
+    await capo.wait_metric("ip_reserve_count", n)
+    m = await capo.metrics()
+    assert m.value("ip_reserve_count_max") == n
+    assert m.value("ip_reserve_evictions_count") == k
+    assert m.value("capo_releases_total", reason="cap") == k
+    assert m.value("capo_releases_total", reason="expired") == 0
+
+
+async def test_deleting_a_record_releases_at_once(capo: Harness) -> None:
+    c = capo.cluster
+    await capo.start_operators(1, reserve_time="60s")
+    ns = await c.create_namespace("apps")
+    ip = pod_ip(await c.create_pod(ns, "redis-0"))
+    await c.delete_pod(ns, "redis-0")
+    await capo.wait_reserved(ip)
+
+    await c.delete_record(ip)  # kubectl delete reservedip <ip>
+    await capo.wait_released(ip, within=5)
+    await capo.wait_metric("capo_releases_total", 1, reason="manual")
+    assert pod_ip(await c.create_pod(ns, "redis-1")) == ip, "a manually released IP is allocatable at once"
+
+
+async def test_editing_expires_at_moves_the_release(capo: Harness) -> None:
+    c = capo.cluster
+    await capo.start_operators(1, reserve_time="60s")
+    ns = await c.create_namespace("apps")
+    short_ip = pod_ip(await c.create_pod(ns, "redis-0"))
+    # A 2 s hold from the pod's annotation, then extended by hand to a minute.
+    long_ip = pod_ip(await c.create_pod(ns, "redis-1", annotations={"capo.io/reserve-time": "2s"}))
+    await c.delete_pod(ns, "redis-1")
+    record = (await capo.wait_reserved(long_ip))[long_ip]
+    assert record["spec"]["holdSeconds"] == 2, record["spec"]
+    await c.set_record_expiry(long_ip, now_plus(60))
+    await c.delete_pod(ns, "redis-0")
+    await capo.wait_reserved(short_ip)
+    await c.set_record_expiry(short_ip, now_plus(2))
+
+    await capo.wait_released(short_ip, within=10)  # well before its 60 s
+    # By now the annotation's 2 s are long past: the extension holds.
+    await stays(
+        c.reserved_ips,
+        lambda r: long_ip in r,
+        duration=1,
+        what=f"extended {long_ip} to stay reserved",
+        diagnostics=capo.logs,
+    )
+    assert set(await c.records()) == {long_ip}
+    await capo.wait_metric("capo_releases_total", 1, reason="expired")
+
+
+async def test_metrics_match_what_happened(capo: Harness) -> None:
+    c = capo.cluster
+    (op,) = await capo.start_operators(1, reserve_time="3s", max_count=7)
+    ns = await c.create_namespace("apps")
+    ips = [pod_ip(await c.create_pod(ns, f"redis-{i}")) for i in range(4)]
+    skipped_ip = pod_ip(await c.create_pod(ns, "web-0", stateful=False))
+    del skipped_ip
+    await c.delete_pod(ns, "redis-0")
+    await c.evict_pod(ns, "redis-1")
+    await c.kubelet_evict(ns, "redis-2")
+    await c.delete_pod(ns, "web-0")
+    await capo.wait_reserved(*ips[:3])
+
+    m = await op.metrics()
+    assert m.value("leader_election_master_status", name="capo") == 1
+    assert m.value("ip_reserve_count_max") == 7
+    by_trigger = {t: v for t, v in m.by_label("capo_reservations_total", "trigger").items() if v}
+    assert by_trigger == {"delete": 1, "eviction": 1, "kubelet-eviction": 1}
+    assert m.value("capo_webhook_skips_total", reason="selector-mismatch") >= 1
+    assert m.value("capo_webhook_requests_total", operation="eviction", outcome="reserved") == 1
+    assert m.value("capo_webhook_duration_seconds_count", operation="delete") >= 1
+    await capo.wait_metric("ip_reserve_count", 3, op=op)
+    info = {s.labels["ip"]: s.labels for s in (await op.metrics()).series("capo_reserved_ip_info")}
+    assert set(info) == set(ips[:3]), info
+    assert info[ips[1]]["pod"] == "redis-1" and info[ips[1]]["trigger"] == "eviction"
+
+    await capo.wait_released(*ips[:3], within=15)
+    await capo.wait_metric("ip_reserve_count", 0, op=op)
+    m = await op.metrics()
+    assert m.value("capo_releases_total", reason="expired") == 3
+    assert m.value("capo_reservation_hold_seconds_count") == 3
+    assert m.value("ip_reserve_evictions_count") == 0
+    assert m.series("capo_reserved_ip_info") == []
+    released = await eventually(
+        lambda: c.events(None, reason="IPReleased"),
+        lambda evs: (
+            len({e["involvedObject"]["name"] for e in evs if e["involvedObject"]["kind"] == "ReservedIP"})
+            == 3
+        ),
+        within=5,
+        what="one IPReleased Event per ReservedIP",
+    )
+    assert released
