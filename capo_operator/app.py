@@ -7,7 +7,7 @@ import contextlib
 import gc
 import hashlib
 import logging
-import os
+import signal
 import ssl
 from collections.abc import Coroutine
 from pathlib import Path
@@ -137,6 +137,18 @@ def _digest(path: Path) -> bytes | None:
         return None
 
 
+async def take_over_signals(shutdown: asyncio.Event, views: Views) -> None:
+    """On a signal Kopf waits up to 5 s for every task in the loop before cancelling them, so the
+    Lease would be released late. Kopf installs its signal handlers as it starts, before its
+    watchers fill the caches; once they are synced ours replace them, so the process stops its own
+    loops first and then Kopf, via its stop flag."""
+    await views.synced.wait()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            loop.add_signal_handler(sig, shutdown.set)
+
+
 def kopf_settings(config: Config, cert: Path, key: Path) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.admission.server = kopf.WebhookServer(
@@ -165,8 +177,6 @@ async def run(
 ) -> int:
     """Run until Kopf stops (SIGTERM/SIGINT) or a loop crashes. `calico`/`records` replace the real
     stores (the webhook benchmark uses in-memory ones)."""
-    if options.kubeconfig:
-        os.environ["KUBECONFIG"] = options.kubeconfig  # Kopf's own login reads it
     api = await connect(options.kubeconfig)
     try:
         if calico is None:
@@ -197,7 +207,11 @@ async def run(
         calico=calico, records=records, events=events, metrics=metrics, config=lambda: holder["rt"].config
     )
     safety_net = SafetyNet(
-        views=views, reserver=reserver, metrics=metrics, leading=lambda: holder["rt"].leading
+        views=views,
+        reserver=reserver,
+        metrics=metrics,
+        leading=lambda: holder["rt"].leading,
+        reserved_before=lambda uid: uid in holder["rt"].reserved_uids,
     )
     rt = Runtime(
         options=options,
@@ -288,6 +302,7 @@ async def run(
         on_leader_change(True)
         spawn(releaser.lead(), "releaser")
 
+    stop_kopf = asyncio.Event()
     operator_task = asyncio.create_task(
         kopf.operator(
             registry=kopf.get_default_registry(),
@@ -295,26 +310,34 @@ async def run(
             memo=rt,
             standalone=True,
             clusterwide=True,
+            stop_flag=stop_kopf,
         ),
         name="kopf",
     )
+    one_shots.append(asyncio.create_task(take_over_signals(rt.shutdown, views), name="signals"))
+    shutdown = asyncio.create_task(rt.shutdown.wait(), name="shutdown-signal")
     try:
-        done, _ = await asyncio.wait([operator_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait([operator_task, shutdown, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            if task is not operator_task and not task.cancelled() and task.exception() is not None:
+            if task in tasks and not task.cancelled() and task.exception() is not None:
                 logger.error("task %s crashed: %r", task.get_name(), task.exception())
                 return 1
+        if shutdown in done:
+            logger.info("stopping on signal")
         return 0
     finally:
-        # The elector goes first: it releases the Lease so a standby takes over at once.
-        for task in [*reversed(tasks), *one_shots]:
+        # Our loops go first (the elector releases the Lease so a standby takes over at once),
+        # then Kopf, which would otherwise wait for them.
+        for task in [*reversed(tasks), *one_shots, shutdown]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        stop_kopf.set()
         if not operator_task.done():
-            operator_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await operator_task
+            try:
+                await asyncio.wait_for(operator_task, 15)
+            except (asyncio.CancelledError, Exception) as exc:
+                logger.debug("Kopf stopped with %r", exc)
         with contextlib.suppress(Exception):
             await events.drain()
         for runner in runners:

@@ -122,6 +122,9 @@ def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any) ->
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def record_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any) -> None:
+    pod_uid = ((body.get("spec") or {}).get("pod") or {}).get("uid")
+    if isinstance(pod_uid, str) and pod_uid:
+        memo.reserved_uids.add(pod_uid)
     if memo.views.synced.is_set():
         _refresh_record_metrics(memo)
     if event.get("type") != "DELETED" or not memo.leading:

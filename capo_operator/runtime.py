@@ -153,10 +153,15 @@ class Runtime:
     safety_net: SafetyNet
     views: Views = field(default_factory=Views)
     recent: RecentUIDs = field(default_factory=RecentUIDs)
+    # Pods that had a record at some point (seen by this replica's records watch): the safety net
+    # leaves them alone even after the hold was released (by the cap, say) and the IP reused.
+    reserved_uids: RecentUIDs = field(default_factory=lambda: RecentUIDs(ttl=86_400.0, max_size=100_000))
     leading: bool = False
     cert_ready: bool = False
     # IPs whose records a person deleted (release now), filled by the records watch on the leader.
     manual_releases: set[str] = field(default_factory=set)
+    # Set on SIGTERM/SIGINT: the process stops its own loops (releasing the Lease) before Kopf.
+    shutdown: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __copy__(self) -> Runtime:
         return self

@@ -54,7 +54,9 @@ class SafetyNet:
         reserver: Reserver,
         metrics: Metrics,
         leading: Callable[[], bool],
+        reserved_before: Callable[[str], bool],
     ) -> None:
+        self.reserved_before = reserved_before
         self.views = views
         self.reserver = reserver
         self.metrics = metrics
@@ -138,6 +140,8 @@ class SafetyNet:
 
     async def _handle(self, item: _Item, config: Config) -> None:
         pod = item.pod
+        if item.ips is None and self.reserved_before(pod.uid):
+            return  # reserved once already (and maybe released since): not a miss, not a loss
         if item.ips is not None and item.hold is not None:
             ips, hold = item.ips, item.hold
         else:

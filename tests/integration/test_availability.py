@@ -60,6 +60,22 @@ async def test_three_replicas_one_leader_failover_without_double_or_lost_release
     assert per_record == {ip: 1 for ip in ips[:3]}, f"one release Event per IP: {per_record}"
 
 
+async def test_graceful_stop_hands_the_lease_over_at_once(capo: Harness) -> None:
+    """SIGTERM (a rolling update): the leader releases the Lease before it exits, so a standby
+    leads within a retry period instead of waiting for the lease to expire."""
+    c = capo.cluster
+    await capo.start_operators(2)
+    leader = await capo.wait_leader()
+    stopped_at = time.monotonic()
+    assert await leader.stop(within=5) == 0, f"graceful exit with status 0\n{leader.log_tail()}"
+    exit_took = time.monotonic() - stopped_at
+    new_leader = await capo.wait_leader(within=5)
+    took = time.monotonic() - stopped_at
+    assert new_leader is not leader
+    assert exit_took < 2 and took < 2, f"exit took {exit_took:.1f}s, takeover {took:.1f}s (lease is 3s)"
+    assert await c.lease_holder() == new_leader.identity
+
+
 async def test_webhook_unreachable_safety_net_reserves(capo: Harness) -> None:
     c = capo.cluster
     await capo.start_operators(1, reserve_time="60s")

@@ -113,3 +113,25 @@ async def test_metrics_match_what_happened(capo: Harness) -> None:
         what="one IPReleased Event per ReservedIP",
     )
     assert released
+
+
+async def test_a_cap_release_then_reuse_is_not_reported_as_a_loss(capo: Harness) -> None:
+    """The safety net sees every deletion (a standby ~4 s later): an IP that was reserved, released by
+    the cap and handed to a new pod meanwhile was never missed, so no replica may call it lost."""
+    c = capo.cluster
+    await capo.start_operators(2, reserve_time="60s", max_count=1)
+    ns = await c.create_namespace("apps")
+    first = pod_ip(await c.create_pod(ns, "redis-0"))
+    second = pod_ip(await c.create_pod(ns, "redis-1"))
+    await c.delete_pod(ns, "redis-0")
+    await capo.wait_reserved(first)
+    await c.delete_pod(ns, "redis-1")
+    await capo.wait_reserved(second)
+    await capo.wait_released(first)  # the cap of 1 lets the oldest go
+    assert pod_ip(await c.create_pod(ns, "redis-0")) == first, "the released IP is allocatable again"
+
+    async def lost() -> tuple[float, int]:
+        return await capo.total("capo_reservations_lost_total"), len(await c.events(ns, reason="IPLost"))
+
+    # Longer than the standby's safety-net delay: both replicas have handled both deletions.
+    await stays(lost, lambda v: v == (0, 0), duration=6, what="no IPLost Event and no lost reservation")
