@@ -73,6 +73,8 @@ async def review(
         namespace = await namespace_facts(rt, pod.namespace)
         holders = rt.views.ip_holders(pod.ips, except_uid=pod.uid)
         decision = policy.decide(pod, namespace, rt.config, ip_holders=holders, dry_run=dry_run)
+        if decision.reused:
+            metrics.reservations_lost.inc(len(decision.reused))
         if decision.skip is not None or decision.hold is None:
             outcome = "dry-run" if decision.skip is Skip.DRY_RUN else "skipped"
             reason = decision.skip.value if decision.skip else "none"
@@ -83,8 +85,6 @@ async def review(
                 )
             logger.debug("not reserving pod %s/%s: %s", pod.namespace, pod.name, decision.detail)
             return
-        if decision.reused:
-            metrics.reservations_lost.inc(len(decision.reused))
         if decision.hold.warning:
             warnings.append(decision.hold.warning)
         trigger = "eviction" if operation == "eviction" else "delete"

@@ -152,7 +152,7 @@ async def take_over_signals(shutdown: asyncio.Event, views: Views) -> None:
 def kopf_settings(config: Config, cert: Path, key: Path) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.admission.server = kopf.WebhookServer(
-        addr="0.0.0.0",
+        addr=None,  # every interface, IPv6 included (aiohttp's None)
         port=config.webhook_port,
         certfile=str(cert),
         pkeyfile=str(key),

@@ -572,8 +572,9 @@ class ReloadingWebhookServer(kopf.WebhookServer):
         await runner.setup()
         try:
             port = self.port or self._allocate_free_port()
-            site = aiohttp.web.TCPSite(runner, self.addr or None, port, ssl_context=context,
-                                       reuse_address=True)
+            site = aiohttp.web.TCPSite(
+                runner, self.addr or None, port, ssl_context=context, reuse_address=True
+            )
             await site.start()
             schema = "http" if context is None else "https"
             host = self.host or self.DEFAULT_HOST or self._get_accessible_addr(self.addr)
@@ -590,8 +591,11 @@ class ReloadingWebhookServer(kopf.WebhookServer):
                 try:
                     context.load_cert_chain(self.certfile, self.pkeyfile, self.password)
                 except (ssl.SSLError, OSError) as exc:
-                    logger.warning("New webhook certificate files do not load yet (%s); still serving the "
-                                   "previous certificate.", exc)
+                    logger.warning(
+                        "New webhook certificate files do not load yet (%s); still serving the "
+                        "previous certificate.",
+                        exc,
+                    )
                     continue
                 digest = latest
                 logger.info("Reloaded the webhook serving certificate from %s.", self.certfile)

@@ -9,9 +9,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 
 def split_bind_address(address: str) -> tuple[str, int]:
-    """Capo's "host:port" bind addresses; an empty host (":8080") means every interface."""
+    """Capo's "host:port" bind addresses; an empty host (":8080") means every interface, IPv6
+    included (returned as "")."""
     host, _, port = address.rpartition(":")
-    return (host.strip("[]") or "0.0.0.0"), int(port)
+    return host.strip("[]"), int(port)
 
 
 def probes_app(
@@ -44,5 +45,5 @@ async def serve(app: web.Application, address: str) -> web.AppRunner:
     host, port = split_bind_address(address)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    await web.TCPSite(runner, host or None, port, reuse_address=True).start()
     return runner

@@ -98,6 +98,8 @@ class OwnerChecker:
             await getattr(self.apps, self._READERS[kind])(name, namespace)
         except k8s.ApiException as exc:
             return bool(exc.status != 404)
+        except Exception as exc:  # a network error must not stop this pass's other releases
+            logger.warning("could not read %s %s/%s (kept as present): %s", kind, namespace, name, exc)
         return True
 
 
@@ -177,16 +179,11 @@ class Releaser:
             self.rt.events.post(
                 ObjectRef("Pod", entry.name, entry.namespace, entry.uid), "IPLost", message, warning=True
             )
-        hold = (
-            policy.hold_for(_facts_from_entry(result.to_reserve[0]), self.rt.config)
-            if result.to_reserve
-            else None
-        )
         for entry in result.to_reserve:
             known = by_uid.get(entry.uid)
             trigger = policy.terminal_trigger(known) if known is not None and known.terminal else "safety-net"
             facts = known or _facts_from_entry(entry)
-            assert hold is not None
+            hold = policy.hold_for(facts, self.rt.config)  # a known pod's annotation still counts
             try:
                 done = await self.rt.reserver.reserve(facts, (entry.ip,), hold, trigger)
             except Exception as exc:
@@ -260,7 +257,11 @@ class Releaser:
                 "re-adding %s to Calico: their records exist but the entries were missing",
                 ",".join(sorted(drift.missing_in_calico)),
             )
-            await rt.calico.append(sorted(drift.missing_in_calico))
+            try:
+                await rt.calico.append(sorted(drift.missing_in_calico))
+            except Exception:
+                rt.metrics.calico_write_errors.labels(operation="append").inc()
+                raise
         await self._adopt(drift.without_record, now)
         await self._save_ledger()
 
@@ -288,9 +289,9 @@ class Releaser:
             rt.metrics.calico_write_errors.labels(operation="remove").inc()
             raise
         for name, reason in releasing.items():
-            record = records[name]
-            await rt.records.delete(name)
-            self._count_release(record, reason, now)
+            # The view may lag behind our own deletions: count only the deletion that happened.
+            if await rt.records.delete(name):
+                self._count_release(records[name], reason, now)
         for ip in manual:
             rt.manual_releases.discard(ip)
             rt.metrics.releases.labels(reason="manual").inc()

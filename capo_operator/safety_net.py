@@ -142,26 +142,30 @@ class SafetyNet:
         pod = item.pod
         if item.ips is None and self.reserved_before(pod.uid):
             return  # reserved once already (and maybe released since): not a miss, not a loss
+        hold: Hold | None
         if item.ips is not None and item.hold is not None:
-            ips, hold = item.ips, item.hold
+            # A webhook retry: IPAM may have handed the never-reserved IP to a new pod meanwhile.
+            holders = self.views.ip_holders(item.ips, except_uid=pod.uid)
+            reused = tuple(ip for ip in item.ips if ip in holders)
+            ips, hold = tuple(ip for ip in item.ips if ip not in holders), item.hold
         else:
             namespace = self.views.namespace(pod.namespace)
             holders = self.views.ip_holders(pod.ips, except_uid=pod.uid)
             decision = policy.decide(
                 pod, namespace, config, ip_holders=holders, terminal_transition=item.terminal_transition
             )
-            if decision.reused:
-                self.metrics.reservations_lost.inc(len(decision.reused))
-                self.reserver.events.post(
-                    ObjectRef("Pod", pod.name, pod.namespace, pod.uid),
-                    "IPLost",
-                    f"IP {', '.join(decision.reused)} of pod {pod.namespace}/{pod.name} was not reserved: "
-                    "another pod holds it already",
-                    warning=True,
-                )
-            if not decision.ips or decision.hold is None:
-                return
-            ips, hold = decision.ips, decision.hold
+            reused, ips, hold = decision.reused, decision.ips, decision.hold
+        if reused:
+            self.metrics.reservations_lost.inc(len(reused))
+            self.reserver.events.post(
+                ObjectRef("Pod", pod.name, pod.namespace, pod.uid),
+                "IPLost",
+                f"IP {', '.join(reused)} of pod {pod.namespace}/{pod.name} was not reserved: "
+                "another pod holds it already",
+                warning=True,
+            )
+        if not ips or hold is None:
+            return
         missing = self._unrecorded(ips)
         if not missing:
             return  # the webhook (or another replica) got there first

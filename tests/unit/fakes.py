@@ -1,0 +1,399 @@
+"""In-memory fakes for the orchestration modules: Calico and record stores, an Event recorder, a
+ledger, and a `Runtime` wired to them with `Views` filled directly (dicts of lists, as Kopf's
+index stores). Every store call is appended to one shared journal, so tests can check the order of
+writes across stores."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from capo_operator.addresses import ip_of, record_name
+from capo_operator.calico import CalicoError, CalicoGroup, Snapshot
+from capo_operator.config import Config
+from capo_operator.events import ObjectRef
+from capo_operator.ledger import LedgerEntry
+from capo_operator.metrics import Metrics
+from capo_operator.policy import NamespaceFacts, Owner, PodFacts
+from capo_operator.records import PodRef, Record
+from capo_operator.reserver import Reserver
+from capo_operator.runtime import Options, Runtime, Views
+from capo_operator.safety_net import SafetyNet
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+HOLD = timedelta(minutes=40)
+STS = Owner(api_version="apps/v1", kind="StatefulSet", name="db", uid="sts-uid")
+
+Call = tuple[str, Any]
+
+
+class Journal(list[Call]):
+    """Every store call, in order: ("calico.append", ("10.0.0.1",)), ("records.create", "10.0.0.1")..."""
+
+    def ops(self, prefix: str = "") -> list[str]:
+        return [op for op, _ in self if op.startswith(prefix)]
+
+
+class _Failures:
+    """Exceptions to raise on the next calls of an operation (FIFO)."""
+
+    def __init__(self) -> None:
+        self._queued: dict[str, list[BaseException]] = defaultdict(list)
+
+    def fail(self, op: str, exc: BaseException | None = None, times: int = 1) -> None:
+        for _ in range(times):
+            self._queued[op].append(exc if exc is not None else CalicoError(f"injected {op} failure", 500))
+
+    def check(self, op: str) -> None:
+        if self._queued[op]:
+            raise self._queued[op].pop(0)
+
+
+class FakeCalico(_Failures):
+    """The Calico IPReservation: a set of canonical IPs. `gate` (when set) makes `append` wait."""
+
+    def __init__(self, journal: Journal | None = None, ips: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.journal = journal if journal is not None else Journal()
+        self.ips: set[str] = {ip_of(ip) for ip in ips}
+        self.gate: asyncio.Event | None = None
+        self.group = CalicoGroup.CRD
+        self.name = "capo-reserved-ips"
+        self.append_times: list[float] = []
+
+    async def ensure(self) -> None:
+        self.journal.append(("calico.ensure", None))
+        self.check("ensure")
+
+    async def append(self, ips: Iterable[str]) -> None:
+        ips = tuple(ips)
+        self.journal.append(("calico.append", ips))
+        if self.gate is not None:
+            await self.gate.wait()
+        self.check("append")
+        self.append_times.append(asyncio.get_running_loop().time())
+        self.ips.update(ip_of(ip) for ip in ips)
+
+    async def remove(self, ips: Iterable[str]) -> frozenset[str]:
+        ips = tuple(ips)
+        self.journal.append(("calico.remove", ips))
+        self.check("remove")
+        removed = frozenset(ip_of(ip) for ip in ips) & self.ips
+        self.ips -= removed
+        return removed
+
+    async def read(self) -> Snapshot:
+        self.journal.append(("calico.read", None))
+        self.check("read")
+        return Snapshot(ips=frozenset(self.ips), malformed=(), resource_version="1")
+
+
+class FakeRecords(_Failures):
+    """The ReservedIP store. When `index` is given (the Views' records index) it is kept in step,
+    as Kopf's watch would keep it."""
+
+    def __init__(self, journal: Journal | None = None, index: dict[str, list[Record]] | None = None) -> None:
+        super().__init__()
+        self.journal = journal if journal is not None else Journal()
+        self.items: dict[str, Record] = {}
+        self.index = index
+
+    def _sync(self, name: str) -> None:
+        if self.index is None:
+            return
+        if name in self.items:
+            self.index[name] = [self.items[name]]
+        else:
+            self.index.pop(name, None)
+
+    def put(self, record: Record) -> None:
+        """Seed a record (no journal entry)."""
+        self.items[record.name] = record
+        self._sync(record.name)
+
+    async def create(self, record: Record) -> bool:
+        self.journal.append(("records.create", record.name))
+        self.check("create")
+        if record.name in self.items:
+            return False
+        self.put(record)
+        return True
+
+    async def mark_releasing(self, name: str, reason: str) -> None:
+        self.journal.append(("records.mark_releasing", (name, reason)))
+        self.check("mark_releasing")
+        if name in self.items:
+            self.items[name] = replace(self.items[name], releasing=reason)
+            self._sync(name)
+
+    async def set_clock(
+        self, name: str, *, reserved_at: datetime, expires_at: datetime | None, hold: timedelta
+    ) -> None:
+        self.journal.append(("records.set_clock", (name, reserved_at, expires_at, hold)))
+        self.check("set_clock")
+        if name in self.items:
+            self.items[name] = replace(
+                self.items[name], reserved_at=reserved_at, expires_at=expires_at, hold=hold
+            )
+            self._sync(name)
+
+    async def delete(self, name: str) -> bool:
+        self.journal.append(("records.delete", name))
+        self.check("delete")
+        if self.items.pop(name, None) is None:
+            return False
+        self._sync(name)
+        return True
+
+    async def list(self) -> list[Record]:
+        self.journal.append(("records.list", None))
+        self.check("list")
+        return list(self.items.values())
+
+
+@dataclass(frozen=True)
+class Posted:
+    ref: ObjectRef
+    reason: str
+    message: str
+    warning: bool
+
+
+class FakeEvents:
+    def __init__(self) -> None:
+        self.posted: list[Posted] = []
+
+    def post(self, ref: ObjectRef, reason: str, message: str, *, warning: bool = False) -> None:
+        self.posted.append(Posted(ref, reason, message, warning))
+
+    def reasons(self) -> list[str]:
+        return [p.reason for p in self.posted]
+
+    def with_reason(self, reason: str) -> list[Posted]:
+        return [p for p in self.posted if p.reason == reason]
+
+
+class FakeLedger:
+    def __init__(self, entries: Mapping[str, LedgerEntry] | None = None) -> None:
+        self.entries: dict[str, LedgerEntry] = dict(entries or {})
+        self.saves: list[dict[str, LedgerEntry]] = []
+
+    async def load(self) -> dict[str, LedgerEntry]:
+        return dict(self.entries)
+
+    async def save(self, entries: Mapping[str, LedgerEntry]) -> None:
+        self.saves.append(dict(entries))
+        self.entries = dict(entries)
+
+
+class DummyApi:
+    """Stands in for `kubernetes.aio.client.ApiClient` where no API call is expected."""
+
+    def sanitize_for_serialization(self, obj: Any) -> Any:
+        return obj
+
+
+# -- builders ---------------------------------------------------------------------------------
+
+
+def make_pod(
+    name: str = "db-0",
+    namespace: str = "db",
+    *,
+    uid: str | None = None,
+    ips: tuple[str, ...] = ("10.0.0.1",),
+    labels: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+    host_network: bool = False,
+    phase: str | None = "Running",
+    reason: str | None = None,
+    deleting: bool = False,
+    owner: Owner | None = STS,
+    node: str | None = "node-1",
+) -> PodFacts:
+    return PodFacts(
+        namespace=namespace,
+        name=name,
+        uid=uid or f"uid-{namespace}-{name}",
+        node=node,
+        labels=dict(labels) if labels is not None else {"statefulset.kubernetes.io/pod-name": name},
+        annotations=dict(annotations or {}),
+        ips=ips,
+        host_network=host_network,
+        phase=phase,
+        reason=reason,
+        deleting=deleting,
+        owner=owner,
+    )
+
+
+def make_ns(name: str = "db", *, enabled: bool = True, terminating: bool = False) -> NamespaceFacts:
+    return NamespaceFacts(name=name, enabled=enabled, terminating=terminating)
+
+
+def make_record(
+    ip: str,
+    *,
+    age: timedelta = timedelta(minutes=10),
+    expires_in: timedelta | None = timedelta(minutes=30),
+    pod: PodRef | str | None = "default",
+    owner: Owner | None = None,
+    trigger: str = "delete",
+    hold: timedelta = HOLD,
+    policy: str = "ipReserveTime=40m",
+    releasing: str | None = None,
+    now: datetime = NOW,
+) -> Record:
+    if pod == "default":
+        pod = PodRef(namespace="db", name=f"pod-{record_name(ip)}", uid=f"uid-{record_name(ip)}", node="n1")
+    assert not isinstance(pod, str)
+    return Record(
+        ip=ip,
+        pod=pod,
+        owner=owner,
+        trigger=trigger,
+        reserved_at=now - age,
+        expires_at=None if expires_in is None else now + expires_in,
+        hold=hold,
+        policy=policy,
+        releasing=releasing,
+    )
+
+
+def options(tmp: Path | None = None) -> Options:
+    base = tmp or Path("/nonexistent")
+    return Options(
+        config_path=base / "capo_config.yaml",
+        namespace="capo-system",
+        identity="capo-0",
+        tls_cert_file=base / "tls.crt",
+        tls_key_file=base / "tls.key",
+        certs="files",
+        webhook_config_name="capo-operator",
+        webhook_service="capo-webhook",
+    )
+
+
+@dataclass
+class Harness:
+    rt: Runtime
+    journal: Journal
+    calico: FakeCalico
+    records: FakeRecords
+    events: FakeEvents
+    pods: dict[tuple[str, str], list[PodFacts]] = field(default_factory=dict)
+    ips: dict[str, list[str]] = field(default_factory=dict)
+    namespaces: dict[str, list[NamespaceFacts]] = field(default_factory=dict)
+    record_index: dict[str, list[Record]] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.rt.metrics
+
+    @property
+    def safety_net(self) -> SafetyNet:
+        return self.rt.safety_net
+
+    def add_pod(self, pod: PodFacts) -> PodFacts:
+        """Into the pod index, and into the IP index when live (as handlers.pod_ips does)."""
+        self.pods[(pod.namespace, pod.name)] = [pod]
+        if not pod.terminal and not pod.host_network:
+            for ip in pod.ips:
+                self.ips.setdefault(ip, []).append(pod.uid)
+        return pod
+
+    def remove_pod(self, pod: PodFacts) -> None:
+        self.pods.pop((pod.namespace, pod.name), None)
+        for ip in pod.ips:
+            holders = self.ips.get(ip, [])
+            if pod.uid in holders:
+                holders.remove(pod.uid)
+            if not holders:
+                self.ips.pop(ip, None)
+
+    def add_ns(self, ns: NamespaceFacts) -> NamespaceFacts:
+        self.namespaces[ns.name] = [ns]
+        return ns
+
+    def add_record(self, record: Record, *, in_calico: bool = True) -> Record:
+        self.records.put(record)
+        if in_calico:
+            self.calico.ips.add(record.ip)
+        return record
+
+    def sample(self, name: str, **labels: str) -> float:
+        return sample(self.metrics, name, **labels)
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def make_harness(
+    config: Config | None = None,
+    *,
+    leading: bool = False,
+    clock: Callable[[], datetime] = lambda: NOW,
+    cert_ready: bool = True,
+    attach: bool = True,
+) -> Harness:
+    journal = Journal()
+    calico = FakeCalico(journal)
+    record_index: dict[str, list[Record]] = {}
+    records = FakeRecords(journal, index=record_index)
+    events = FakeEvents()
+    metrics = Metrics()
+    views = Views()
+    holder: dict[str, Runtime] = {}
+    reserver = Reserver(
+        calico=calico,
+        records=records,
+        events=events,
+        metrics=metrics,
+        config=lambda: holder["rt"].config,
+        clock=clock,
+    )
+    net = SafetyNet(
+        views=views,
+        reserver=reserver,
+        metrics=metrics,
+        leading=lambda: holder["rt"].leading,
+        reserved_before=lambda uid: uid in holder["rt"].reserved_uids,
+    )
+    rt = Runtime(
+        options=options(),
+        config=config or Config(),
+        metrics=metrics,
+        api=DummyApi(),
+        calico=calico,
+        records=records,
+        events=events,
+        reserver=reserver,
+        safety_net=net,
+        views=views,
+        leading=leading,
+        cert_ready=cert_ready,
+    )
+    holder["rt"] = rt
+    h = Harness(
+        rt=rt, journal=journal, calico=calico, records=records, events=events, record_index=record_index
+    )
+    if attach:
+        views.attach(pods=h.pods, ips=h.ips, namespaces=h.namespaces, records=h.record_index)
+    return h
+
+
+async def eventually(predicate: Callable[[], bool], within: float = 2.0, step: float = 0.002) -> None:
+    """Wait until `predicate()` holds (AssertionError after `within` seconds)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(step)

@@ -1,0 +1,141 @@
+"""Process wiring without a cluster: which settings need a restart, and the live config reload."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from fakes import Harness, eventually, make_harness, options
+
+from capo_operator import app
+from capo_operator.config import Config, LeaderElection, parse_config
+
+GOOD = """\
+apiVersion: config.capo.io/v1
+kind: CapoConfig
+ipReserveMaxCount: 300
+ipReserveTime: 40m
+"""
+
+
+def test_restart_needed_names_the_settings_read_once() -> None:
+    old = Config()
+    assert app.restart_needed(old, old) == []
+    assert app.restart_needed(old, replace(old, ip_reserve_max_count=5, strict_mode=True)) == []
+
+    new = replace(
+        old,
+        webhook_port=9444,
+        metrics_bind_address=":9090",
+        health_probe_bind_address=":9091",
+        leader_election=LeaderElection(resource_name="other"),
+        ip_reservation_name="mine",
+        calico_api_group="projectcalico.org",
+    )
+    assert app.restart_needed(old, new) == [
+        "webhook.port",
+        "metrics.bindAddress",
+        "health.healthProbeBindAddress",
+        "leaderElection",
+        "ipReservationName",
+        "calicoAPIGroup",
+    ]
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "capo_config.yaml"
+    path.write_text(GOOD)
+    return path
+
+
+@pytest.fixture
+async def watching(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
+    monkeypatch.setattr(app, "CONFIG_POLL_SECONDS", 0.005)
+    h = make_harness(parse_config(GOOD))
+    h.rt.options = options(config_file.parent)
+    task = asyncio.create_task(app.watch_config(h.rt, config_file))
+    await asyncio.sleep(0.01)  # the watcher has taken its first digest
+    yield h
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_good_new_file_is_applied(watching: Harness, config_file: Path) -> None:
+    h = watching
+    config_file.write_text(GOOD.replace("300", "5").replace("40m", "2h"))
+
+    await eventually(lambda: h.rt.config.ip_reserve_max_count == 5)
+
+    assert h.rt.config.ip_reserve_time == timedelta(hours=2)
+    assert h.sample("capo_config_reloads_total", result="success") == 1
+    assert h.sample("capo_config_last_reload_successful") == 1
+    assert h.sample("ip_reserve_count_max") == 5
+    reloaded = h.events.with_reason("ConfigReloaded")
+    assert len(reloaded) == 1 and not reloaded[0].warning
+    assert (reloaded[0].ref.kind, reloaded[0].ref.name, reloaded[0].ref.namespace) == (
+        "Pod",
+        "capo-0",
+        "capo-system",
+    )
+
+
+async def test_a_bad_file_is_refused_and_the_last_good_config_stays(
+    watching: Harness, config_file: Path
+) -> None:
+    h = watching
+    before = h.rt.config
+    config_file.write_text(GOOD.replace("40m", "forty minutes"))
+
+    await eventually(lambda: h.sample("capo_config_reloads_total", result="failure") == 1)
+
+    assert h.rt.config is before
+    assert h.sample("capo_config_last_reload_successful") == 0
+    rejected = h.events.with_reason("ConfigRejected")
+    assert len(rejected) == 1 and rejected[0].warning
+    assert "ipReserveTime" in rejected[0].message
+
+    # Fixed again: applied, and the gauge recovers.
+    config_file.write_text(GOOD.replace("300", "7"))
+    await eventually(lambda: h.rt.config.ip_reserve_max_count == 7)
+    assert h.sample("capo_config_last_reload_successful") == 1
+
+
+async def test_an_unchanged_or_vanished_file_is_not_reloaded(watching: Harness, config_file: Path) -> None:
+    h = watching
+    config_file.write_text(GOOD)  # same content, new mtime
+    config_file.unlink()  # a ConfigMap swap in progress
+    await asyncio.sleep(0.03)
+    config_file.write_text(GOOD)
+    await asyncio.sleep(0.03)
+
+    assert h.sample("capo_config_reloads_total", result="success") == 0
+    assert h.sample("capo_config_reloads_total", result="failure") == 0
+    assert h.events.posted == []
+
+
+async def test_a_reload_says_which_settings_wait_for_a_restart(watching: Harness, config_file: Path) -> None:
+    h = watching
+    config_file.write_text(GOOD + "webhook:\n  port: 9444\n")
+
+    await eventually(lambda: h.rt.config.webhook_port == 9444)
+
+    message = h.events.with_reason("ConfigReloaded")[0].message
+    assert "webhook.port apply after a restart" in message
+
+
+def test_kopf_settings_leave_the_webhook_configuration_to_the_manifests(tmp_path: Path) -> None:
+    settings = app.kopf_settings(Config(webhook_port=9555), tmp_path / "c", tmp_path / "k")
+    assert settings.admission.managed is None
+    assert settings.admission.server is not None
+    assert settings.admission.server.port == 9555
+    assert settings.posting.enabled is False
+
+
+def test_webhook_server_listens_on_every_address_family(tmp_path: Path) -> None:
+    settings = app.kopf_settings(Config(), tmp_path / "c", tmp_path / "k")
+    assert settings.admission.server.addr in (None, "::")

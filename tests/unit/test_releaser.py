@@ -1,0 +1,535 @@
+"""The leader's pass: releases by expiry, cap, namespace/owner deletion and manual request, in the
+order Calico-then-record; reconciliation of Calico and the records; recovery from the ledger."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from fakes import (
+    HOLD,
+    NOW,
+    FakeLedger,
+    Harness,
+    make_harness,
+    make_ns,
+    make_pod,
+    make_record,
+)
+from kubernetes.aio import client as k8s
+
+from capo_operator import releaser as releaser_module
+from capo_operator.calico import CalicoError
+from capo_operator.config import Config
+from capo_operator.ledger import LedgerEntry
+from capo_operator.policy import Owner
+from capo_operator.records import PodRef
+from capo_operator.releaser import OwnerChecker, Releaser, alive_uids
+
+
+class Clock:
+    def __init__(self, now: datetime = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def h() -> Harness:
+    h = make_harness(leading=True)
+    h.add_ns(make_ns("db"))
+    return h
+
+
+def releaser(h: Harness, ledger: FakeLedger | None = None, clock: Clock | None = None) -> Releaser:
+    return Releaser(h.rt, ledger or FakeLedger(), clock=clock or Clock())  # type: ignore[arg-type]
+
+
+def writes(h: Harness) -> list[tuple[str, Any]]:
+    """The journal without reads."""
+    return [(op, args) for op, args in h.journal if op not in ("calico.read", "records.list")]
+
+
+# -- releases ---------------------------------------------------------------------------------
+
+
+async def test_expired_record_is_released_calico_first(h: Harness) -> None:
+    h.add_record(make_record("10.0.0.1", age=timedelta(minutes=41), expires_in=timedelta(minutes=-1)))
+    h.add_record(make_record("10.0.0.2", age=timedelta(minutes=5), expires_in=timedelta(minutes=35)))
+
+    await releaser(h).pass_once()
+
+    assert writes(h) == [
+        ("records.mark_releasing", ("10.0.0.1", "expired")),
+        ("calico.remove", ("10.0.0.1",)),
+        ("records.delete", "10.0.0.1"),
+    ]
+    assert h.calico.ips == {"10.0.0.2"}
+    assert set(h.records.items) == {"10.0.0.2"}
+    assert h.sample("capo_releases_total", reason="expired") == 1
+    assert h.sample("capo_reservation_hold_seconds_count") == 1
+    assert h.sample("capo_reservation_hold_seconds_sum") == 41 * 60
+    released = h.events.with_reason("IPReleased")
+    assert {p.ref.kind for p in released} == {"ReservedIP", "Pod"}
+    assert all("expired" in p.message for p in released)
+
+
+async def test_over_the_cap_the_oldest_are_released(h: Harness) -> None:
+    h.rt.config = Config(ip_reserve_max_count=2)
+    for minutes, ip in [(30, "10.0.0.3"), (10, "10.0.0.1"), (40, "10.0.0.4"), (20, "10.0.0.2")]:
+        h.add_record(make_record(ip, age=timedelta(minutes=minutes), expires_in=timedelta(minutes=5)))
+
+    await releaser(h).pass_once()
+
+    assert set(h.records.items) == {"10.0.0.1", "10.0.0.2"}
+    assert h.calico.ips == {"10.0.0.1", "10.0.0.2"}
+    assert writes(h) == [
+        ("records.mark_releasing", ("10.0.0.4", "cap")),
+        ("records.mark_releasing", ("10.0.0.3", "cap")),
+        ("calico.remove", ("10.0.0.3", "10.0.0.4")),  # one batched write
+        ("records.delete", "10.0.0.4"),
+        ("records.delete", "10.0.0.3"),
+    ]
+    assert h.sample("capo_releases_total", reason="cap") == 2
+    assert h.sample("ip_reserve_evictions_count") == 2
+
+
+async def test_expiry_does_not_count_as_a_cap_eviction(h: Harness) -> None:
+    h.rt.config = Config(ip_reserve_max_count=1)
+    h.add_record(make_record("10.0.0.1", expires_in=timedelta(seconds=-1)))
+    h.add_record(make_record("10.0.0.2"))
+
+    await releaser(h).pass_once()
+
+    assert set(h.records.items) == {"10.0.0.2"}
+    assert h.sample("ip_reserve_evictions_count") == 0
+
+
+async def test_a_release_interrupted_by_a_crash_is_finished(h: Harness) -> None:
+    # Marked, removed from Calico, then the leader died before deleting the record.
+    h.add_record(make_record("10.0.0.1", releasing="cap", expires_in=timedelta(minutes=20)), in_calico=False)
+
+    await releaser(h).pass_once()
+
+    assert h.journal.ops("records.mark_releasing") == []
+    assert ("calico.remove", ("10.0.0.1",)) in writes(h)
+    assert h.records.items == {}
+    assert h.journal.ops("calico.append") == []  # not re-added: it is on its way out
+    assert h.sample("capo_releases_total", reason="cap") == 1
+
+
+async def test_calico_entry_without_record_is_adopted_on_the_second_pass(h: Harness) -> None:
+    h.calico.ips.add("10.0.0.9")
+    r = releaser(h)
+
+    await r.pass_once()
+    assert h.records.items == {}  # the webhook may be about to create it
+
+    await r.pass_once()
+    rec = h.records.items["10.0.0.9"]
+    assert (rec.trigger, rec.pod, rec.reserved_at, rec.expires_at) == ("recovered", None, NOW, NOW + HOLD)
+    assert h.sample("capo_reservations_total", trigger="recovered") == 1
+    assert h.calico.ips == {"10.0.0.9"}  # never dropped
+
+
+async def test_an_orphan_that_gets_its_record_is_not_adopted(h: Harness) -> None:
+    h.calico.ips.add("10.0.0.9")
+    r = releaser(h)
+    await r.pass_once()
+    h.add_record(make_record("10.0.0.9"))  # the webhook's record arrives
+
+    await r.pass_once()
+    await r.pass_once()
+
+    assert h.records.items["10.0.0.9"].trigger == "delete"
+    assert h.sample("capo_reservations_total", trigger="recovered") == 0
+
+
+async def test_record_whose_ip_is_missing_from_calico_is_re_added(h: Harness) -> None:
+    h.add_record(make_record("10.0.0.1"), in_calico=False)
+    h.add_record(make_record("10.0.0.2"))
+
+    await releaser(h).pass_once()
+
+    assert writes(h) == [("calico.append", ("10.0.0.1",))]
+    assert h.calico.ips == {"10.0.0.1", "10.0.0.2"}
+
+
+async def test_manual_release_removes_from_calico_and_counts(h: Harness) -> None:
+    h.calico.ips.update({"10.0.0.7", "10.0.0.8"})
+    h.add_record(make_record("10.0.0.8"))
+    h.rt.manual_releases.add("10.0.0.7")  # its record was deleted by a person
+    r = releaser(h)
+
+    await r.pass_once()
+    await r.pass_once()
+
+    assert h.calico.ips == {"10.0.0.8"}
+    assert "10.0.0.7" not in h.records.items  # not adopted back
+    assert h.rt.manual_releases == set()
+    assert h.sample("capo_releases_total", reason="manual") == 1
+
+
+async def test_clock_of_a_record_whose_pod_survived_is_stopped(h: Harness) -> None:
+    pod = h.add_pod(make_pod(name="pod-10.0.0.1", uid="uid-10.0.0.1"))  # eviction refused by a PDB
+    h.add_record(make_record("10.0.0.1", age=timedelta(minutes=50), expires_in=timedelta(minutes=-10)))
+    h.add_record(make_record("10.0.0.2", age=timedelta(seconds=5)))  # its pod is alive, within grace
+    h.add_pod(make_pod(name="pod-10.0.0.2", uid="uid-10.0.0.2", ips=("10.0.0.2",)))
+
+    await releaser(h).pass_once()
+
+    assert pod.uid in alive_uids(h.rt.views.pods())
+    assert writes(h) == [
+        ("records.set_clock", ("10.0.0.1", NOW - timedelta(minutes=50), None, HOLD)),
+    ]
+    assert set(h.records.items) == {"10.0.0.1", "10.0.0.2"}
+    assert h.sample("capo_releases_total", reason="expired") == 0
+
+
+async def test_clock_starts_when_the_pod_is_really_gone(h: Harness) -> None:
+    h.add_record(make_record("10.0.0.1", age=timedelta(hours=3), expires_in=None))
+
+    await releaser(h).pass_once()
+
+    assert writes(h) == [("records.set_clock", ("10.0.0.1", NOW, NOW + HOLD, HOLD))]
+
+
+@pytest.mark.parametrize("gone", ["deleted", "terminating"])
+async def test_records_of_a_gone_namespace_are_released(h: Harness, gone: str) -> None:
+    other = PodRef(namespace="tenant-a", name="db-0", uid="u-a", node=None)
+    h.add_record(make_record("10.0.0.1", pod=other))
+    h.add_record(make_record("10.0.0.2"))
+    if gone == "terminating":
+        h.add_ns(make_ns("tenant-a", terminating=True))
+
+    await releaser(h).pass_once()
+
+    assert set(h.records.items) == {"10.0.0.2"}
+    assert h.calico.ips == {"10.0.0.2"}
+    assert h.sample("capo_releases_total", reason="namespace-deleted") == 1
+
+
+async def test_calico_remove_failure_counts_and_deletes_no_record(h: Harness) -> None:
+    h.add_record(make_record("10.0.0.1", expires_in=timedelta(seconds=-1)))
+    h.calico.fail("remove")
+    r = releaser(h)
+
+    with pytest.raises(CalicoError):
+        await r.pass_once()
+
+    assert h.sample("capo_calico_write_errors_total", operation="remove") == 1
+    assert h.journal.ops("records.delete") == []
+    assert h.records.items["10.0.0.1"].releasing == "expired"  # the next pass finishes it
+    assert h.sample("capo_releases_total", reason="expired") == 0
+
+    await r.pass_once()
+    assert h.records.items == {}
+    assert h.calico.ips == set()
+    assert h.sample("capo_releases_total", reason="expired") == 1
+
+
+async def test_manual_release_is_kept_for_the_next_pass_when_calico_fails(h: Harness) -> None:
+    h.calico.ips.add("10.0.0.7")
+    h.rt.manual_releases.add("10.0.0.7")
+    h.calico.fail("remove")
+    r = releaser(h)
+
+    with pytest.raises(CalicoError):
+        await r.pass_once()
+    assert h.rt.manual_releases == {"10.0.0.7"}
+
+    await r.pass_once()
+    assert h.calico.ips == set()
+    assert h.sample("capo_releases_total", reason="manual") == 1
+
+
+async def test_a_release_is_not_counted_twice_when_the_record_was_already_gone(h: Harness) -> None:
+    # The view still shows a record marked for release that is already deleted (watch lag).
+    rec = make_record("10.0.0.1", releasing="cap")
+    h.record_index[rec.name] = [rec]
+    h.records.items.clear()
+    h.rt.metrics.evictions.inc()  # counted when it was deleted the first time
+
+    await releaser(h).pass_once()
+
+    assert h.sample("ip_reserve_evictions_count") == 1
+    assert h.sample("capo_releases_total", reason="cap") == 0
+
+
+async def test_changed_reserve_time_retimes_default_holds(h: Harness) -> None:
+    h.add_record(make_record("10.0.0.1", age=timedelta(minutes=10), expires_in=timedelta(minutes=30)))
+    h.add_record(
+        make_record(
+            "10.0.0.2",
+            hold=timedelta(hours=2),
+            expires_in=timedelta(minutes=110),
+            policy="annotation capo.io/reserve-time=2h",
+        )
+    )
+    r = releaser(h)
+    await r.pass_once()
+    assert writes(h) == []
+
+    h.rt.config = Config(ip_reserve_time=timedelta(minutes=15))
+    await r.pass_once()
+
+    assert h.records.items["10.0.0.1"].expires_at == NOW + timedelta(minutes=5)
+    assert h.records.items["10.0.0.2"].expires_at == NOW + timedelta(minutes=110)
+
+
+async def test_pass_saves_the_ledger_of_selected_pods(h: Harness) -> None:
+    ledger = FakeLedger()
+    h.add_pod(make_pod(name="db-0", uid="u0", ips=("10.0.0.1",)))
+    h.add_pod(make_pod(name="web-0", uid="u1", ips=("10.0.0.2",), labels={"app": "web"}))
+    h.add_pod(make_pod(name="other", namespace="off", uid="u2", ips=("10.0.0.3",)))
+    h.add_ns(make_ns("off", enabled=False))
+    r = releaser(h, ledger)
+
+    await r.pass_once()
+    await r.pass_once()
+
+    assert len(ledger.saves) == 1  # unchanged ledgers are not written again
+    entry = ledger.saves[0]["10.0.0.1"]
+    assert (entry.namespace, entry.name, entry.uid, entry.owner_kind) == ("db", "db-0", "u0", "StatefulSet")
+    assert set(ledger.saves[0]) == {"10.0.0.1"}
+
+
+# -- owner deletion ---------------------------------------------------------------------------
+
+
+class FakeApps:
+    """AppsV1Api: which owners exist, by (kind, namespace, name)."""
+
+    READERS = {
+        "read_namespaced_stateful_set": "StatefulSet",
+        "read_namespaced_deployment": "Deployment",
+        "read_namespaced_daemon_set": "DaemonSet",
+        "read_namespaced_replica_set": "ReplicaSet",
+    }
+
+    def __init__(self, present: set[tuple[str, str, str]], error: BaseException | None = None) -> None:
+        self.present = present
+        self.error = error
+        self.calls: list[tuple[str, str, str]] = []
+
+    def __getattr__(self, method: str) -> Any:
+        kind = self.READERS[method]
+
+        async def read(name: str, namespace: str) -> dict[str, str]:
+            self.calls.append((kind, namespace, name))
+            if self.error is not None:
+                raise self.error
+            if (kind, namespace, name) not in self.present:
+                raise k8s.ApiException(status=404, reason="Not Found")
+            return {"kind": kind}
+
+        return read
+
+
+def owned(ip: str, kind: str, name: str, uid: str) -> Any:
+    return make_record(ip, owner=Owner("apps/v1", kind, name, uid))
+
+
+@pytest.fixture
+def every_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(releaser_module, "OWNER_CHECK_PERIOD", 0.0)
+
+
+@pytest.mark.usefixtures("every_pass")
+async def test_owner_gone_for_the_confirmation_time_releases(h: Harness) -> None:
+    clock = Clock()
+    h.add_record(owned("10.0.0.1", "StatefulSet", "db", "sts-1"))
+    h.add_record(owned("10.0.0.2", "StatefulSet", "kept", "sts-2"))
+    r = releaser(h, clock=clock)
+    r.owners.apps = FakeApps({("StatefulSet", "db", "kept")})  # type: ignore[assignment]
+
+    await r.pass_once()
+    assert set(h.records.items) == {"10.0.0.1", "10.0.0.2"}  # missing once is not enough
+
+    clock.now = NOW + timedelta(seconds=61)
+    await r.pass_once()
+    assert set(h.records.items) == {"10.0.0.2"}
+    assert h.sample("capo_releases_total", reason="owner-deleted") == 1
+
+
+@pytest.mark.usefixtures("every_pass")
+async def test_owner_recreated_in_between_is_not_gone() -> None:
+    clock = Clock()
+    apps = FakeApps(set())
+    checker = OwnerChecker(None, clock)  # type: ignore[arg-type]
+    checker.apps = apps  # type: ignore[assignment]
+    records = [owned("10.0.0.1", "StatefulSet", "db", "sts-1")]
+
+    assert await checker.gone_owner_uids(records) == frozenset()
+    apps.present.add(("StatefulSet", "db", "db"))  # helm delete-and-recreate
+    clock.now = NOW + timedelta(seconds=30)
+    assert await checker.gone_owner_uids(records) == frozenset()
+    apps.present.clear()
+    clock.now = NOW + timedelta(seconds=70)
+    assert await checker.gone_owner_uids(records) == frozenset()  # the missing time starts again
+    clock.now = NOW + timedelta(seconds=131)
+    assert await checker.gone_owner_uids(records) == {"sts-1"}
+
+
+@pytest.mark.usefixtures("every_pass")
+async def test_replica_set_counts_as_gone_only_with_its_deployment() -> None:
+    clock = Clock()
+    apps = FakeApps({("Deployment", "db", "web")})
+    checker = OwnerChecker(None, clock)  # type: ignore[arg-type]
+    checker.apps = apps  # type: ignore[assignment]
+    records = [owned("10.0.0.1", "ReplicaSet", "web-5d8f7c9b4", "rs-1")]
+
+    await checker.gone_owner_uids(records)
+    clock.now = NOW + timedelta(minutes=5)
+    assert await checker.gone_owner_uids(records) == frozenset()  # a rollout pruned the ReplicaSet
+    assert ("Deployment", "db", "web") in apps.calls
+
+    apps.present.clear()
+    await checker.gone_owner_uids(records)
+    clock.now = NOW + timedelta(minutes=10)
+    assert await checker.gone_owner_uids(records) == {"rs-1"}
+
+
+@pytest.mark.usefixtures("every_pass")
+async def test_an_api_error_reading_an_owner_keeps_the_reservation() -> None:
+    clock = Clock()
+    checker = OwnerChecker(None, clock)  # type: ignore[arg-type]
+    checker.apps = FakeApps(set(), error=k8s.ApiException(status=403, reason="Forbidden"))  # type: ignore[assignment]
+    records = [owned("10.0.0.1", "DaemonSet", "agent", "ds-1")]
+
+    await checker.gone_owner_uids(records)
+    clock.now = NOW + timedelta(hours=1)
+    assert await checker.gone_owner_uids(records) == frozenset()
+
+
+@pytest.mark.usefixtures("every_pass")
+async def test_a_network_error_reading_an_owner_does_not_stop_expiry(h: Harness) -> None:
+    h.add_record(owned("10.0.0.1", "StatefulSet", "db", "sts-1"))
+    h.add_record(make_record("10.0.0.2", expires_in=timedelta(seconds=-1)))
+    r = releaser(h)
+    r.owners.apps = FakeApps(set(), error=ConnectionResetError("apiserver went away"))  # type: ignore[assignment]
+
+    await r.pass_once()
+
+    assert "10.0.0.2" not in h.records.items
+    assert "10.0.0.1" in h.records.items
+
+
+async def test_owner_checks_are_off_when_configured(h: Harness) -> None:
+    h.rt.config = Config(release_on_owner_deletion=False)
+    h.add_record(owned("10.0.0.1", "StatefulSet", "db", "sts-1"))
+    r = releaser(h)
+    apps = FakeApps(set())
+    r.owners.apps = apps  # type: ignore[assignment]
+
+    await r.pass_once()
+
+    assert apps.calls == []
+
+
+def test_alive_uids_leaves_out_deleting_and_terminal_pods() -> None:
+    pods = [
+        make_pod(name="a", uid="a"),
+        make_pod(name="b", uid="b", deleting=True),
+        make_pod(name="c", uid="c", phase="Failed"),
+        make_pod(name="d", uid="d", phase="Succeeded"),
+        make_pod(name="e", uid="e", phase="Pending"),
+    ]
+    assert alive_uids(pods) == {"a", "e"}
+
+
+# -- recovery from the ledger -----------------------------------------------------------------
+
+
+def entry(ip: str, uid: str, name: str = "db-0") -> LedgerEntry:
+    return LedgerEntry(
+        ip=ip,
+        namespace="db",
+        name=name,
+        uid=uid,
+        node="n1",
+        owner_kind="StatefulSet",
+        owner_name="db",
+        owner_uid="sts-1",
+    )
+
+
+async def test_vanished_pod_with_a_free_ip_is_reserved_from_the_ledger(h: Harness) -> None:
+    ledger = FakeLedger({"10.0.0.1": entry("10.0.0.1", "gone-uid")})
+
+    await releaser(h, ledger).recover_from_ledger()
+
+    rec = h.records.items["10.0.0.1"]
+    assert rec.trigger == "safety-net"
+    assert rec.pod == PodRef("db", "db-0", "gone-uid", "n1")
+    assert rec.owner is not None and rec.owner.uid == "sts-1"
+    assert rec.expires_at == NOW + HOLD
+    assert h.calico.ips == {"10.0.0.1"}
+    assert h.sample("capo_safety_net_catches_total", trigger="safety-net") == 1
+
+
+async def test_vanished_pod_whose_ip_another_pod_holds_is_reported_lost(h: Harness) -> None:
+    h.add_pod(make_pod(name="newcomer", uid="new-uid", ips=("10.0.0.1",)))
+    ledger = FakeLedger({"10.0.0.1": entry("10.0.0.1", "gone-uid")})
+
+    await releaser(h, ledger).recover_from_ledger()
+
+    assert h.journal == []
+    assert h.sample("capo_reservations_lost_total") == 1
+    lost = h.events.with_reason("IPLost")
+    assert len(lost) == 1 and lost[0].warning and lost[0].ref.uid == "gone-uid"
+
+
+async def test_live_and_recorded_pods_are_left_alone(h: Harness) -> None:
+    h.add_pod(make_pod(name="db-0", uid="live", ips=("10.0.0.1",)))
+    h.add_record(make_record("10.0.0.2"))
+    ledger = FakeLedger({"10.0.0.1": entry("10.0.0.1", "live"), "10.0.0.2": entry("10.0.0.2", "gone")})
+
+    await releaser(h, ledger).recover_from_ledger()
+
+    assert h.journal.ops("calico.append") == []
+    assert h.journal.ops("records.create") == []
+
+
+async def test_known_terminal_pod_keeps_its_eviction_trigger(h: Harness) -> None:
+    h.add_pod(make_pod(uid="evicted", phase="Failed", reason="Evicted"))
+    ledger = FakeLedger({"10.0.0.1": entry("10.0.0.1", "evicted")})
+
+    await releaser(h, ledger).recover_from_ledger()
+
+    assert h.records.items["10.0.0.1"].trigger == "kubelet-eviction"
+
+
+async def test_failed_recovery_stays_in_the_ledger(h: Harness) -> None:
+    ledger = FakeLedger({"10.0.0.1": entry("10.0.0.1", "gone-uid")})
+    h.calico.fail("append")
+    r = releaser(h, ledger)
+
+    await r.recover_from_ledger()
+    assert h.records.items == {}
+
+    await r.pass_once()
+    assert "10.0.0.1" in ledger.entries  # kept for the next leader term
+
+
+async def test_recovery_of_a_known_pod_honours_its_hold_annotation(h: Harness) -> None:
+    h.add_pod(
+        make_pod(uid="evicted", phase="Failed", reason="Evicted", annotations={"capo.io/reserve-time": "2h"})
+    )
+    ledger = FakeLedger({"10.0.0.1": entry("10.0.0.1", "evicted")})
+
+    await releaser(h, ledger).recover_from_ledger()
+
+    assert h.records.items["10.0.0.1"].hold == timedelta(hours=2)
+
+
+async def test_failed_re_add_is_counted_as_a_calico_write_error(h: Harness) -> None:
+    h.add_record(make_record("10.0.0.1"), in_calico=False)
+    h.calico.fail("append")
+
+    with pytest.raises(CalicoError):
+        await releaser(h).pass_once()
+
+    assert h.sample("capo_calico_write_errors_total", operation="append") == 1

@@ -1,0 +1,144 @@
+"""The per-process state: recently reserved pod UIDs, the views over Kopf's indices, readiness."""
+
+from __future__ import annotations
+
+import copy
+import types
+
+import pytest
+from fakes import make_harness, make_ns, make_pod, make_record
+
+from capo_operator import runtime
+from capo_operator.runtime import RecentUIDs, Views
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def fake_time(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
+    clock = FakeTime()
+    monkeypatch.setattr(runtime, "time", types.SimpleNamespace(monotonic=clock.monotonic))
+    return clock
+
+
+# -- RecentUIDs -------------------------------------------------------------------------------
+
+
+def test_recent_uids_expire_after_the_ttl(fake_time: FakeTime) -> None:
+    recent = RecentUIDs(ttl=600)
+    recent.add("a")
+
+    fake_time.now += 600
+    assert "a" in recent
+    fake_time.now += 1
+    assert "a" not in recent
+    assert "a" not in recent._seen  # forgotten, not just hidden
+
+
+def test_adding_again_renews_the_ttl(fake_time: FakeTime) -> None:
+    recent = RecentUIDs(ttl=10)
+    recent.add("a")
+    fake_time.now += 8
+    recent.add("a")
+    fake_time.now += 8
+    assert "a" in recent
+
+
+def test_recent_uids_keep_at_most_max_size_dropping_the_oldest(fake_time: FakeTime) -> None:
+    recent = RecentUIDs(max_size=3)
+    for uid in "abc":
+        recent.add(uid)
+        fake_time.now += 1
+    recent.add("a")  # renewed: now the newest
+    recent.add("d")
+
+    assert "b" not in recent
+    assert all(uid in recent for uid in "acd")
+    assert len(recent._seen) == 3
+
+
+def test_recent_uids_discard_and_non_strings() -> None:
+    recent = RecentUIDs()
+    recent.add("a")
+    recent.discard("a")
+    recent.discard("never-added")
+    assert "a" not in recent
+    assert None not in recent
+    assert 5 not in recent
+
+
+# -- Views ------------------------------------------------------------------------------------
+
+
+def test_views_before_attach_are_empty_and_not_synced() -> None:
+    views = Views()
+    assert not views.synced.is_set()
+    assert views.pod("db", "db-0") is None
+    assert views.namespace("db") is None
+    assert views.records() == []
+    assert views.ip_holders(("10.0.0.1",)) == {}
+    assert list(views.pods()) == []
+
+
+def test_views_read_the_live_indices() -> None:
+    h = make_harness()
+    pod = h.add_pod(make_pod(uid="u0", ips=("10.0.0.1", "fd00::1")))
+    other = h.add_pod(make_pod(name="db-1", uid="u1", ips=("10.0.0.2",)))
+    ns = h.add_ns(make_ns("db"))
+    rec = h.add_record(make_record("10.0.0.9"))
+    views = h.rt.views
+
+    assert views.synced.is_set()
+    assert views.pod("db", "db-0") == pod
+    assert views.pod("db", "nope") is None
+    assert sorted(p.uid for p in views.pods()) == ["u0", "u1"]
+    assert views.namespace("db") == ns
+    assert views.namespace_names() == frozenset({"db"})
+    assert views.records() == [rec]
+    assert views.record("10.0.0.9") == rec
+    assert views.record("10.0.0.1") is None
+    assert views.all_ip_holders() == {"10.0.0.1": "u0", "fd00::1": "u0", "10.0.0.2": "u1"}
+
+    # Kopf updates its indices in place: the view follows.
+    late = h.add_ns(make_ns("late"))
+    assert views.namespace("late") == late
+    h.remove_pod(other)
+    assert views.pod("db", "db-1") is None
+
+
+def test_ip_holders_leave_out_the_pod_itself() -> None:
+    h = make_harness()
+    h.add_pod(make_pod(uid="u0", ips=("10.0.0.1",)))
+    views = h.rt.views
+
+    assert views.ip_holders(("10.0.0.1",), except_uid="u0") == {}
+    assert views.ip_holders(("10.0.0.1", "10.0.0.5")) == {"10.0.0.1": "u0"}
+    h.ips["10.0.0.1"].append("newcomer")  # old pod still listed, a new one got the IP as well
+    assert views.ip_holders(("10.0.0.1",), except_uid="u0") == {"10.0.0.1": "newcomer"}
+
+
+# -- Runtime ----------------------------------------------------------------------------------
+
+
+def test_ready_needs_the_certificate_then_the_caches() -> None:
+    h = make_harness(cert_ready=False, attach=False)
+    rt = h.rt
+    assert rt.ready == (False, "the webhook serving certificate is not loaded")
+
+    rt.cert_ready = True
+    ok, why = rt.ready
+    assert not ok and "caches" in why
+
+    rt.views.attach(pods={}, ips={}, namespaces={}, records={})
+    assert rt.ready == (True, "ready")
+
+
+def test_a_copy_of_the_runtime_is_the_runtime() -> None:
+    rt = make_harness().rt
+    assert copy.copy(rt) is rt
