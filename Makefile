@@ -32,11 +32,11 @@ test-integration: $(STAMP)
 ## lint: ruff and mypy (strict)
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check capo_operator kube_emulator bench demo tests
+	$(BIN)/ruff format --check capo_operator kube_emulator capo_testkit bench demo tests
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format capo_operator kube_emulator bench demo tests
+	$(BIN)/ruff format capo_operator kube_emulator capo_testkit bench demo tests
 	$(BIN)/ruff check --fix .
 
 ## bench: webhook throughput and latency (prints JSON and a table)

@@ -50,7 +50,6 @@ async def test_create_list_and_duplicate(cluster: Cluster) -> None:
     assert [i["metadata"]["name"] for i in selected["items"]] == ["10.0.0.1"]
 
 
-
 async def test_a_recovered_record_without_a_pod(cluster: Cluster) -> None:
     # An adopted Calico entry (invariant 2): nobody knows which pod held it.
     store = RecordStore(cluster.api)
