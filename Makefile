@@ -31,8 +31,8 @@ test-integration: $(STAMP)
 
 ## lint: ruff and mypy (strict)
 lint: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check capo_operator kube_emulator capo_testkit bench demo tests
+	$(BIN)/ruff check --no-cache .
+	$(BIN)/ruff format --no-cache --check capo_operator kube_emulator capo_testkit bench demo tests
 	$(BIN)/mypy
 
 format: $(STAMP)

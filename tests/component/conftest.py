@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from component_support import Cluster, api_for, install, record_calls
+
 from kube_emulator.testing import Emulator
 
 
