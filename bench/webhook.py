@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import ipaddress
 import json
 import multiprocessing
@@ -30,10 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -42,6 +37,7 @@ from capo_operator.calico import CalicoGroup, Snapshot
 from capo_operator.config import parse_config
 from capo_operator.records import Record
 from capo_operator.runtime import Options
+from capo_testkit.certs import make_serving_cert
 from kube_emulator.testing import EmulatorProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,33 +99,6 @@ def free_port() -> int:
     with contextlib.closing(socket.socket()) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "capo-bench")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "tls.crt", directory / "tls.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_file, key_file
 
 
 def review(i: int) -> dict[str, Any]:
@@ -243,7 +212,8 @@ async def start_operator(emu: Any, workdir: Path) -> tuple[asyncio.Task[int], st
         crd = yaml.safe_load((ROOT / "manifests/crd/capo.io_reservedips.yaml").read_text())
         await client.ApiextensionsV1Api(api).create_custom_resource_definition(crd)
 
-    cert, key = self_signed(workdir)
+    serving = make_serving_cert(workdir, hosts=("127.0.0.1",))
+    cert, key = serving.cert_file, serving.key_file
     webhook, metrics, probes = free_port(), free_port(), free_port()
     text = (
         "apiVersion: config.capo.io/v1\nkind: CapoConfig\n"
@@ -282,7 +252,7 @@ async def start_operator(emu: Any, workdir: Path) -> tuple[asyncio.Task[int], st
             await asyncio.sleep(0.1)
         else:
             raise RuntimeError("the operator did not become ready within 30 s")
-    return task, f"https://127.0.0.1:{webhook}/reserve-on-delete", str(cert), calico
+    return task, f"https://127.0.0.1:{webhook}/reserve-on-delete", str(workdir / "ca.crt"), calico
 
 
 async def bench(requests: int, concurrency: int, runs: int) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import base64
 import contextlib
 import datetime as dt
 import hashlib
+import ipaddress
 import logging
 import os
 import pathlib
@@ -139,6 +140,14 @@ def make_ca(
     return cert, key
 
 
+def _general_name(name: str) -> x509.GeneralName:
+    """A SAN entry: an IP address (a webhook addressed by URL) or a DNS name (a Service)."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def make_serving(
     ca_cert: x509.Certificate,
     ca_key: ec.EllipticCurvePrivateKey,
@@ -159,7 +168,7 @@ def make_serving(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
