@@ -136,8 +136,13 @@ def test_kopf_operator_sees_pods_and_posts_events(tmp_path: Any) -> None:
         _install_record_crd(emu.url)
         old = os.environ.get("KUBECONFIG")
         os.environ["KUBECONFIG"] = emu.kubeconfig_path
+        # A registry of its own: other tests may have imported modules that register handlers in
+        # Kopf's default one (KopfRunner makes the given registry the default: restore it after).
+        default_registry = kopf.get_default_registry()
         try:
-            with KopfRunner(["run", "--standalone", "-A", str(operator)], timeout=30) as runner:
+            with KopfRunner(
+                ["run", "--standalone", "-A", str(operator)], timeout=30, registry=kopf.OperatorRegistry()
+            ) as runner:
                 config.load_kube_config(config_file=emu.kubeconfig_path)
                 api = client.ApiClient()
                 core = client.CoreV1Api(api)
@@ -165,6 +170,7 @@ def test_kopf_operator_sees_pods_and_posts_events(tmp_path: Any) -> None:
                 events = core.list_namespaced_event("default").items
                 api.close()
         finally:
+            kopf.set_default_registry(default_registry)
             if old is None:
                 os.environ.pop("KUBECONFIG", None)
             else:
