@@ -20,7 +20,7 @@ from kubernetes.aio import config as k8s_config
 from capo_operator import handlers as _handlers  # noqa: F401  (registers the Kopf handlers)
 from capo_operator import probes
 from capo_operator.calico import CalicoStore, detect_group
-from capo_operator.certs import BuiltinCertificates, certificate_expiry
+from capo_operator.certs import BuiltinCertificates, ReloadingWebhookServer, certificate_expiry
 from capo_operator.config import Config, ConfigError, parse_config
 from capo_operator.events import EventRecorder, ObjectRef
 from capo_operator.leader import LeaseElector
@@ -151,7 +151,9 @@ async def take_over_signals(shutdown: asyncio.Event, views: Views) -> None:
 
 def kopf_settings(config: Config, cert: Path, key: Path) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
-    settings.admission.server = kopf.WebhookServer(
+    # Reloads a renewed certificate in place: Kopf's own server restarts its listener on a change
+    # and refuses connections for a moment.
+    settings.admission.server = ReloadingWebhookServer(
         addr=None,  # every interface, IPv6 included (aiohttp's None)
         port=config.webhook_port,
         certfile=str(cert),

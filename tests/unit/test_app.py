@@ -12,6 +12,7 @@ import pytest
 from fakes import Harness, eventually, make_harness, options
 
 from capo_operator import app
+from capo_operator.certs import ReloadingWebhookServer
 from capo_operator.config import Config, LeaderElection, parse_config
 
 GOOD = """\
@@ -134,6 +135,15 @@ def test_kopf_settings_leave_the_webhook_configuration_to_the_manifests(tmp_path
     assert settings.admission.server is not None
     assert settings.admission.server.port == 9555
     assert settings.posting.enabled is False
+
+
+def test_webhook_server_reloads_a_renewed_certificate_in_place(tmp_path: Path) -> None:
+    # Kopf's stock server restarts its listener when the files change and refuses connections
+    # meanwhile; the reloading one keeps the socket (its behaviour is tested in test_certs.py).
+    settings = app.kopf_settings(Config(), tmp_path / "c", tmp_path / "k")
+    assert isinstance(settings.admission.server, ReloadingWebhookServer)
+    assert settings.admission.server.certfile == str(tmp_path / "c")
+    assert settings.admission.server.pkeyfile == str(tmp_path / "k")
 
 
 def test_webhook_server_listens_on_every_address_family(tmp_path: Path) -> None:
