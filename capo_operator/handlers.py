@@ -107,16 +107,23 @@ def caches_synced(memo: Runtime, **kwargs: Any) -> None:
 
 @kopf.on.event("pods")
 def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any) -> None:
-    kind = event.get("type")
+    kind = event.get("type")  # None: the initial listing
+    uid = body.metadata.uid or ""
+    phase = (body.get("status") or {}).get("phase")
+    turned_terminal = phase in ("Failed", "Succeeded") and uid not in memo.terminal_uids
+    if turned_terminal:
+        memo.terminal_uids.add(uid)
+    if kind == "DELETED":
+        memo.terminal_uids.discard(uid)
     if kind not in ("DELETED", "MODIFIED"):
-        return  # initial listing and creations: nothing was freed
+        return  # listing and creations: nothing was freed (the ledger covers the time we were away)
     namespace = memo.views.namespace(body.metadata.namespace or "")
     if namespace is None or not namespace.enabled:
         return
     pod = _slim(body)
     if kind == "DELETED":
         memo.safety_net.pod_gone(pod)
-    elif pod.terminal and pod.ips:
+    elif turned_terminal and pod.ips:
         memo.safety_net.pod_terminated(pod)
 
 

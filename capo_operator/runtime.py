@@ -160,6 +160,9 @@ class Runtime:
     cert_ready: bool = False
     # IPs whose records a person deleted (release now), filled by the records watch on the leader.
     manual_releases: set[str] = field(default_factory=set)
+    # Pods this replica has seen terminal (from its first listing on): only a transition to
+    # Failed/Succeeded frees an IP now; a pod that was terminal already freed it long ago.
+    terminal_uids: set[str] = field(default_factory=set)
     # Set on SIGTERM/SIGINT: the process stops its own loops (releasing the Lease) before Kopf.
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
 

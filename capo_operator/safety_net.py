@@ -88,7 +88,8 @@ class SafetyNet:
         """The pod turned Failed/Succeeded with no API call: its IP is being freed now."""
         if pod.uid in self._pending_uids:
             return
-        trigger = policy.terminal_trigger(pod)
+        # A pod being deleted also turns terminal (recent kubelets): then it is a missed deletion.
+        trigger = "safety-net" if pod.deleting else policy.terminal_trigger(pod)
         item = _Item(
             time.monotonic() + self._delay(), next(self._seq), pod, trigger, terminal_transition=True
         )
