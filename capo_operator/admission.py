@@ -90,6 +90,8 @@ async def review(
         trigger = "eviction" if operation == "eviction" else "delete"
         deadline = rt.config.webhook_deadline.total_seconds()
         write = asyncio.ensure_future(rt.reserver.reserve(pod, decision.ips, decision.hold, trigger))
+        # Past the deadline nobody awaits it: consume its outcome (the safety net has the retry).
+        write.add_done_callback(lambda done: done.cancelled() or done.exception())
         try:
             # shield: past the deadline the write goes on in the background; the safety net checks it.
             await asyncio.wait_for(asyncio.shield(write), deadline)

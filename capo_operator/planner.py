@@ -117,14 +117,15 @@ def plan(
 
 
 def retime(records: Collection[RecordView], *, old: timedelta, new: timedelta) -> tuple[ClockChange, ...]:
-    """After ipReserveTime changes from `old` to `new`: records with default_policy, hold == old and a
-    running clock get hold=new and expires_at=reserved_at+new. Others are untouched."""
+    """After ipReserveTime changes from `old` to `new`: records with default_policy and hold == old get
+    hold=new; a running clock also gets expires_at=reserved_at+new, a stopped one stays stopped (and
+    will run for the new hold). Others are untouched."""
     if old == new:
         return ()
     changes = [
-        ClockChange(r.name, r.reserved_at, r.reserved_at + new, new)
+        ClockChange(r.name, r.reserved_at, None if r.expires_at is None else r.reserved_at + new, new)
         for r in records
-        if r.default_policy and r.hold == old and r.expires_at is not None
+        if r.default_policy and r.hold == old
     ]
     return tuple(sorted(changes, key=lambda c: c.name))
 

@@ -180,17 +180,20 @@ def test_zero_cap_releases_everything_kept() -> None:
     assert reasons(result) == {"10.0.0.1": "cap", "10.0.0.2": "expired"}
 
 
-def test_retime_moves_default_running_holds_only() -> None:
+def test_retime_moves_default_holds_only() -> None:
     new = timedelta(hours=1)
     records = [
         rec("10.0.0.1"),  # default, running: moved
         rec("10.0.0.2", default_policy=False),  # annotation: untouched
         rec("10.0.0.3", hold=timedelta(hours=2)),  # not the old default: untouched
-        rec("10.0.0.4", expires_in=None),  # stopped: untouched
+        rec("10.0.0.4", expires_in=None),  # stopped: new hold, still stopped
     ]
     changes = retime(records, old=HOLD, new=new)
-    r1 = records[0]
-    assert changes == (ClockChange("10.0.0.1", r1.reserved_at, r1.reserved_at + new, new),)
+    r1, r4 = records[0], records[3]
+    assert changes == (
+        ClockChange("10.0.0.1", r1.reserved_at, r1.reserved_at + new, new),
+        ClockChange("10.0.0.4", r4.reserved_at, None, new),
+    )
     assert retime(records, old=HOLD, new=HOLD) == ()
 
 
