@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 from kubernetes.aio import client as k8s
 from kubernetes.aio import config as k8s_config
+from kubernetes.aio import watch as k8s_watch
 
 from capo_operator import handlers as _handlers  # noqa: F401  (registers the Kopf handlers)
 from capo_operator import probes
@@ -89,25 +90,30 @@ def restart_needed(old: Config, new: Config) -> list[str]:
     return [name for name, (a, b) in fields.items() if a != b]
 
 
-async def watch_config(rt: Runtime, path: Path) -> None:
-    """Reload the file when its content changes (a mounted ConfigMap is swapped in by the kubelet).
-    A bad file is refused with a log line, an Event and a metric; the last good config stays."""
-    pod = ObjectRef("Pod", rt.options.identity, rt.options.namespace)
-    last = _digest(path)
-    while True:
-        await asyncio.sleep(CONFIG_POLL_SECONDS)
-        digest = _digest(path)
-        if digest == last or digest is None:
-            continue
-        last = digest
+class ConfigReloader:
+    """Applies new configuration text, from the file or from the ConfigMap, once per distinct
+    content: whichever source shows an edit first applies it, the other then finds nothing new.
+    A bad text is refused with a log line, an Event and a metric; the last good config stays."""
+
+    def __init__(self, rt: Runtime, initial_text: str) -> None:
+        self.rt = rt
+        self._seen = _digest_text(initial_text)
+
+    def offer(self, text: str, source: str) -> None:
+        digest = _digest_text(text)
+        if digest == self._seen:
+            return
+        self._seen = digest
+        rt = self.rt
+        pod = ObjectRef("Pod", rt.options.identity, rt.options.namespace)
         try:
-            new = parse_config(path.read_text())
-        except (ConfigError, OSError) as exc:
+            new = parse_config(text)
+        except ConfigError as exc:
             rt.metrics.config_reloads.labels(result="failure").inc()
             rt.metrics.config_last_reload_ok.set(0)
-            logger.error("configuration reload refused, keeping the last good one: %s", exc)
-            rt.events.post(pod, "ConfigRejected", f"{path}: {exc}", warning=True)
-            continue
+            logger.error("configuration reload from %s refused, keeping the last good one: %s", source, exc)
+            rt.events.post(pod, "ConfigRejected", f"{source}: {exc}", warning=True)
+            return
         stale = restart_needed(rt.config, new)
         rt.config = new
         rt.metrics.config_reloads.labels(result="success").inc()
@@ -116,8 +122,50 @@ async def watch_config(rt: Runtime, path: Path) -> None:
         for warning in new.warnings:
             logger.warning("configuration: %s", warning)
         note = f" ({', '.join(stale)} apply after a restart)" if stale else ""
-        logger.info("configuration reloaded from %s%s", path, note)
-        rt.events.post(pod, "ConfigReloaded", f"configuration reloaded from {path}{note}")
+        logger.info("configuration reloaded from %s%s", source, note)
+        rt.events.post(pod, "ConfigReloaded", f"configuration reloaded from {source}{note}")
+
+
+async def watch_config_file(reloader: ConfigReloader, path: Path) -> None:
+    """Poll the file: a mounted ConfigMap is swapped in by the kubelet (within about a minute)."""
+    while True:
+        await asyncio.sleep(CONFIG_POLL_SECONDS)
+        try:
+            text = path.read_text()
+        except OSError:
+            continue  # mid-swap, or gone for a moment: the last good config stays
+        reloader.offer(text, str(path))
+
+
+async def watch_config_map(
+    reloader: ConfigReloader, api: k8s.ApiClient, namespace: str, name: str, key: str
+) -> None:
+    """Watch the one ConfigMap the file is mounted from, so an edit applies at once."""
+    core = k8s.CoreV1Api(api)
+    source = f"ConfigMap {namespace}/{name} key {key}"
+    while True:
+        stream = k8s_watch.Watch()
+        try:
+            async for event in stream.stream(
+                core.list_namespaced_config_map,
+                namespace,
+                field_selector=f"metadata.name={name}",
+                timeout_seconds=300,
+            ):
+                if event["type"] in ("ADDED", "MODIFIED"):
+                    text = (event["raw_object"].get("data") or {}).get(key)
+                    if text is None:
+                        logger.warning("%s is missing; keeping the current configuration", source)
+                    else:
+                        reloader.offer(text, source)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("watching %s failed (retrying): %s", source, exc)
+            await asyncio.sleep(CONFIG_POLL_SECONDS)
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()
 
 
 async def freeze_heap_after_sync(views: Views) -> None:
@@ -130,11 +178,8 @@ async def freeze_heap_after_sync(views: Views) -> None:
     logger.debug("froze %d objects after the caches synced", gc.get_freeze_count())
 
 
-def _digest(path: Path) -> bytes | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).digest()
-    except OSError:
-        return None
+def _digest_text(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
 
 
 async def take_over_signals(shutdown: asyncio.Event, views: Views) -> None:
@@ -274,7 +319,15 @@ async def run(
     spawn(events.run(), "events")
     one_shots.append(asyncio.create_task(freeze_heap_after_sync(views), name="gc-freeze"))
     spawn(safety_net.run(lambda: rt.config), "safety-net")
-    spawn(watch_config(rt, options.config_path), "config-reload")
+    try:
+        loaded_text = options.config_path.read_text()
+    except OSError:
+        loaded_text = ""  # the file vanished since it was parsed: the next one read is applied
+    reloader = ConfigReloader(rt, loaded_text)
+    spawn(watch_config_file(reloader, options.config_path), "config-file")
+    if options.config_map:
+        key = options.config_path.name
+        spawn(watch_config_map(reloader, api, options.namespace, options.config_map, key), "config-map")
 
     election = config.leader_election
     lease_name = election.resource_name

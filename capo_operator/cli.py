@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Service name in the serving certificate (builtin certs)",
     )
     run.add_argument(
+        "--config-map",
+        default=os.environ.get("CAPO_CONFIG_MAP"),
+        help="the ConfigMap (in --namespace) the config file is mounted from: watched so that an edit "
+        "applies at once; its key is the file's name (env CAPO_CONFIG_MAP)",
+    )
+    run.add_argument(
         "--kubeconfig",
         default=os.environ.get("KUBECONFIG"),
         help="kubeconfig file (default: in-cluster, then ~/.kube/config)",
@@ -155,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         webhook_config_name=args.webhook_config_name,
         webhook_service=args.webhook_service,
         kubeconfig=args.kubeconfig,
+        config_map=args.config_map or None,
         log_format=args.log_format,
         log_level=args.log_level,
     )

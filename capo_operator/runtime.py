@@ -37,6 +37,7 @@ class Options:
     webhook_config_name: str
     webhook_service: str
     kubeconfig: str | None = None
+    config_map: str | None = None  # the ConfigMap the config file is mounted from (watched directly)
     log_format: str = "json"
     log_level: str = "info"
 

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +94,10 @@ class OperatorProcess:
         key_file: Path,
         webhook_port: int,
         config: Mapping[str, Any] | None = None,
+        args: Sequence[str] = (),
         **config_options: Any,
     ) -> None:
+        self.args = tuple(args)  # more command-line flags
         self.identity = identity
         self.workdir = workdir
         self.kubeconfig = kubeconfig
@@ -154,6 +156,7 @@ class OperatorProcess:
             "--certs", "files",
             "--log-format", "text",
             "--log-level", "info",
+            *self.args,
         ]  # fmt: skip
         # KUBECONFIG too: with --kubeconfig alone Kopf's own login finds no configuration (the
         # kubernetes client reads the variable at import time, before the operator sets it).

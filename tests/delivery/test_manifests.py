@@ -205,6 +205,7 @@ CALLS = [
     *[("coordination.k8s.io", "leases", v, NS, "capo") for v in ("get", "update", "patch")],
     ("", "configmaps", "create", NS, None),
     *[("", "configmaps", v, NS, "capo-ledger") for v in ("get", "update", "patch")],
+    *[("", "configmaps", v, NS, "capo-config") for v in ("get", "list", "watch")],
     *[(g, "events", v, "", None) for g in ("", "events.k8s.io") for v in ("create", "patch")],
     *[("apiextensions.k8s.io", "customresourcedefinitions", v, "", None) for v in ("list", "watch")],
 ]
@@ -231,6 +232,8 @@ def test_rbac_allows_every_documented_call(default_docs: list[Doc], call: tuple[
         ("", "secrets", "list", NS, None),
         ("", "secrets", "get", "default", "capo-webhook-tls"),
         ("", "configmaps", "update", NS, "kube-root-ca.crt"),
+        ("", "configmaps", "update", NS, "capo-config"),
+        ("", "configmaps", "list", NS, None),
         ("coordination.k8s.io", "leases", "update", NS, "someone-elses-lease"),
         ("crd.projectcalico.org", "ipreservations", "update", "", "another-teams-reservation"),
         ("crd.projectcalico.org", "ippools", "list", "", None),

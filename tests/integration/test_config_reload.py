@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import yaml
+
 from capo_testkit import Harness, eventually, pod_ip
+from capo_testkit.kube import path_for
 
 
 async def test_live_reload_and_bad_config_keeps_the_old_one(capo: Harness) -> None:
@@ -49,3 +52,26 @@ async def test_live_reload_and_bad_config_keeps_the_old_one(capo: Harness) -> No
     await c.delete_pod(ns, "web-1")
     record = (await capo.wait_reserved(gone))[gone]
     assert record["spec"]["holdSeconds"] == 5, "the old (good) config still decides"
+
+
+async def test_a_configmap_edit_applies_without_waiting_for_the_mounted_file(capo: Harness) -> None:
+    """The operator watches the ConfigMap its file is mounted from: the kubelet refreshes a mounted
+    file only within about a minute, the watch applies the edit at once."""
+    c = capo.cluster
+    op = capo.add_operator(args=["--config-map", "capo-config"], reserve_time="60s", max_count=10)
+    key = op.config_path.name  # the ConfigMap key is the mounted file's name
+    path = path_for("", "v1", "configmaps", c.operator_namespace)
+    await c.kube.create(path, {"metadata": {"name": "capo-config"}, "data": {key: yaml.safe_dump(op.config)}})
+    op.start()
+    await op.wait_ready()
+    await capo.wait_leader()
+
+    edited = {**op.config, "ipReserveMaxCount": 3}
+    await c.kube.patch(f"{path}/capo-config", {"data": {key: yaml.safe_dump(edited)}})
+    await capo.wait_metric("ip_reserve_count_max", 3, op=op, within=5)
+    assert yaml.safe_load(op.config_path.read_text())["ipReserveMaxCount"] == 10, "the file is unchanged"
+
+    # A bad edit is refused there too; the good one stays.
+    await c.kube.patch(f"{path}/capo-config", {"data": {key: "ipReserveMaxCount: many\n"}})
+    await capo.wait_metric("capo_config_reloads_total", 1, op=op, result="failure", within=5)
+    assert (await op.metrics()).value("ip_reserve_count_max") == 3

@@ -59,7 +59,7 @@ async def watching(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncI
     monkeypatch.setattr(app, "CONFIG_POLL_SECONDS", 0.005)
     h = make_harness(parse_config(GOOD))
     h.rt.options = options(config_file.parent)
-    task = asyncio.create_task(app.watch_config(h.rt, config_file))
+    task = asyncio.create_task(app.watch_config_file(app.ConfigReloader(h.rt, GOOD), config_file))
     await asyncio.sleep(0.01)  # the watcher has taken its first digest
     yield h
     task.cancel()
@@ -117,6 +117,20 @@ async def test_an_unchanged_or_vanished_file_is_not_reloaded(watching: Harness, 
     assert h.sample("capo_config_reloads_total", result="success") == 0
     assert h.sample("capo_config_reloads_total", result="failure") == 0
     assert h.events.posted == []
+
+
+def test_the_configmap_and_the_file_apply_one_edit_once() -> None:
+    # The ConfigMap watch sees an edit first; a minute later the kubelet swaps the file in.
+    h = make_harness(parse_config(GOOD))
+    reloader = app.ConfigReloader(h.rt, GOOD)
+    edited = GOOD.replace("300", "9")
+    reloader.offer(edited, "ConfigMap capo-system/capo-config key capo_config.yaml")
+    reloader.offer(edited, "/etc/capo/capo_config.yaml")
+    assert h.rt.config.ip_reserve_max_count == 9
+    assert h.sample("capo_config_reloads_total", result="success") == 1
+    assert [e.message.split(" from ")[1] for e in h.events.with_reason("ConfigReloaded")] == [
+        "ConfigMap capo-system/capo-config key capo_config.yaml"
+    ]
 
 
 async def test_a_reload_says_which_settings_wait_for_a_restart(watching: Harness, config_file: Path) -> None:
