@@ -246,7 +246,7 @@ async def run(
 
     metrics = Metrics()
     metrics.reserve_count_max.set(config.ip_reserve_max_count)
-    events = EventRecorder(api, host=options.identity)
+    events = EventRecorder(api, host=options.identity, on_drop=metrics.events_dropped.inc)
     records = records or RecordStore(api)
     views = Views()
     holder: dict[str, Runtime] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -27,19 +28,27 @@ class EventRecorder:
     """Posts at most `rate` Events per second (like client-go's recorder, it protects the apiserver
     and, here, the webhook's event loop during a burst of deletions); beyond the queue they are dropped."""
 
-    def __init__(self, api: k8s.ApiClient, *, host: str, max_queue: int = 2000, rate: float = 50.0) -> None:
+    def __init__(
+        self,
+        api: k8s.ApiClient,
+        *,
+        host: str,
+        max_queue: int = 2000,
+        rate: float = 50.0,
+        on_drop: Callable[[], None] = lambda: None,
+    ) -> None:
         self._core = k8s.CoreV1Api(api)
         self._host = host
         self._queue: asyncio.Queue[tuple[ObjectRef, str, str, str]] = asyncio.Queue(max_queue)
         self._interval = 1.0 / rate
-        self.dropped = 0
+        self._on_drop = on_drop
 
     def post(self, ref: ObjectRef, reason: str, message: str, *, warning: bool = False) -> None:
         """Queue an Event; when the queue is full the Event is dropped (and counted), never awaited."""
         try:
             self._queue.put_nowait((ref, "Warning" if warning else "Normal", reason, message))
         except asyncio.QueueFull:
-            self.dropped += 1
+            self._on_drop()
 
     async def run(self) -> None:
         while True:

@@ -151,6 +151,11 @@ class Metrics:
             "1 if the last configuration reload was accepted",
             registry=r,
         )
+        self.events_dropped = Counter(
+            "capo_events_dropped",
+            "Kubernetes Events not posted because too many were queued (they are paced at 50/s)",
+            registry=r,
+        )
         self.cert_expiry = Gauge(
             "capo_webhook_certificate_expiry_timestamp_seconds",
             "When the serving certificate of the webhook expires (unix seconds)",

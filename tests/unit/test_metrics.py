@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fakes import DummyApi
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -141,3 +142,13 @@ def test_each_metrics_object_has_its_own_registry() -> None:
     a, b = Metrics(), Metrics()
     a.reserve_count.set(5)
     assert b.registry.get_sample_value("ip_reserve_count") == 0
+
+
+def test_events_beyond_the_queue_are_dropped_and_counted() -> None:
+    from capo_operator.events import EventRecorder, ObjectRef
+
+    metrics = Metrics()
+    recorder = EventRecorder(DummyApi(), host="capo-0", max_queue=2, on_drop=metrics.events_dropped.inc)  # type: ignore[arg-type]
+    for i in range(5):
+        recorder.post(ObjectRef("Pod", f"db-{i}", "db"), "IPReserved", "reserved")
+    assert metrics.registry.get_sample_value("capo_events_dropped_total") == 3
