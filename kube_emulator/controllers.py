@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import errors as E
+from .background import Background
 from .context import GARBAGE_COLLECTOR, NAMESPACE_CONTROLLER, RequestContext
 from .store import Key, Obj, WatchEvent
 
@@ -29,20 +29,10 @@ log = logging.getLogger("kube_emulator.controllers")
 NS_KEY: Key = ("", "namespaces")
 
 
-class Controllers:
+class Controllers(Background):
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def spawn(self, coro_fn: Callable[[], Any]) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro_fn())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def stop(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        super().__init__()
 
     def on_event(self, key: Key, event: WatchEvent) -> None:
         meta = event.obj["metadata"]

@@ -19,10 +19,11 @@ import copy
 import itertools
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import errors as E
 from .allocator import AllocationError, requested_ips
+from .background import Background
 from .context import RequestContext, node_user, rfc3339
 from .store import Key, Obj, WatchEvent
 
@@ -47,27 +48,17 @@ def _running_with(node: str, ips: list[str], host_ip: str) -> Callable[[Obj], No
     return lambda status: Kubelet._running(status, node, ips, host_ip)
 
 
-class Kubelet:
+class Kubelet(Background):
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self._rr = itertools.count()
-        self.tasks: set[asyncio.Task[None]] = set()
+        super().__init__()
         self.paused = asyncio.Event()
         self.paused.set()  # set = running; cleared = the kubelet does not finish deletions
 
     @property
     def start_delay(self) -> float:
         return min(self.cluster.options.kubelet_delay, 0.05)
-
-    def spawn(self, coro_fn: Callable[[], Any]) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro_fn())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def stop(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
 
     def on_event(self, key: Key, event: WatchEvent) -> None:
         if key != POD_KEY:
