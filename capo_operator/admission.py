@@ -43,7 +43,8 @@ async def namespace_facts(rt: Runtime, name: str) -> NamespaceFacts | None:
 
 async def pod_facts(rt: Runtime, namespace: str, name: str) -> PodFacts | None:
     cached = rt.views.pod(namespace, name)
-    if cached is not None:
+    # A copy without IPs may predate the IP assignment (the watch lags a little): ask the API.
+    if cached is not None and cached.ips:
         return cached
     try:
         pod = await k8s.CoreV1Api(rt.api).read_namespaced_pod(name, namespace)

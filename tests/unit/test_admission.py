@@ -354,6 +354,21 @@ async def test_pod_facts_prefers_the_cache_then_one_get(h: Harness, core_api: ty
     assert core_api.calls == ["pod/db/db-1", "pod/db/gone"]
 
 
+async def test_a_cached_pod_without_ip_is_read_again(h: Harness, core_api: type[_CoreApi]) -> None:
+    # The watch may still hold the copy from before the IP was assigned: an eviction then would
+    # reserve nothing (the kubelet's later DELETE would, with the wrong trigger and a later clock).
+    h.add_pod(make_pod(ips=()))
+    core_api.pods[("db", "db-0")] = {
+        "metadata": {"namespace": "db", "name": "db-0", "uid": "uid-db-db-0"},
+        "status": {"phase": "Running", "podIPs": [{"ip": "10.0.0.1"}]},
+    }
+
+    fetched = await admission.pod_facts(h.rt, "db", "db-0")
+
+    assert fetched is not None and fetched.ips == ("10.0.0.1",)
+    assert core_api.calls == ["pod/db/db-0"]
+
+
 async def test_pod_facts_raises_other_api_errors(h: Harness, core_api: type[_CoreApi]) -> None:
     core_api.error = k8s.ApiException(status=403, reason="Forbidden")
     with pytest.raises(k8s.ApiException):
