@@ -15,17 +15,17 @@ from typing import Any
 
 import kopf
 from kubernetes.aio import client as k8s
-from kubernetes.aio import config as k8s_config
 from kubernetes.aio import watch as k8s_watch
 
+from capo_operator import access, probes
 from capo_operator import handlers as _handlers  # noqa: F401  (registers the Kopf handlers)
-from capo_operator import probes
 from capo_operator.calico import CalicoStore, detect_group
 from capo_operator.certs import BuiltinCertificates, ReloadingWebhookServer, certificate_expiry
 from capo_operator.config import Config, ConfigError, parse_config
+from capo_operator.credentials import Credentials, CredentialsError, Source
 from capo_operator.events import EventRecorder, ObjectRef
 from capo_operator.leader import LeaseElector
-from capo_operator.ledger import Ledger
+from capo_operator.ledger import LEDGER_NAME, Ledger
 from capo_operator.metrics import Metrics
 from capo_operator.records import GROUP, PLURAL, VERSION, RecordStore
 from capo_operator.releaser import Releaser
@@ -41,18 +41,6 @@ CERT_SECRET_NAME = "capo-webhook-tls"
 
 class StartupError(Exception):
     """The operator cannot start; the message says what to fix."""
-
-
-async def connect(kubeconfig: str | None) -> k8s.ApiClient:
-    cfg = k8s.Configuration()
-    if kubeconfig:
-        await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    else:
-        try:
-            k8s_config.load_incluster_config(client_configuration=cfg)
-        except k8s_config.ConfigException:
-            await k8s_config.load_kube_config(client_configuration=cfg)
-    return k8s.ApiClient(cfg)
 
 
 async def require_records_crd(api: k8s.ApiClient) -> None:
@@ -215,6 +203,38 @@ def kopf_settings(config: Config, cert: Path, key: Path) -> kopf.OperatorSetting
     return settings
 
 
+async def check_permissions(
+    api: k8s.ApiClient,
+    credentials: Credentials,
+    options: Options,
+    config: Config,
+    calico_group: str,
+    metrics: Metrics,
+) -> list[access.Permission]:
+    """Ask the API server which of the permissions the operator uses it lacks, and say so loudly."""
+    election = config.leader_election
+    names = access.Names(
+        namespace=options.namespace,
+        calico_group=calico_group,
+        ip_reservation=config.ip_reservation_name,
+        lease=election.resource_name,
+        lease_namespace=election.resource_namespace or options.namespace,
+        ledger=LEDGER_NAME,
+        config_map=options.config_map,
+        builtin_certs=options.certs == "builtin",
+        cert_secret=CERT_SECRET_NAME,
+        webhook_config=options.webhook_config_name,
+    )
+    gaps = await access.missing(api, access.required(names)) or []
+    access.report_missing(gaps, credentials.subject())
+    for critical in (True, False):
+        count = sum(1 for p in gaps if p.critical is critical)
+        metrics.missing_permissions.labels(critical=str(critical).lower()).set(count)
+    if not gaps:
+        logger.info("permission check: every permission the operator uses is granted")
+    return gaps
+
+
 async def run(
     options: Options,
     config: Config,
@@ -224,7 +244,16 @@ async def run(
 ) -> int:
     """Run until Kopf stops (SIGTERM/SIGINT) or a loop crashes. `calico`/`records` replace the real
     stores (the webhook benchmark uses in-memory ones)."""
-    api = await connect(options.kubeconfig)
+    metrics = Metrics()
+    credentials = Credentials(Source(kubeconfig=options.kubeconfig))
+    try:
+        configuration = await credentials.load()
+    except CredentialsError as exc:
+        raise StartupError(str(exc)) from exc
+    forbidden = access.ForbiddenLog(
+        lambda verb, res: metrics.api_forbidden.labels(verb=verb, resource=res).inc()
+    )
+    api: k8s.ApiClient = access.ObservedApiClient(configuration, forbidden)
     try:
         if calico is None:
             group = await detect_group(api, config.calico_api_group)
@@ -244,7 +273,9 @@ async def run(
         calico.name,
     )
 
-    metrics = Metrics()
+    missing_permissions = await check_permissions(
+        api, credentials, options, config, calico.group.value, metrics
+    )
     metrics.reserve_count_max.set(config.ip_reserve_max_count)
     events = EventRecorder(api, host=options.identity, on_drop=metrics.events_dropped.inc)
     records = records or RecordStore(api)
@@ -265,6 +296,7 @@ async def run(
         config=config,
         metrics=metrics,
         api=api,
+        credentials=credentials,
         calico=calico,
         records=records,
         events=events,
@@ -272,6 +304,7 @@ async def run(
         safety_net=safety_net,
         views=views,
     )
+    rt.missing_permissions = missing_permissions
     holder["rt"] = rt
 
     tasks: list[asyncio.Task[Any]] = []  # loops that run for the process's life: one ending is fatal
@@ -317,6 +350,7 @@ async def run(
         await probes.serve(probes.metrics_app(metrics.registry), config.metrics_bind_address),
     ]
     spawn(events.run(), "events")
+    spawn(credentials.run(), "credentials")
     one_shots.append(asyncio.create_task(freeze_heap_after_sync(views), name="gc-freeze"))
     spawn(safety_net.run(lambda: rt.config), "safety-net")
     try:
@@ -331,7 +365,7 @@ async def run(
 
     election = config.leader_election
     lease_name = election.resource_name
-    releaser = Releaser(rt, Ledger(api, namespace=options.namespace))
+    releaser = Releaser(rt, Ledger(api, namespace=options.namespace, name=LEDGER_NAME))
 
     def on_leader_change(leading: bool) -> None:
         rt.leading = leading

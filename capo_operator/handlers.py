@@ -34,24 +34,9 @@ def _slim(pod: kopf.Body) -> PodFacts:
 
 @kopf.on.login()
 async def login(memo: Runtime, **_: Any) -> kopf.ConnectionInfo:
-    """Kopf uses the same endpoint and credentials as the operator's own client (one source of
-    truth, and the in-cluster token is re-read when Kopf logs in again after a 401)."""
-    cfg = memo.api.configuration
-    # This also runs the in-cluster token refresh hook.
-    header = await cfg.get_api_key_with_prefix("authorization") or ""
-    scheme, _sep, token = header.partition(" ")
-    return kopf.ConnectionInfo(
-        server=cfg.host,
-        ca_path=cfg.ssl_ca_cert,
-        ca_data=cfg.ca_cert_data if not cfg.ssl_ca_cert else None,
-        insecure=not cfg.verify_ssl,
-        scheme=scheme or None,
-        token=token or None,
-        username=cfg.username or None,
-        password=cfg.password or None,
-        certificate_path=cfg.cert_file,
-        private_key_path=cfg.key_file,
-    )
+    """Kopf uses the operator's own endpoint and credentials, re-read from their source each time:
+    Kopf logs in again after a 401 and before a token's expiry, and then gets the rotated token."""
+    return await memo.credentials.connection_info()
 
 
 # -- indices (every replica) ------------------------------------------------------------------

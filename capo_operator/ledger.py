@@ -151,8 +151,11 @@ def decode(text: str) -> dict[str, LedgerEntry]:
     return entries
 
 
+LEDGER_NAME = "capo-ledger"
+
+
 class Ledger:
-    def __init__(self, api: k8s.ApiClient, *, namespace: str, name: str = "capo-ledger") -> None:
+    def __init__(self, api: k8s.ApiClient, *, namespace: str, name: str = LEDGER_NAME) -> None:
         self.api = api
         self.namespace = namespace
         self.name = name

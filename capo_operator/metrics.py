@@ -161,6 +161,18 @@ class Metrics:
             "When the serving certificate of the webhook expires (unix seconds)",
             registry=r,
         )
+        self.api_forbidden = Counter(
+            "capo_api_forbidden",
+            "API requests refused with 403 Forbidden (a missing RBAC rule), by verb and resource",
+            ["verb", "resource"],
+            registry=r,
+        )
+        self.missing_permissions = Gauge(
+            "capo_missing_permissions",
+            "Permissions the start-up check found missing; critical ones keep the replica unready",
+            ["critical"],
+            registry=r,
+        )
         self.build_info = Gauge("capo_build_info", "Build information", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
         self.ip_info = _IPInfoCollector()
@@ -173,6 +185,8 @@ class Metrics:
         for result in ("success", "failure"):
             self.config_reloads.labels(result=result)
         self.config_last_reload_ok.set(1)
+        for critical in ("true", "false"):
+            self.missing_permissions.labels(critical=critical)
 
     def set_leader(self, name: str, leading: bool) -> None:
         self.leader.labels(name=name).set(1 if leading else 0)

@@ -17,7 +17,9 @@ from capo_operator.policy import NamespaceFacts, PodFacts
 if TYPE_CHECKING:
     from kubernetes.aio import client as k8s
 
+    from capo_operator.access import Permission
     from capo_operator.calico import CalicoStore
+    from capo_operator.credentials import Credentials
     from capo_operator.events import EventRecorder
     from capo_operator.records import Record, RecordStore
     from capo_operator.reserver import Reserver
@@ -147,6 +149,7 @@ class Runtime:
     config: Config
     metrics: Metrics
     api: k8s.ApiClient
+    credentials: Credentials  # Kopf logs in with these too
     calico: CalicoStore
     records: RecordStore
     events: EventRecorder
@@ -164,6 +167,8 @@ class Runtime:
     # Pods this replica has seen terminal (from its first listing on): only a transition to
     # Failed/Succeeded frees an IP now; a pod that was terminal already freed it long ago.
     terminal_uids: set[str] = field(default_factory=set)
+    # Found missing by the start-up permission check (critical ones keep the replica unready).
+    missing_permissions: list[Permission] = field(default_factory=list)
     # Set on SIGTERM/SIGINT: the process stops its own loops (releasing the Lease) before Kopf.
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -172,6 +177,9 @@ class Runtime:
 
     @property
     def ready(self) -> tuple[bool, str]:
+        critical = [p.describe() for p in self.missing_permissions if p.critical]
+        if critical:
+            return False, "missing permissions (see the log): " + "; ".join(critical)
         if not self.cert_ready:
             return False, "the webhook serving certificate is not loaded"
         if not self.views.synced.is_set():

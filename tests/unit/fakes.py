@@ -16,6 +16,7 @@ from typing import Any
 from capo_operator.addresses import ip_of, record_name
 from capo_operator.calico import CalicoError, CalicoGroup, Snapshot
 from capo_operator.config import Config
+from capo_operator.credentials import Credentials, Source
 from capo_operator.events import ObjectRef
 from capo_operator.ledger import LedgerEntry
 from capo_operator.metrics import Metrics
@@ -371,6 +372,7 @@ def make_harness(
         config=config or Config(),
         metrics=metrics,
         api=DummyApi(),
+        credentials=Credentials(Source(kubeconfig="/nonexistent/kubeconfig")),
         calico=calico,
         records=records,
         events=events,

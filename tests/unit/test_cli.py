@@ -90,9 +90,9 @@ def test_run_with_an_invalid_config_exits_2_before_touching_a_cluster(
     async def no_cluster(*_: object, **__: object) -> None:
         raise AssertionError("run() must not connect with an invalid config")
 
-    import capo_operator.app
+    from capo_operator.credentials import Credentials
 
-    monkeypatch.setattr(capo_operator.app, "connect", no_cluster)
+    monkeypatch.setattr(Credentials, "load", no_cluster)
     monkeypatch.delenv("CAPO_CONFIG", raising=False)
 
     assert cli.main(["run", "--config", str(path)]) == 2

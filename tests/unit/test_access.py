@@ -1,0 +1,194 @@
+"""The permission check and the run-time 403 report: a missing RBAC rule is never silent."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from fakes import make_harness
+from kubernetes.aio import client as k8s
+
+from capo_operator import access
+from capo_operator.runtime import Runtime
+
+NAMES = access.Names(
+    namespace="capo-system",
+    calico_group="crd.projectcalico.org",
+    ip_reservation="capo-reserved-ips",
+    lease="capo",
+    lease_namespace="capo-system",
+    ledger="capo-ledger",
+    config_map="capo-config",
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "expected"),
+    [
+        ("GET", "https://h:6443/api/v1/pods?limit=500", ("list", "pods")),
+        ("GET", "https://h:6443/api/v1/pods?watch=true&resourceVersion=5", ("watch", "pods")),
+        ("GET", "https://h/api/v1/namespaces/ns/pods/p", ("get", "pods")),
+        ("POST", "https://h/api/v1/namespaces/ns/pods/p/eviction", ("create", "pods/eviction")),
+        ("PUT", "https://h/api/v1/namespaces/ns/pods/p/status", ("update", "pods/status")),
+        ("GET", "https://h/api/v1/namespaces/ns", ("get", "namespaces")),
+        ("GET", "https://h/api/v1/namespaces", ("list", "namespaces")),
+        ("PATCH", "https://h/apis/crd.projectcalico.org/v1/ipreservations/x", ("patch", "ipreservations")),
+        ("DELETE", "https://h/apis/capo.io/v1/reservedips/x", ("delete", "reservedips")),
+        ("DELETE", "https://h/apis/capo.io/v1/reservedips", ("deletecollection", "reservedips")),
+        ("POST", "https://h/apis/coordination.k8s.io/v1/namespaces/n/leases", ("create", "leases")),
+        ("GET", "https://h/apis", ("get", "nonresource")),
+    ],
+)
+def test_verb_and_resource_follow_the_api_servers_request_info(
+    method: str, url: str, expected: tuple[str, str]
+) -> None:
+    assert access.verb_and_resource(method, url) == expected
+
+
+def test_every_reservation_path_permission_is_critical() -> None:
+    perms = access.required(NAMES)
+    critical = {(p.verb, p.resource) for p in perms if p.critical}
+    assert {("patch", "ipreservations"), ("watch", "pods"), ("create", "reservedips")} <= critical
+    # Names from the configuration are what is asked about (the shipped RBAC grants by name).
+    patch = next(p for p in perms if (p.verb, p.resource) == ("patch", "ipreservations"))
+    assert patch.name == "capo-reserved-ips" and patch.group == "crd.projectcalico.org"
+    assert patch.describe() == 'patch ipreservations.crd.projectcalico.org "capo-reserved-ips" (cluster-wide)'
+    lease = next(p for p in perms if (p.verb, p.resource) == ("update", "leases"))
+    assert lease.describe() == 'update leases.coordination.k8s.io "capo" in namespace "capo-system"'
+
+
+def test_builtin_certificates_add_their_permissions() -> None:
+    plain = {(p.verb, p.resource) for p in access.required(NAMES)}
+    builtin = access.required(
+        access.Names(**{**NAMES.__dict__, "builtin_certs": True, "cert_secret": "s", "webhook_config": "w"})
+    )
+    extra = {(p.verb, p.resource) for p in builtin} - plain
+    assert extra == {("get", "secrets"), ("patch", "validatingwebhookconfigurations")}
+
+
+class FakeApiServer:
+    """Answers SelfSubjectAccessReviews from a set of refused verbs, and 403s one path."""
+
+    def __init__(self, refused: set[tuple[str, str]]) -> None:
+        self.refused = refused
+        self.reviews: list[dict[str, Any]] = []
+
+    async def ssar(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        attrs = body["spec"]["resourceAttributes"]
+        self.reviews.append(attrs)
+        allowed = (attrs["verb"], attrs["resource"]) not in self.refused
+        return web.json_response({**body, "status": {"allowed": allowed}}, status=201)
+
+    async def forbidden(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "status": "Failure",
+                "reason": "Forbidden",
+                "code": 403,
+                "message": 'ipreservations.crd.projectcalico.org "capo-reserved-ips" is forbidden: User '
+                '"system:serviceaccount:capo-system:capo-operator" cannot patch resource "ipreservations" '
+                'in API group "crd.projectcalico.org" at the cluster scope',
+            },
+            status=403,
+        )
+
+
+@contextlib.asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[str]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[FakeApiServer, k8s.ApiClient, list[tuple[str, str]]]]:
+    fake = FakeApiServer({("patch", "ipreservations"), ("create", "events")})
+    app = web.Application()
+    app.router.add_post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", fake.ssar)
+    app.router.add_route("*", "/apis/crd.projectcalico.org/v1/{tail:.*}", fake.forbidden)
+    async with serve(app) as url:
+        counted: list[tuple[str, str]] = []
+        api = access.ObservedApiClient(
+            k8s.Configuration(host=url), access.ForbiddenLog(lambda v, r: counted.append((v, r)))
+        )
+        yield fake, api, counted
+        await api.close()  # type: ignore[no-untyped-call]
+
+
+async def test_the_start_up_check_names_each_missing_permission(
+    server: tuple[FakeApiServer, k8s.ApiClient, list[tuple[str, str]]], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake, api, _ = server
+    gaps = await access.missing(api, access.required(NAMES))
+    assert gaps is not None
+    assert {(p.verb, p.resource) for p in gaps} == {("patch", "ipreservations"), ("create", "events")}
+    # The review asked about the exact object the shipped RBAC names.
+    asked = next(r for r in fake.reviews if r["verb"] == "patch" and r["resource"] == "ipreservations")
+    assert asked["name"] == "capo-reserved-ips" and asked["group"] == "crd.projectcalico.org"
+    with caplog.at_level(logging.ERROR, logger="capo_operator.access"):
+        access.report_missing(gaps, "system:serviceaccount:capo-system:capo-operator")
+    text = caplog.text
+    assert 'not allowed to patch ipreservations.crd.projectcalico.org "capo-reserved-ips"' in text
+    assert "stays unready" in text and "create events" in text
+
+
+async def test_a_server_that_cannot_answer_the_check_is_not_fatal() -> None:
+    async with serve(web.Application()) as url:  # 404 for everything
+        api = access.ObservedApiClient(k8s.Configuration(host=url))
+        try:
+            assert await access.missing(api, access.required(NAMES)) is None
+        finally:
+            await api.close()  # type: ignore[no-untyped-call]
+
+
+async def test_a_403_at_run_time_is_logged_with_the_servers_words_and_counted(
+    server: tuple[FakeApiServer, k8s.ApiClient, list[tuple[str, str]]], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, api, counted = server
+    custom = k8s.CustomObjectsApi(api)
+    with (
+        caplog.at_level(logging.ERROR, logger="capo_operator.access"),
+        pytest.raises(k8s.ApiException) as exc,
+    ):
+        await custom.patch_cluster_custom_object(
+            "crd.projectcalico.org",
+            "v1",
+            "ipreservations",
+            "capo-reserved-ips",
+            [{"op": "test", "path": "/"}],
+        )
+    assert exc.value.status == 403  # the caller still sees the error as before
+    assert counted == [("patch", "ipreservations")]
+    assert 'cannot patch resource "ipreservations"' in caplog.text
+    assert (
+        "forbidden by RBAC: PATCH /apis/crd.projectcalico.org/v1/ipreservations/capo-reserved-ips"
+        in caplog.text
+    )
+    assert json.loads(exc.value.body)["reason"] == "Forbidden"
+
+
+async def test_a_critical_missing_permission_keeps_the_replica_unready() -> None:
+    h = make_harness(cert_ready=True)
+    rt: Runtime = h.rt
+    ok, _ = rt.ready
+    assert ok
+    perms = access.required(NAMES)
+    rt.missing_permissions = [p for p in perms if p.verb == "create" and p.resource == "events"]
+    assert rt.ready[0]  # Events are not worth refusing traffic for
+    rt.missing_permissions.append(next(p for p in perms if p.critical))
+    ready, why = rt.ready
+    assert not ready and "missing permissions" in why
