@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+from aiohttp import web
 from kubernetes.aio import client as k8s
 from kubernetes.aio import watch as k8s_watch
 
@@ -242,8 +243,41 @@ async def run(
     calico: CalicoStore | None = None,
     records: RecordStore | None = None,
 ) -> int:
-    """Run until Kopf stops (SIGTERM/SIGINT) or a loop crashes. `calico`/`records` replace the real
-    stores (the webhook benchmark uses in-memory ones)."""
+    """Run until SIGTERM/SIGINT or a crashed loop. `calico`/`records` replace the real stores (the
+    webhook benchmark uses in-memory ones). A signal at any moment ends the process cleanly: during
+    start-up it cancels the start (everything opened so far is closed), afterwards it stops our
+    loops first and Kopf last."""
+    shutdown = asyncio.Event()
+    serving = asyncio.Event()  # set once the main loop runs: from then on a signal is a stop request
+    main = asyncio.create_task(_run(options, config, shutdown, serving, calico=calico, records=records))
+
+    def on_signal() -> None:
+        shutdown.set()
+        if not serving.is_set() and not main.cancelling():  # a second signal must not cut the clean-up
+            main.cancel()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            loop.add_signal_handler(sig, on_signal)
+    try:
+        return await main
+    except asyncio.CancelledError:
+        if not shutdown.is_set():
+            raise
+        logger.info("stopped on signal during start-up")
+        return 0
+
+
+async def _run(
+    options: Options,
+    config: Config,
+    shutdown_requested: asyncio.Event,
+    serving: asyncio.Event,
+    *,
+    calico: CalicoStore | None = None,
+    records: RecordStore | None = None,
+) -> int:
     metrics = Metrics()
     credentials = Credentials(Source(kubeconfig=options.kubeconfig))
     try:
@@ -254,158 +288,161 @@ async def run(
         lambda verb, res: metrics.api_forbidden.labels(verb=verb, resource=res).inc()
     )
     api: k8s.ApiClient = access.ObservedApiClient(configuration, forbidden)
-    try:
-        if calico is None:
-            group = await detect_group(api, config.calico_api_group)
-            calico = CalicoStore(api, name=config.ip_reservation_name, group=group)
-            await calico.ensure()
-        await require_records_crd(api)
-    except StartupError:
-        await api.close()
-        raise
-    except Exception as exc:
-        await api.close()
-        raise StartupError(f"cannot reach the Calico IPReservation API: {exc}") from exc
-    logger.info(
-        "writing reservations to %s/%s IPReservation %s",
-        calico.group.value,
-        calico.group.version,
-        calico.name,
-    )
-
-    missing_permissions = await check_permissions(
-        api, credentials, options, config, calico.group.value, metrics
-    )
-    metrics.reserve_count_max.set(config.ip_reserve_max_count)
-    events = EventRecorder(api, host=options.identity, on_drop=metrics.events_dropped.inc)
-    records = records or RecordStore(api)
-    views = Views()
-    holder: dict[str, Runtime] = {}
-    reserver = Reserver(
-        calico=calico, records=records, events=events, metrics=metrics, config=lambda: holder["rt"].config
-    )
-    safety_net = SafetyNet(
-        views=views,
-        reserver=reserver,
-        metrics=metrics,
-        leading=lambda: holder["rt"].leading,
-        reserved_before=lambda uid: uid in holder["rt"].reserved_uids,
-    )
-    rt = Runtime(
-        options=options,
-        config=config,
-        metrics=metrics,
-        api=api,
-        credentials=credentials,
-        calico=calico,
-        records=records,
-        events=events,
-        reserver=reserver,
-        safety_net=safety_net,
-        views=views,
-    )
-    rt.missing_permissions = missing_permissions
-    holder["rt"] = rt
-
     tasks: list[asyncio.Task[Any]] = []  # loops that run for the process's life: one ending is fatal
     one_shots: list[asyncio.Task[Any]] = []
-
-    def spawn(coro: Coroutine[Any, Any, Any], name: str) -> None:
-        tasks.append(asyncio.create_task(coro, name=name))
-
-    cert_file, key_file = options.tls_cert_file, options.tls_key_file
-    builtin = None
-    if options.certs == "builtin":
-        builtin = BuiltinCertificates(
-            api,
-            namespace=options.namespace,
-            secret_name=CERT_SECRET_NAME,
-            service_name=options.webhook_service,
-            webhook_config_name=options.webhook_config_name,
-            cert_dir=cert_file.parent,
-            on_expiry=metrics.cert_expiry.set,
-        )
-        await builtin.prepare()
-        cert_file, key_file = builtin.cert_file, builtin.key_file
-        spawn(builtin.run(), "certificates")
-
+    runners: list[web.AppRunner] = []
+    events: EventRecorder | None = None
     operator_task: asyncio.Task[None] | None = None
-
-    def ready() -> tuple[bool, str]:
-        if builtin is not None:
-            rt.cert_ready = builtin.ready
-        else:
-            rt.cert_ready = cert_loadable(cert_file, key_file)
-            if rt.cert_ready:
-                metrics.cert_expiry.set(certificate_expiry(cert_file))
-        return rt.ready
-
-    def alive() -> tuple[bool, str]:
-        if operator_task is not None and operator_task.done():
-            return False, "the Kopf operator stopped"
-        return True, "ok"
-
-    runners = [
-        await probes.serve(probes.probes_app(ready, alive), config.health_probe_bind_address),
-        await probes.serve(probes.metrics_app(metrics.registry), config.metrics_bind_address),
-    ]
-    spawn(events.run(), "events")
-    spawn(credentials.run(), "credentials")
-    one_shots.append(asyncio.create_task(freeze_heap_after_sync(views), name="gc-freeze"))
-    spawn(safety_net.run(lambda: rt.config), "safety-net")
-    try:
-        loaded_text = options.config_path.read_text()
-    except OSError:
-        loaded_text = ""  # the file vanished since it was parsed: the next one read is applied
-    reloader = ConfigReloader(rt, loaded_text)
-    spawn(watch_config_file(reloader, options.config_path), "config-file")
-    if options.config_map:
-        key = options.config_path.name
-        spawn(watch_config_map(reloader, api, options.namespace, options.config_map, key), "config-map")
-
-    election = config.leader_election
-    lease_name = election.resource_name
-    releaser = Releaser(rt, Ledger(api, namespace=options.namespace, name=LEDGER_NAME))
-
-    def on_leader_change(leading: bool) -> None:
-        rt.leading = leading
-        metrics.set_leader(lease_name, leading)
-        if not leading:
-            rt.manual_releases.clear()
-        logger.info("leadership %s", "acquired" if leading else "lost")
-
-    metrics.set_leader(lease_name, False)
-    if election.leader_elect:
-        elector = LeaseElector(
-            api,
-            namespace=election.resource_namespace or options.namespace,
-            name=lease_name,
-            identity=options.identity,
-            lease_duration=election.lease_duration,
-            renew_deadline=election.renew_deadline,
-            retry_period=election.retry_period,
-            on_change=on_leader_change,
-        )
-        spawn(elector.run(releaser.lead), "leader-election")
-    else:
-        on_leader_change(True)
-        spawn(releaser.lead(), "releaser")
-
     stop_kopf = asyncio.Event()
-    operator_task = asyncio.create_task(
-        kopf.operator(
-            registry=kopf.get_default_registry(),
-            settings=kopf_settings(config, cert_file, key_file),
-            memo=rt,
-            standalone=True,
-            clusterwide=True,
-            stop_flag=stop_kopf,
-        ),
-        name="kopf",
-    )
-    one_shots.append(asyncio.create_task(take_over_signals(rt.shutdown, views), name="signals"))
-    shutdown = asyncio.create_task(rt.shutdown.wait(), name="shutdown-signal")
     try:
+        try:
+            if calico is None:
+                group = await detect_group(api, config.calico_api_group)
+                calico = CalicoStore(api, name=config.ip_reservation_name, group=group)
+                await calico.ensure()
+            await require_records_crd(api)
+        except StartupError:
+            raise
+        except Exception as exc:
+            raise StartupError(f"cannot reach the Calico IPReservation API: {exc}") from exc
+        logger.info(
+            "writing reservations to %s/%s IPReservation %s",
+            calico.group.value,
+            calico.group.version,
+            calico.name,
+        )
+
+        missing_permissions = await check_permissions(
+            api, credentials, options, config, calico.group.value, metrics
+        )
+        metrics.reserve_count_max.set(config.ip_reserve_max_count)
+        events = EventRecorder(api, host=options.identity, on_drop=metrics.events_dropped.inc)
+        records = records or RecordStore(api)
+        views = Views()
+        holder: dict[str, Runtime] = {}
+        reserver = Reserver(
+            calico=calico,
+            records=records,
+            events=events,
+            metrics=metrics,
+            config=lambda: holder["rt"].config,
+        )
+        safety_net = SafetyNet(
+            views=views,
+            reserver=reserver,
+            metrics=metrics,
+            leading=lambda: holder["rt"].leading,
+            reserved_before=lambda uid: uid in holder["rt"].reserved_uids,
+        )
+        rt = Runtime(
+            options=options,
+            config=config,
+            metrics=metrics,
+            api=api,
+            credentials=credentials,
+            calico=calico,
+            records=records,
+            events=events,
+            reserver=reserver,
+            safety_net=safety_net,
+            views=views,
+            shutdown=shutdown_requested,
+        )
+        rt.missing_permissions = missing_permissions
+        holder["rt"] = rt
+
+        def spawn(coro: Coroutine[Any, Any, Any], name: str) -> None:
+            tasks.append(asyncio.create_task(coro, name=name))
+
+        cert_file, key_file = options.tls_cert_file, options.tls_key_file
+        builtin = None
+        if options.certs == "builtin":
+            builtin = BuiltinCertificates(
+                api,
+                namespace=options.namespace,
+                secret_name=CERT_SECRET_NAME,
+                service_name=options.webhook_service,
+                webhook_config_name=options.webhook_config_name,
+                cert_dir=cert_file.parent,
+                on_expiry=metrics.cert_expiry.set,
+            )
+            await builtin.prepare()
+            cert_file, key_file = builtin.cert_file, builtin.key_file
+            spawn(builtin.run(), "certificates")
+
+        def ready() -> tuple[bool, str]:
+            if builtin is not None:
+                rt.cert_ready = builtin.ready
+            else:
+                rt.cert_ready = cert_loadable(cert_file, key_file)
+                if rt.cert_ready:
+                    metrics.cert_expiry.set(certificate_expiry(cert_file))
+            return rt.ready
+
+        def alive() -> tuple[bool, str]:
+            if operator_task is not None and operator_task.done():
+                return False, "the Kopf operator stopped"
+            return True, "ok"
+
+        runners.append(await probes.serve(probes.probes_app(ready, alive), config.health_probe_bind_address))
+        runners.append(await probes.serve(probes.metrics_app(metrics.registry), config.metrics_bind_address))
+        spawn(events.run(), "events")
+        spawn(credentials.run(), "credentials")
+        one_shots.append(asyncio.create_task(freeze_heap_after_sync(views), name="gc-freeze"))
+        spawn(safety_net.run(lambda: rt.config), "safety-net")
+        try:
+            loaded_text = options.config_path.read_text()
+        except OSError:
+            loaded_text = ""  # the file vanished since it was parsed: the next one read is applied
+        reloader = ConfigReloader(rt, loaded_text)
+        spawn(watch_config_file(reloader, options.config_path), "config-file")
+        if options.config_map:
+            key = options.config_path.name
+            spawn(watch_config_map(reloader, api, options.namespace, options.config_map, key), "config-map")
+
+        election = config.leader_election
+        lease_name = election.resource_name
+        releaser = Releaser(rt, Ledger(api, namespace=options.namespace, name=LEDGER_NAME))
+
+        def on_leader_change(leading: bool) -> None:
+            rt.leading = leading
+            metrics.set_leader(lease_name, leading)
+            if not leading:
+                rt.manual_releases.clear()
+            logger.info("leadership %s", "acquired" if leading else "lost")
+
+        metrics.set_leader(lease_name, False)
+        if election.leader_elect:
+            elector = LeaseElector(
+                api,
+                namespace=election.resource_namespace or options.namespace,
+                name=lease_name,
+                identity=options.identity,
+                lease_duration=election.lease_duration,
+                renew_deadline=election.renew_deadline,
+                retry_period=election.retry_period,
+                on_change=on_leader_change,
+            )
+            spawn(elector.run(releaser.lead), "leader-election")
+        else:
+            on_leader_change(True)
+            spawn(releaser.lead(), "releaser")
+
+        operator_task = asyncio.create_task(
+            kopf.operator(
+                registry=kopf.get_default_registry(),
+                settings=kopf_settings(config, cert_file, key_file),
+                memo=rt,
+                standalone=True,
+                clusterwide=True,
+                stop_flag=stop_kopf,
+            ),
+            name="kopf",
+        )
+        one_shots.append(asyncio.create_task(take_over_signals(rt.shutdown, views), name="signals"))
+        shutdown = asyncio.create_task(rt.shutdown.wait(), name="shutdown-signal")
+        one_shots.append(shutdown)
+        serving.set()
         done, _ = await asyncio.wait([operator_task, shutdown, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if task in tasks and not task.cancelled() and task.exception() is not None:
@@ -417,18 +454,19 @@ async def run(
     finally:
         # Our loops go first (the elector releases the Lease so a standby takes over at once),
         # then Kopf, which would otherwise wait for them.
-        for task in [*reversed(tasks), *one_shots, shutdown]:
+        for task in [*reversed(tasks), *one_shots]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         stop_kopf.set()
-        if not operator_task.done():
+        if operator_task is not None and not operator_task.done():
             try:
                 await asyncio.wait_for(operator_task, 15)
             except (asyncio.CancelledError, Exception) as exc:
                 logger.debug("Kopf stopped with %r", exc)
-        with contextlib.suppress(Exception):
-            await events.drain()
+        if events is not None:
+            with contextlib.suppress(Exception):
+                await events.drain()
         for runner in runners:
             await runner.cleanup()
         await api.close()

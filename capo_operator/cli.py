@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -146,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
 
+    # Until the event loop takes the signals over: a stop while importing is a clean exit too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -165,3 +165,39 @@ async def test_calico_write_failure_default_allows_strict_denies(capo: Harness, 
         await c.wait_gone(ns, "redis-0")
     await capo.wait_reserved(ip, within=15)  # the background retry or the second deletion
     assert (await capo.metrics()).value("capo_calico_write_errors_total") >= 1
+
+
+# Log lines that mark the phases of a start, in order; a stop request can arrive during any of them.
+_START_PHASES = (
+    "API credentials",  # credentials loaded, nothing else yet
+    "writing reservations to",  # Calico detected, permission check under way
+    "leadership",  # loops running, Kopf starting its watches
+    "caches synced",  # fully started
+)
+_UNCLEAN = ("ERROR", "Traceback", "Task was destroyed", "was never retrieved", "didn't stop")
+
+
+@pytest.mark.timeout(240)
+async def test_sigterm_at_any_moment_of_start_up_exits_cleanly(capo: Harness) -> None:
+    """The process exits 0 with no error or asyncio complaint in its log, whichever phase the
+    signal interrupts (a slow pod listing widens the window in which Kopf's watches start)."""
+    if capo.cluster.is_emulator:
+        await capo.cluster.control.add_fault(path=r"^/api/v1/pods(\?|$)", method="GET", latency=1.0)
+    op = capo.add_operator()
+    for phase in _START_PHASES:
+        logged_before = len(op.log_text())
+        op.start()
+
+        async def new_log(since: int = logged_before) -> str:
+            return op.log_text()[since:]
+
+        await eventually(
+            new_log,
+            lambda text, phase=phase: phase in text or not op.running,
+            within=60,
+            what=f"the start to reach '{phase}'",
+        )
+        code = await op.stop(within=20)
+        text = op.log_text()[logged_before:]
+        unclean = [line for line in text.splitlines() if any(mark in line for mark in _UNCLEAN)]
+        assert code == 0 and not unclean, f"stopped during '{phase}': exit {code}\n" + "\n".join(unclean)
