@@ -75,6 +75,7 @@ class MemoryRecords:
 
     def __init__(self) -> None:
         self.records: dict[str, Record] = {}
+        self.reservation = "capo-reserved-ips"
 
     async def create(self, record: Record) -> bool:
         if record.name in self.records:

@@ -317,7 +317,7 @@ async def _run(
         )
         metrics.reserve_count_max.set(config.ip_reserve_max_count)
         events = EventRecorder(api, host=options.identity, on_drop=metrics.events_dropped.inc)
-        records = records or RecordStore(api)
+        records = records or RecordStore(api, reservation=calico.name)
         views = Views()
         holder: dict[str, Runtime] = {}
         reserver = Reserver(

@@ -14,7 +14,15 @@ import kopf
 from capo_operator import admission
 from capo_operator.metrics import IPInfo
 from capo_operator.policy import NamespaceFacts, PodFacts
-from capo_operator.records import GROUP, PLURAL, RELEASING_ANNOTATION, VERSION, Record, RecordError
+from capo_operator.records import (
+    GROUP,
+    PLURAL,
+    RELEASING_ANNOTATION,
+    VERSION,
+    Record,
+    RecordError,
+    belongs_to,
+)
 from capo_operator.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -64,7 +72,9 @@ def namespaces_by_name(name: str, body: kopf.Body, **_: Any) -> dict[str, Namesp
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def records_by_name(name: str, body: kopf.Body, **_: Any) -> dict[str, Record] | None:
+def records_by_name(name: str, body: kopf.Body, memo: Runtime, **_: Any) -> dict[str, Record] | None:
+    if not belongs_to(body.metadata.labels, memo.records.reservation):
+        return None  # another installation's record
     try:
         return {name: Record.from_body(body)}
     except RecordError as exc:
@@ -114,6 +124,8 @@ def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any) ->
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def record_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any) -> None:
+    if not belongs_to(body.metadata.labels, memo.records.reservation):
+        return
     pod_uid = ((body.get("spec") or {}).get("pod") or {}).get("uid")
     if isinstance(pod_uid, str) and pod_uid:
         memo.reserved_uids.add(pod_uid)

@@ -36,6 +36,16 @@ LABEL_NAMESPACE = "capo.io/namespace"
 LABEL_OWNER_KIND = "capo.io/owner-kind"
 LABEL_OWNER_NAME = "capo.io/owner-name"
 LABEL_TRIGGER = "capo.io/trigger"
+# The IPReservation a record belongs to: installations with different `ipReservationName`s share a
+# cluster without touching each other's records. Records without it belong to the default name.
+LABEL_RESERVATION = "capo.io/reservation"
+DEFAULT_RESERVATION = "capo-reserved-ips"
+
+
+def belongs_to(labels: Mapping[str, str] | None, reservation: str) -> bool:
+    return (labels or {}).get(LABEL_RESERVATION, DEFAULT_RESERVATION) == reservation
+
+
 DEFAULT_POLICY_PREFIX = "ipReserveTime="  # the policy text when the hold came from the config
 MERGE_PATCH = "application/merge-patch+json"
 LIST_PAGE = 500
@@ -243,14 +253,18 @@ def _string(value: Any, field: str) -> str:
 
 
 class RecordStore:
-    def __init__(self, api: k8s.ApiClient) -> None:
+    """The records of one IPReservation (`reservation`): created with its label, listed by it."""
+
+    def __init__(self, api: k8s.ApiClient, reservation: str = DEFAULT_RESERVATION) -> None:
         self.api = api
+        self.reservation = reservation
         self._custom = k8s.CustomObjectsApi(api)
 
     async def create(self, record: Record) -> bool:
         """Create; False when a record of that name already exists (not an error)."""
         body = record.to_body()
         body["metadata"].pop("resourceVersion", None)
+        body["metadata"]["labels"][LABEL_RESERVATION] = self.reservation
         try:
             await self._custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, body)
         except k8s.ApiException as exc:
@@ -299,7 +313,7 @@ class RecordStore:
         return True
 
     async def list(self) -> list[Record]:
-        """Every valid record (invalid bodies are skipped and logged)."""
+        """Every valid record of this reservation (invalid bodies are skipped and logged)."""
         records: list[Record] = []
         token: str | None = None
         while True:
@@ -311,6 +325,8 @@ class RecordStore:
                 await self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **kwargs),
             )
             for item in page.get("items") or []:
+                if not belongs_to((item.get("metadata") or {}).get("labels"), self.reservation):
+                    continue  # another installation's
                 try:
                     records.append(Record.from_body(item))
                 except RecordError as exc:

@@ -101,3 +101,23 @@ async def test_list_pages_and_skips_invalid_bodies(
     listed = await store.list()
     assert sorted(r.ip for r in listed) == [f"10.0.0.{i}" for i in range(5)]
     assert "10.0.0.78" in caplog.text
+
+
+async def test_installations_with_different_reservations_see_only_their_own_records(cluster: Cluster) -> None:
+    """Two installations (or a test run on a production cluster) share the ReservedIP kind: each
+    lists and labels only the records of its own IPReservation; unlabelled ones are the default's."""
+    default, other = RecordStore(cluster.api), RecordStore(cluster.api, reservation="tenant-b")
+    assert await default.create(make("10.0.0.1"))
+    assert await other.create(make("10.0.0.2"))
+    await cluster.custom.create_cluster_custom_object(  # as written before the label existed
+        GROUP, VERSION, PLURAL, {**make("10.0.0.3").to_body(), "metadata": {"name": "10.0.0.3"}}
+    )
+    assert {r.ip for r in await default.list()} == {"10.0.0.1", "10.0.0.3"}
+    assert {r.ip for r in await other.list()} == {"10.0.0.2"}
+    labelled = cast(
+        dict[str, Any],
+        await cluster.custom.list_cluster_custom_object(
+            GROUP, VERSION, PLURAL, label_selector="capo.io/reservation=tenant-b"
+        ),
+    )
+    assert [i["metadata"]["name"] for i in labelled["items"]] == ["10.0.0.2"]

@@ -103,6 +103,7 @@ class FakeRecords(_Failures):
         self.journal = journal if journal is not None else Journal()
         self.items: dict[str, Record] = {}
         self.index = index
+        self.reservation = "capo-reserved-ips"
 
     def _sync(self, name: str) -> None:
         if self.index is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
-from fakes import Harness, make_harness, make_ns
+from fakes import Harness, make_harness, make_ns, make_record
 
 from capo_operator import handlers
 
@@ -81,8 +81,10 @@ def test_pods_of_namespaces_not_enabled_are_ignored() -> None:
     assert queued_triggers(h) == []
 
 
-def record_body(*, releasing: bool = False) -> kopf.Body:
+def record_body(*, releasing: bool = False, reservation: str | None = None) -> kopf.Body:
     meta: dict[str, Any] = {"name": "10.0.0.1"}
+    if reservation is not None:
+        meta["labels"] = {"capo.io/reservation": reservation}
     if releasing:
         meta["annotations"] = {"capo.io/releasing": "expired"}
     spec = {"ip": "10.0.0.1", "pod": {"namespace": "db", "name": "db-0", "uid": "uid-1"}}
@@ -109,3 +111,15 @@ def test_the_releasers_own_deletions_and_standbys_release_nothing() -> None:
     h.rt.leading = False
     handlers.record_event(event={"type": "DELETED"}, body=record_body(), memo=h.rt)
     assert h.rt.manual_releases == set()
+
+
+def test_records_of_another_installation_are_neither_indexed_nor_released() -> None:
+    h = harness()
+    h.rt.leading = True
+    theirs = record_body(reservation="tenant-b")
+    assert handlers.records_by_name(name="10.0.0.1", body=theirs, memo=h.rt) is None
+    handlers.record_event(event={"type": "DELETED"}, body=theirs, memo=h.rt)
+    assert h.rt.manual_releases == set() and "uid-1" not in h.rt.reserved_uids
+    full = make_record("10.0.0.1").to_body()
+    full["metadata"]["labels"]["capo.io/reservation"] = "capo-reserved-ips"
+    assert handlers.records_by_name(name="10.0.0.1", body=kopf.Body(full), memo=h.rt) is not None
