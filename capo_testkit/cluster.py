@@ -31,8 +31,12 @@ RESERVATION = "capo-reserved-ips"
 RECORDS = ("capo.io", "v1", "reservedips")
 NS_LABEL = "ip-reserve"
 STS_LABEL = "statefulset.kubernetes.io/pod-name"
-ABSENT_NODE = "capo-test-absent-node"
 NO_SCHEDULER = "capo-test-no-scheduler"
+# Real-cluster mode: every namespace, Node and webhook scope of one run carries this label.
+RUN_LABEL = "capo.io/test-run"
+# No kubelet runs the test Node: it turns NotReady/Unreachable, and its NoExecute taints would
+# evict the test pods after the default 300 s toleration. The pods tolerate them for good.
+TOLERATE_NO_EXECUTE = [{"operator": "Exists", "effect": "NoExecute"}]
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 
 
@@ -75,6 +79,11 @@ class Cluster:
         # A real cluster may run capo already: the test operators own objects of their own.
         self.reservation_name = RESERVATION if emulator else f"capo-test-{run_id}"
         self.namespaces: list[str] = []
+        # Real-cluster mode: test pods are bound to a Node object of this run, so PodGC (which
+        # force-deletes pods of nodes that do not exist, after ~40 s) leaves them alone.
+        self.node_name = f"capo-test-node-{run_id}"
+        # The API server's clock when this run began: older Events are not this run's.
+        self.started_at = ""
         self.calico_group = ("crd.projectcalico.org", "v1")
         # Real-cluster mode: the pools this class assigns from (the emulator has its own).
         self.pool4 = ipaddress.ip_network(os.environ.get("CAPO_TEST_POD_CIDR", "10.255.0.0/24"))
@@ -142,13 +151,29 @@ class Cluster:
 
     async def _prepare(self) -> None:
         await self.install_crds()
-        await self.kube.call(
+        resp = await self.kube.call(
             "POST",
             "/api/v1/namespaces",
-            {"metadata": {"name": self.operator_namespace}},
+            {"metadata": {"name": self.operator_namespace, "labels": self._run_labels()}},
             ok=(409,),
         )
+        self.started_at = ((resp.body or {}).get("metadata") or {}).get("creationTimestamp") or ""
         self.calico_group = await self.detect_calico_group()
+        if not self.is_emulator:
+            await self._create_node()
+
+    def _run_labels(self) -> dict[str, str]:
+        return {} if self.is_emulator else {RUN_LABEL: self.run_id}
+
+    async def _create_node(self) -> None:
+        node: Obj = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": self.node_name, "labels": {RUN_LABEL: self.run_id}},
+            # Nothing real is ever scheduled here: the test pods name the node themselves.
+            "spec": {"unschedulable": True, "taints": [{"key": RUN_LABEL, "effect": "NoSchedule"}]},
+        }
+        await self.kube.create("/api/v1/nodes", node)
 
     async def _served(self, group: str, version: str, plural: str) -> bool:
         resp = await self.kube.call("GET", f"/apis/{group}/{version}", ok=(404, 503))
@@ -220,11 +245,17 @@ class Cluster:
         for hook in config["webhooks"]:
             path = hook["clientConfig"]["service"]["path"]
             hook["clientConfig"] = {"url": f"{url_base}{path}", "caBundle": ca_bundle}
-            for expr in (hook.get("namespaceSelector") or {}).get("matchExpressions") or []:
+            selector = hook.setdefault("namespaceSelector", {})
+            for expr in selector.get("matchExpressions") or []:
                 if expr["key"] == "kubernetes.io/metadata.name" and "capo-system" in expr["values"]:
                     expr["values"] = [
                         v if v != "capo-system" else self.operator_namespace for v in expr["values"]
                     ]
+            if not self.is_emulator:
+                # Only this run's namespaces: the cluster's own ip-reserve namespaces are not ours.
+                selector.setdefault("matchExpressions", []).append(
+                    {"key": RUN_LABEL, "operator": "In", "values": [self.run_id]}
+                )
         path = path_for("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations")
         await self.kube.delete(f"{path}/{self.webhook_config_name}", missing_ok=True)
         return await self.kube.create(path, config)
@@ -239,6 +270,7 @@ class Cluster:
         """Create a namespace (labelled ip-reserve=<value> when enabled); returns its real name."""
         real_name = name if self.is_emulator else f"{name}-{self.run_id}"
         labels = {NS_LABEL: value} if enabled else {}
+        labels.update(self._run_labels())
         await self.kube.create("/api/v1/namespaces", {"metadata": {"name": real_name, "labels": labels}})
         self.namespaces.append(real_name)
         return real_name
@@ -265,12 +297,14 @@ class Cluster:
             "containers": [{"name": "app", "image": PAUSE_IMAGE}],
             "terminationGracePeriodSeconds": 30,
         }
+        if not self.is_emulator:
+            spec["tolerations"] = TOLERATE_NO_EXECUTE
         if host_network:
             spec["hostNetwork"] = True
         if not schedulable:
             spec["schedulerName"] = NO_SCHEDULER
         elif not self.is_emulator:
-            spec["nodeName"] = ABSENT_NODE
+            spec["nodeName"] = self.node_name
         metadata: Obj = {"name": name, "namespace": namespace, "labels": all_labels}
         if annotations:
             metadata["annotations"] = annotations
@@ -461,8 +495,13 @@ class Cluster:
         return nets
 
     async def records(self) -> dict[str, Obj]:
-        """ReservedIP records by IP (on a real cluster only those of this run's namespaces)."""
-        items = await self.kube.list(path_for(*RECORDS))
+        """ReservedIP records by IP; on a real cluster only those of this run's operators (labelled
+        with this run's IPReservation) for pods of this run's namespaces."""
+        if self.is_emulator:
+            items = await self.kube.list(path_for(*RECORDS))
+        else:
+            selector = f"capo.io/reservation={self.reservation_name}"
+            items = await self.kube.list(path_for(*RECORDS), label_selector=selector)
         out = {}
         for item in items:
             spec = item.get("spec") or {}
@@ -472,9 +511,27 @@ class Cluster:
         return out
 
     async def events(self, namespace: str | None = None, reason: str | None = None) -> list[Obj]:
+        """Events, by reason. On a real cluster only this run's: about objects in its namespaces, or
+        about a ReservedIP of a pod in its namespaces, and not older than the run (Events live an
+        hour, and a run before this one used the same IPs)."""
         path = path_for("", "v1", "events", namespace) if namespace else "/api/v1/events"
         items = await self.kube.list(path)
-        return [e for e in items if reason is None or e.get("reason") == reason]
+        return [
+            e
+            for e in items
+            if (reason is None or e.get("reason") == reason) and (self.is_emulator or self._ours(e))
+        ]
+
+    def _ours(self, event: Obj) -> bool:
+        when = event.get("eventTime") or event.get("firstTimestamp") or event.get("lastTimestamp") or ""
+        if not when or when[:19] < self.started_at[:19]:  # RFC 3339 in UTC: compares as text
+            return False
+        involved = event.get("involvedObject") or {}
+        own = [*self.namespaces, self.operator_namespace]
+        if involved.get("namespace") in own:
+            return True
+        message = str(event.get("message") or "")
+        return involved.get("kind") == "ReservedIP" and any(f" {ns}/" in message for ns in self.namespaces)
 
     async def lease_holder(self, name: str = "capo") -> str | None:
         lease = await self.kube.get_or_none(
@@ -525,6 +582,14 @@ class Cluster:
         for ns in [*self.namespaces, self.operator_namespace]:
             with contextlib.suppress(Exception):
                 await self.kube.delete(f"/api/v1/namespaces/{ns}", missing_ok=True)
+        with contextlib.suppress(Exception):
+            await self.kube.delete(f"/api/v1/nodes/{self.node_name}", missing_ok=True)
+        # A record written after the sweep above (records follow reservations asynchronously).
+        with contextlib.suppress(Exception):
+            for item in await self.kube.list(
+                path_for(*RECORDS), label_selector=f"capo.io/reservation={self.reservation_name}"
+            ):
+                await self.kube.delete(path_for(*RECORDS, name=item["metadata"]["name"]), missing_ok=True)
 
     async def _safe_records(self) -> dict[str, Obj]:
         try:
