@@ -10,9 +10,10 @@ with the server's own message (it names user, verb, resource and scope) and coun
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,17 +173,46 @@ class ForbiddenLog:
 
 
 class ObservedApiClient(k8s.ApiClient):
-    """`kubernetes.aio`'s client, reporting each 403 to a `ForbiddenLog` before raising as usual."""
+    """`kubernetes.aio`'s client, reporting each 403 to a `ForbiddenLog` before raising as usual,
+    and answering a 401 by reloading the credentials (`relogin`) and retrying once: a rotated
+    token is then in use at once, not only at the next periodic refresh."""
 
-    def __init__(self, configuration: k8s.Configuration, forbidden: ForbiddenLog | None = None) -> None:
+    def __init__(
+        self,
+        configuration: k8s.Configuration,
+        forbidden: ForbiddenLog | None = None,
+        relogin: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
         super().__init__(configuration)
         self.forbidden_log = forbidden
+        self.relogin = relogin
 
-    async def call_api(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        response = await super().call_api(method, url, *args, **kwargs)
+    async def call_api(
+        self,
+        method: str,
+        url: str,
+        header_params: dict[str, str] | None = None,
+        body: Any = None,
+        post_params: Any = None,
+        _request_timeout: Any = None,
+        _preload_content: bool = True,
+    ) -> Any:
+        call = functools.partial(
+            super().call_api, method, url, body=body, post_params=post_params,
+            _request_timeout=_request_timeout, _preload_content=_preload_content,
+        )  # fmt: skip
+        response = await call(header_params=header_params)
+        if response.status == 401 and self.relogin is not None and await self.relogin():
+            response.response.release()
+            headers = dict(header_params or {})
+            fresh = await self.configuration.get_api_key_with_prefix("BearerToken", "authorization")
+            if fresh:
+                headers["authorization"] = fresh
+            logger.info("the API server refused the credentials (401); retrying with reloaded ones")
+            response = await call(header_params=headers)
         if response.status == 403 and self.forbidden_log is not None:
             message = ""
-            if kwargs.get("_preload_content", True):  # a stream's body belongs to its reader
+            if _preload_content:  # a stream's body belongs to its reader
                 message = _status_message(await response.read())
             self.forbidden_log.forbidden(method, url, message)
         return response

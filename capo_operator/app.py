@@ -287,7 +287,7 @@ async def _run(
     forbidden = access.ForbiddenLog(
         lambda verb, res: metrics.api_forbidden.labels(verb=verb, resource=res).inc()
     )
-    api: k8s.ApiClient = access.ObservedApiClient(configuration, forbidden)
+    api: k8s.ApiClient = access.ObservedApiClient(configuration, forbidden, credentials.relogin)
     tasks: list[asyncio.Task[Any]] = []  # loops that run for the process's life: one ending is fatal
     one_shots: list[asyncio.Task[Any]] = []
     runners: list[web.AppRunner] = []

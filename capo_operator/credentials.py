@@ -64,6 +64,9 @@ class Credentials:
         self.mode = ""  # "in-cluster" | "kubeconfig", once loaded
         self.loaded_at: datetime | None = None
         self._exec_expiry: datetime | None = None  # an exec plugin's token: run it again only then
+        self._relogin_lock = asyncio.Lock()
+        self._last_relogin: datetime | None = None
+        self._failed_header: str | None = None
 
     async def load(self) -> k8s.Configuration:
         """First load: an explicit kubeconfig wins; otherwise in-cluster, then the default kubeconfig."""
@@ -104,6 +107,28 @@ class Credentials:
             if isinstance(value, str):
                 cfg.api_key[key] = value.strip()
         self.loaded_at = datetime.now(UTC)
+
+    async def relogin(self) -> bool:
+        """After a 401: reload now (at most once a second) and say whether the credentials
+        changed, i.e. whether a retry can succeed."""
+        async with self._relogin_lock:
+            now = datetime.now(UTC)
+            if self._last_relogin is not None and now - self._last_relogin < timedelta(seconds=1):
+                return self._header() != self._failed_header
+            self._failed_header = self._header()
+            self._last_relogin = now
+            try:
+                await self.refresh()
+            except CredentialsError as exc:
+                logger.warning("reloading API credentials after a 401 failed: %s", exc)
+                return False
+            return self._header() != self._failed_header
+
+    def _header(self) -> str | None:
+        value = self.configuration.api_key.get("BearerToken") or self.configuration.api_key.get(
+            "authorization"
+        )
+        return value if isinstance(value, str) else None
 
     async def run(self, interval: float = REFRESH_SECONDS) -> None:
         """Keep the operator's own client fresh (Kopf refreshes through `connection_info`)."""

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiohttp import web
 from fakes import make_harness
 from kubernetes.aio import client as k8s
 
 from capo_operator import access
+from capo_operator.credentials import Credentials, Source
 from capo_operator.runtime import Runtime
 
 NAMES = access.Names(
@@ -192,3 +196,48 @@ async def test_a_critical_missing_permission_keeps_the_replica_unready() -> None
     rt.missing_permissions.append(next(p for p in perms if p.critical))
     ready, why = rt.ready
     assert not ready and "missing permissions" in why
+
+
+async def test_a_401_reloads_the_credentials_and_retries_once_with_the_rotated_token(tmp_path: Path) -> None:
+    """The kubelet rotated the token file and the old token expired: the next call succeeds at once
+    instead of failing until the periodic refresh."""
+    seen: list[str] = []
+
+    async def namespace(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        if request.headers.get("Authorization") != "Bearer new-token":
+            return web.json_response({"kind": "Status", "code": 401, "reason": "Unauthorized"}, status=401)
+        return web.json_response({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/x", namespace)
+    async with serve(app) as url:
+        token_file = tmp_path / "token"
+        token_file.write_text("old-token")
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "c", "cluster": {"server": url}}],
+                    "users": [{"name": "u", "user": {"tokenFile": str(token_file)}}],
+                    "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                    "current-context": "x",
+                }
+            )
+        )
+        creds = Credentials(Source(kubeconfig=str(kubeconfig)))
+        api = access.ObservedApiClient(await creds.load(), relogin=creds.relogin)
+        try:
+            core = k8s.CoreV1Api(api)
+            with pytest.raises(k8s.ApiException) as exc:  # nothing new to try: the 401 stands
+                await core.read_namespace("x")
+            assert exc.value.status == 401
+            token_file.write_text("new-token\n")
+            await asyncio.sleep(1.1)  # reloads are rate-limited to one a second
+            ns = await core.read_namespace("x")
+            assert ns.metadata.name == "x"
+            assert seen[-2:] == ["Bearer old-token", "Bearer new-token"]
+        finally:
+            await api.close()  # type: ignore[no-untyped-call]
