@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,14 +11,28 @@ import aiohttp
 import pytest
 
 from kube_emulator.testing import Emulator
+from kube_emulator.tls import client_context
+
+
+def admin_ssl(emu: Emulator) -> ssl.SSLContext:
+    """TLS as the emulator's admin (client certificate in system:masters)."""
+    return client_context(emu.server.pki.ca_pem, emu.server.pki.admin)
 
 
 class Http:
-    """Raw HTTP against the emulator: returns (status, parsed body, headers)."""
+    """Raw HTTPS against the emulator: returns (status, parsed body, headers).
 
-    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
+    ``ssl_context`` decides who is calling (the admin certificate, another certificate, or none);
+    ``token`` adds a bearer token.
+    """
+
+    def __init__(
+        self, url: str, session: aiohttp.ClientSession, ssl_context: ssl.SSLContext, token: str | None = None
+    ) -> None:
         self.url = url
         self.session = session
+        self.ssl = ssl_context
+        self.token = token
 
     async def request(
         self,
@@ -29,8 +44,13 @@ class Http:
         headers: dict[str, str] | None = None,
     ) -> tuple[int, Any, Any]:
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-        hdrs = {"Content-Type": content_type, **(headers or {})}
-        async with self.session.request(method, self.url + path, data=data, headers=hdrs) as resp:
+        hdrs = {"Content-Type": content_type}
+        if self.token:
+            hdrs["Authorization"] = f"Bearer {self.token}"
+        hdrs.update(headers or {})
+        async with self.session.request(
+            method, self.url + path, data=data, headers=hdrs, ssl=self.ssl
+        ) as resp:
             text = await resp.text()
             try:
                 parsed = json.loads(text)
@@ -58,7 +78,10 @@ class Http:
     async def watch(self, path: str, *, until: int | None = None, limit: float = 5.0) -> list[dict[str, Any]]:
         """Read watch events from ``path`` until the stream ends or ``until`` events arrived."""
         events: list[dict[str, Any]] = []
-        async with self.session.get(self.url + path, timeout=aiohttp.ClientTimeout(total=limit)) as resp:
+        hdrs = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        async with self.session.get(
+            self.url + path, timeout=aiohttp.ClientTimeout(total=limit), ssl=self.ssl, headers=hdrs
+        ) as resp:
             assert resp.status == 200, await resp.text()
             async for line in resp.content:
                 if line.strip():
@@ -86,7 +109,7 @@ async def emu() -> AsyncIterator[Emulator]:
 @pytest.fixture
 async def http(emu: Emulator) -> AsyncIterator[Http]:
     async with aiohttp.ClientSession() as session:
-        yield Http(emu.url, session)
+        yield Http(emu.url, session, admin_ssl(emu))
 
 
 @pytest.fixture

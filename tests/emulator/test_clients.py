@@ -133,7 +133,7 @@ def test_kopf_operator_sees_pods_and_posts_events(tmp_path: Any) -> None:
     with EmulatorProcess(kubelet_delay=0.1) as emu:
         from kubernetes import client, config
 
-        _install_record_crd(emu.url)
+        _install_record_crd(emu.kubeconfig_path)
         old = os.environ.get("KUBECONFIG")
         os.environ["KUBECONFIG"] = emu.kubeconfig_path
         # A registry of its own: other tests may have imported modules that register handlers in
@@ -175,7 +175,7 @@ def test_kopf_operator_sees_pods_and_posts_events(tmp_path: Any) -> None:
                 os.environ.pop("KUBECONFIG", None)
             else:
                 os.environ["KUBECONFIG"] = old
-        EmulatorControlSync(emu.url).allocator()
+        EmulatorControlSync(emu.url, emu.ca_file).allocator()
     assert runner.exception is None, runner.exception
     assert "POD-IP kopf-pod 10.244.0.1" in runner.output
     assert status.get("seen") is True
@@ -183,9 +183,13 @@ def test_kopf_operator_sees_pods_and_posts_events(tmp_path: Any) -> None:
     del kopf
 
 
-def _install_record_crd(url: str) -> None:
+def _install_record_crd(kubeconfig: str) -> None:
     import json
     import urllib.request
+
+    from kube_emulator.tls import kubeconfig_context
+
+    url, context, _ = kubeconfig_context(kubeconfig)
 
     crd = {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -219,5 +223,5 @@ def _install_record_crd(url: str) -> None:
         method="POST",
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(req) as resp:
+    with urllib.request.urlopen(req, context=context) as resp:
         assert resp.status == 201
