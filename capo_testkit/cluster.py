@@ -1,8 +1,10 @@
 """One cluster to test against: the in-process emulator, or a real one from CAPO_TEST_KUBECONFIG.
 
 Tests speak only through this class, so the same test runs on both. On a real cluster no kubelet
-runs the test pods: they are bound to a node that does not exist, and this class plays the
-kubelet and Calico for them (assigns the lowest free IP of a test pool that is in no
+runs the test pods: they are bound to a Node object this class creates for the run (no kubelet
+behind it; a pod bound to a missing Node would be force-deleted by PodGC after 40 s, and the
+pods tolerate the NoExecute taints such a Node gets), and this class plays the kubelet and Calico
+for them (assigns the lowest free IP of a test pool that is in no
 IPReservation, writes the status, issues the final DELETE of a terminating pod).
 """
 
@@ -31,7 +33,7 @@ RESERVATION = "capo-reserved-ips"
 RECORDS = ("capo.io", "v1", "reservedips")
 NS_LABEL = "ip-reserve"
 STS_LABEL = "statefulset.kubernetes.io/pod-name"
-ABSENT_NODE = "capo-test-absent-node"
+TEST_NODE_PREFIX = "capo-test-node"
 NO_SCHEDULER = "capo-test-no-scheduler"
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 
@@ -74,6 +76,7 @@ class Cluster:
         self.webhook_config_name = "capo-operator" if emulator else f"capo-operator-test-{run_id}"
         # A real cluster may run capo already: the test operators own objects of their own.
         self.reservation_name = RESERVATION if emulator else f"capo-test-{run_id}"
+        self.test_node = f"{TEST_NODE_PREFIX}-{run_id}"  # real-cluster mode: the node test pods are bound to
         self.namespaces: list[str] = []
         self.calico_group = ("crd.projectcalico.org", "v1")
         # Real-cluster mode: the pools this class assigns from (the emulator has its own).
@@ -142,6 +145,9 @@ class Cluster:
 
     async def _prepare(self) -> None:
         await self.install_crds()
+        if not self.is_emulator:
+            node = {"metadata": {"name": self.test_node, "labels": {"capo.io/test-run": self.run_id}}}
+            await self.kube.call("POST", "/api/v1/nodes", node, ok=(409,))
         await self.kube.call(
             "POST",
             "/api/v1/namespaces",
@@ -270,7 +276,9 @@ class Cluster:
         if not schedulable:
             spec["schedulerName"] = NO_SCHEDULER
         elif not self.is_emulator:
-            spec["nodeName"] = ABSENT_NODE
+            spec["nodeName"] = self.test_node
+            # The node has no kubelet: it turns NotReady/unreachable, whose taints would evict the pod.
+            spec["tolerations"] = [{"operator": "Exists", "effect": "NoExecute"}]
         metadata: Obj = {"name": name, "namespace": namespace, "labels": all_labels}
         if annotations:
             metadata["annotations"] = annotations
@@ -525,6 +533,8 @@ class Cluster:
         for ns in [*self.namespaces, self.operator_namespace]:
             with contextlib.suppress(Exception):
                 await self.kube.delete(f"/api/v1/namespaces/{ns}", missing_ok=True)
+        with contextlib.suppress(Exception):
+            await self.kube.delete(f"/api/v1/nodes/{self.test_node}", missing_ok=True)
 
     async def _safe_records(self) -> dict[str, Obj]:
         try:

@@ -18,7 +18,6 @@ import base64
 import copy
 import json
 import logging
-import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -194,15 +193,23 @@ class Auth:
         username = headers.get("Impersonate-User", "")
         groups = list(headers.getall("Impersonate-Group", []))
         uid = headers.get("Impersonate-Uid", "")
-        extras = {k[len("Impersonate-Extra-") :]: v for k, v in headers.items() if k.startswith("Impersonate-Extra-")}
+        extras = {
+            k[len("Impersonate-Extra-") :]: v
+            for k, v in headers.items()
+            if k.startswith("Impersonate-Extra-")
+        }
         if not username:
             if groups or uid or extras:
-                raise E.bad_request("requested impersonation of groups, extras or a uid without impersonating a user")
+                raise E.bad_request(
+                    "requested impersonation of groups, extras or a uid without impersonating a user"
+                )
             return actor
         checks: list[RequestInfo] = []
         if username.startswith(SA_PREFIX) and username.count(":") == 3:
             _, _, sa_ns, sa_name = username.split(":")
-            checks.append(RequestInfo(True, "", "impersonate", "", "v1", sa_ns, "serviceaccounts", "", sa_name))
+            checks.append(
+                RequestInfo(True, "", "impersonate", "", "v1", sa_ns, "serviceaccounts", "", sa_name)
+            )
             if not groups:
                 groups = ["system:serviceaccounts", f"system:serviceaccounts:{sa_ns}"]
         else:
@@ -210,10 +217,14 @@ class Auth:
         for group in headers.getall("Impersonate-Group", []):
             checks.append(RequestInfo(True, "", "impersonate", "", "v1", "", "groups", "", group))
         if uid:
-            checks.append(RequestInfo(True, "", "impersonate", "authentication.k8s.io", "v1", "", "uids", "", uid))
+            checks.append(
+                RequestInfo(True, "", "impersonate", "authentication.k8s.io", "v1", "", "uids", "", uid)
+            )
         for key, value in extras.items():
             checks.append(
-                RequestInfo(True, "", "impersonate", "authentication.k8s.io", "v1", "", "userextras", key, value)
+                RequestInfo(
+                    True, "", "impersonate", "authentication.k8s.io", "v1", "", "userextras", key, value
+                )
             )
         for info in checks:
             decision = self.authorizer.authorize(actor, info)
@@ -239,7 +250,15 @@ class Auth:
             group = f".{info.api_group}" if info.api_group else ""
             where = f" in namespace {info.namespace}" if info.namespace else ""
             name = f" {info.name!r}" if info.name else ""
-            log.info("forbidden: user=%s verb=%s resource=%s%s%s%s", user.username, info.verb, what, group, name, where)
+            log.info(
+                "forbidden: user=%s verb=%s resource=%s%s%s%s",
+                user.username,
+                info.verb,
+                what,
+                group,
+                name,
+                where,
+            )
         else:
             log.info("forbidden: user=%s verb=%s path=%s", user.username, info.verb, info.path)
 
@@ -301,29 +320,31 @@ class Auth:
             raise E.not_found("serviceaccounts", "", name)
         sa_uid = str(sa["metadata"].get("uid"))
         audiences = [str(a) for a in spec.get("audiences") or []] or list(API_AUDIENCES)
-        bound = None
+        bound: tuple[tuple[str, str], str, str, str] | None = None
         claims_k8s: dict[str, Any] = {"namespace": namespace, "serviceaccount": {"name": name, "uid": sa_uid}}
         ref = spec.get("boundObjectRef")
         if ref:
             kind = str(ref.get("kind", ""))
-            key = _BOUND_KINDS.get(kind)
-            if key is None:
-                raise E.bad_request(f"cannot bind token to object of kind {kind}: supported kinds are Pod, Secret")
-            obj = self.cluster.store.get(key, namespace, str(ref.get("name", "")))
-            plural = key[1]
+            bound_key = _BOUND_KINDS.get(kind)
+            if bound_key is None:
+                raise E.bad_request(
+                    f"cannot bind token to object of kind {kind}: supported kinds are Pod, Secret"
+                )
+            obj = self.cluster.store.get(bound_key, namespace, str(ref.get("name", "")))
             if obj is None or (ref.get("uid") and ref["uid"] != obj["metadata"].get("uid")):
-                raise E.not_found(plural, "", str(ref.get("name", "")))
-            bound = (key, namespace, obj["metadata"]["name"], str(obj["metadata"]["uid"]))
+                raise E.not_found(bound_key[1], "", str(ref.get("name", "")))
+            bound = (bound_key, namespace, obj["metadata"]["name"], str(obj["metadata"]["uid"]))
             claims_k8s[kind.lower()] = {"name": obj["metadata"]["name"], "uid": obj["metadata"]["uid"]}
             ref = {**ref, "uid": obj["metadata"]["uid"]}
         issued_at = self.tokens.clock()
         expires = issued_at + timedelta(seconds=seconds)
-        result = {
+        status: dict[str, Any] = {"token": "", "expirationTimestamp": rfc3339(expires)}
+        result: Obj = {
             "kind": "TokenRequest",
             "apiVersion": "authentication.k8s.io/v1",
             "metadata": {"name": name, "namespace": namespace, "creationTimestamp": None},
             "spec": {"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": ref or None},
-            "status": {"token": "", "expirationTimestamp": rfc3339(expires)},
+            "status": status,
         }
         if ctx.dry_run:
             return result
@@ -338,7 +359,7 @@ class Auth:
             "sub": f"{SA_PREFIX}{namespace}:{name}",
         }
         record = IssuedToken(namespace, name, sa_uid, expires, bound)
-        result["status"]["token"] = self.tokens.issue(claims, record)
+        status["token"] = self.tokens.issue(claims, record)
         return result
 
     def expire_tokens(self, namespace: str, name: str) -> int:
@@ -359,7 +380,10 @@ class Auth:
             field_name, why = (
                 ("nonResourceAttributes", "cannot be specified in combination with resourceAttributes")
                 if res is not None
-                else ("resourceAttributes", "exactly one of nonResourceAttributes or resourceAttributes must be specified")
+                else (
+                    "resourceAttributes",
+                    "exactly one of nonResourceAttributes or resourceAttributes must be specified",
+                )
             )
             raise E.invalid(
                 "SelfSubjectAccessReview",
@@ -367,7 +391,9 @@ class Auth:
                 "",
                 [E.FieldError(f"spec.{field_name}", "FieldValueInvalid", f'Invalid value: "null": {why}')],
             )
-        if res is not None:
+        if not isinstance(res if res is not None else nonres, dict):
+            raise E.bad_request("spec.resourceAttributes and spec.nonResourceAttributes must be objects")
+        if isinstance(res, dict):
             info = RequestInfo(
                 True,
                 "",
@@ -379,7 +405,7 @@ class Auth:
                 str(res.get("subresource") or ""),
                 str(res.get("name") or ""),
             )
-        else:
+        elif isinstance(nonres, dict):
             info = RequestInfo(False, str(nonres.get("path") or ""), str(nonres.get("verb") or ""))
         decision = self.authorizer.authorize(ctx.user, info)
         status: dict[str, Any] = {"allowed": decision.allowed}
@@ -390,7 +416,3 @@ class Auth:
         review["metadata"] = {"creationTimestamp": None, **(review.get("metadata") or {})}
         review["status"] = status
         return review
-
-
-def new_token_secret() -> str:
-    return secrets.token_urlsafe(32)

@@ -60,7 +60,7 @@ class Target:
 
 
 def _user(request: web.Request) -> UserInfo:
-    user = request.get(USER_KEY)
+    user: UserInfo | None = request.get(USER_KEY)
     if user is None:
         raise E.ApiError(401, "Unauthorized")  # no authentication middleware ran: trust nobody
     return user

@@ -72,14 +72,21 @@ class PodGC(Background):
         meta = pod["metadata"]
         ns, name = meta["namespace"], meta["name"]
         ctx = RequestContext(user=POD_GC)
-        log.info("PodGC is force deleting orphaned pod %s/%s (node %s no longer exists)", ns, name, pod["spec"]["nodeName"])
+        log.info(
+            "PodGC is force deleting orphaned pod %s/%s (node %s no longer exists)",
+            ns,
+            name,
+            pod["spec"]["nodeName"],
+        )
         try:
             if (pod.get("status") or {}).get("phase") not in TERMINAL:
                 new = copy.deepcopy(pod)
                 new["metadata"].pop("resourceVersion", None)  # a patch in the real controller: no conflict
                 status = new.setdefault("status", {})
                 status["phase"] = "Failed"
-                conditions = [c for c in status.get("conditions") or [] if c.get("type") != "DisruptionTarget"]
+                conditions = [
+                    c for c in status.get("conditions") or [] if c.get("type") != "DisruptionTarget"
+                ]
                 conditions.append(
                     {
                         "type": "DisruptionTarget",

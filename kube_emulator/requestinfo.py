@@ -4,7 +4,7 @@ Parsed from the path, method and query alone, before routing, exactly as the rea
 so authorization sees the same attributes: a path that is not under ``/api/v1/...`` or
 ``/apis/GROUP/VERSION/...`` is a non-resource request (``/api``, ``/apis/apps/v1`` included); a GET
 without a name is a list or (``watch`` set) a watch; a list or watch whose ``fieldSelector`` requires
-``metadata.name`` to equal a valid name is a request for that name; a DELETE without a name is a
+``metadata.name`` to equal a valid name is a request for that name (since 1.11); a DELETE without a name is a
 deletecollection; ``GET /api/v1/namespaces/NAME`` is in namespace NAME.
 """
 

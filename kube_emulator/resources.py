@@ -119,7 +119,9 @@ def builtin_types() -> list[ResourceType]:
             True,
             ("sa",),
             subresources=(
-                Subresource("token", "TokenRequest", ("create",), group="authentication.k8s.io", version="v1"),
+                Subresource(
+                    "token", "TokenRequest", ("create",), group="authentication.k8s.io", version="v1"
+                ),
             ),
         ),
         ResourceType("", "v1", "events", "event", "Event", True, ("ev",)),
@@ -232,7 +234,13 @@ def rbac_types() -> list[ResourceType]:
         # RBAC names are path segments ("system:discovery"), not DNS subdomains.
         ResourceType(group, "v1", "clusterroles", "clusterrole", "ClusterRole", False, name_rule="path"),
         ResourceType(
-            group, "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", False, name_rule="path"
+            group,
+            "v1",
+            "clusterrolebindings",
+            "clusterrolebinding",
+            "ClusterRoleBinding",
+            False,
+            name_rule="path",
         ),
         ResourceType(group, "v1", "roles", "role", "Role", True, name_rule="path"),
         ResourceType(group, "v1", "rolebindings", "rolebinding", "RoleBinding", True, name_rule="path"),

@@ -151,8 +151,16 @@ def _node(name: str, index: int) -> dict[str, Any]:
                     "message": "kubelet is posting ready status",
                 }
             ],
+            # Every field the API marks required (typed clients refuse a node without them).
             "nodeInfo": {
+                "machineID": f"{index:032x}",
+                "systemUUID": f"00000000-0000-0000-0000-{index:012x}",
+                "bootID": f"00000000-0000-0000-0001-{index:012x}",
+                "kernelVersion": "6.8.0-kube-emulator",
+                "osImage": "Kube Emulator",
+                "containerRuntimeVersion": "containerd://2.1.0",
                 "kubeletVersion": "v1.36.0-kube-emulator",
+                "kubeProxyVersion": "",
                 "operatingSystem": "linux",
                 "architecture": "amd64",
             },

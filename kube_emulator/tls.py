@@ -150,7 +150,10 @@ def kubeconfig(url: str, ca_pem: bytes, user: dict[str, Any], namespace: str = "
         ],
         "users": [{"name": "emulator", "user": user}],
         "contexts": [
-            {"name": "emulator", "context": {"cluster": "emulator", "user": "emulator", "namespace": namespace}}
+            {
+                "name": "emulator",
+                "context": {"cluster": "emulator", "user": "emulator", "namespace": namespace},
+            }
         ],
         "current-context": "emulator",
     }

@@ -123,3 +123,90 @@ async def k8s(emu: Emulator) -> AsyncIterator[Any]:
         yield api
     finally:
         await api.close()
+
+
+class Identities:
+    """Callers other than the admin: anonymous, a client certificate, a ServiceAccount token."""
+
+    def __init__(self, emu: Emulator, admin: Http) -> None:
+        self.emu = emu
+        self.admin = admin
+
+    def anonymous(self) -> Http:
+        return Http(self.emu.url, self.admin.session, client_context(self.emu.server.pki.ca_pem))
+
+    def certificate(self, user: str, groups: tuple[str, ...] = ()) -> Http:
+        pair = self.emu.server.pki.client_pair(user, groups)
+        return Http(self.emu.url, self.admin.session, client_context(self.emu.server.pki.ca_pem, pair))
+
+    def bearer(self, token: str) -> Http:
+        return Http(self.emu.url, self.admin.session, client_context(self.emu.server.pki.ca_pem), token)
+
+    async def service_account(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        """Create the ServiceAccount (if absent); returns it."""
+        s, body, _ = await self.admin.post(
+            f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": name}}
+        )
+        if s == 409:
+            s, body, _ = await self.admin.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}")
+        assert s in (200, 201), body
+        return dict(body)
+
+    async def token(self, name: str, namespace: str = "default", seconds: int | None = None) -> str:
+        spec = {} if seconds is None else {"expirationSeconds": seconds}
+        s, body, _ = await self.admin.post(
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
+        )
+        assert s == 201, body
+        return str(body["status"]["token"])
+
+    async def sa_client(self, name: str, namespace: str = "default") -> Http:
+        await self.service_account(name, namespace)
+        return self.bearer(await self.token(name, namespace))
+
+    async def grant(
+        self,
+        subject: dict[str, Any],
+        rules: list[dict[str, Any]],
+        *,
+        namespace: str | None = "default",
+        name: str = "grant",
+        cluster_role: bool = False,
+    ) -> None:
+        """A Role (or ClusterRole) with ``rules`` bound to ``subject`` in ``namespace``.
+
+        ``namespace=None`` binds a ClusterRole cluster-wide."""
+        rbac = "/apis/rbac.authorization.k8s.io/v1"
+        if namespace is None or cluster_role:
+            s, body, _ = await self.admin.post(
+                f"{rbac}/clusterroles", {"metadata": {"name": name}, "rules": rules}
+            )
+            role_kind = "ClusterRole"
+        else:
+            s, body, _ = await self.admin.post(
+                f"{rbac}/namespaces/{namespace}/roles", {"metadata": {"name": name}, "rules": rules}
+            )
+            role_kind = "Role"
+        assert s == 201, body
+        binding = {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": name},
+            "subjects": [subject],
+        }
+        path = (
+            f"{rbac}/clusterrolebindings"
+            if namespace is None
+            else f"{rbac}/namespaces/{namespace}/rolebindings"
+        )
+        s, body, _ = await self.admin.post(path, binding)
+        assert s == 201, body
+
+
+def sa_subject(name: str, namespace: str = "default") -> dict[str, Any]:
+    return {"kind": "ServiceAccount", "name": name, "namespace": namespace}
+
+
+@pytest.fixture
+def who(emu: Emulator, http: Http) -> Identities:
+    return Identities(emu, http)
