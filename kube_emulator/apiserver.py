@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from . import errors as E
+from . import rbac
 from . import schema as S
 from .admission import Admission, Attributes
 from .context import RequestContext, now, rfc3339
@@ -132,6 +133,8 @@ class ApiServer:
             errs += S.validate(obj, rt.schema)
         else:
             errs += validate_builtin(rt.group, rt.plural, obj)
+            if rt.group == rbac.GROUP:
+                errs += rbac.default_and_validate(rt.plural, obj, old)
         if rt.plural == "customresourcedefinitions" and rt.group == "apiextensions.k8s.io":
             errs += _validate_crd(obj)
         if old is not None:

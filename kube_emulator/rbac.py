@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .context import UserInfo
+from .errors import FieldError
 from .requestinfo import RequestInfo
 
 if TYPE_CHECKING:
@@ -300,3 +301,154 @@ def bootstrap_objects() -> list[tuple[str, dict[str, Any]]]:
         }
         out.append(("clusterrolebindings", body))
     return out
+
+
+# Defaults and validation of the RBAC objects (pkg/apis/rbac/v1 defaults, pkg/apis/rbac/validation).
+
+
+def _rule_errors(rule: Any, path: str, namespaced: bool) -> list[FieldError]:
+    if not isinstance(rule, dict):
+        return [FieldError(path, "FieldValueInvalid", "must be an object")]
+    errs = []
+    if not rule.get("verbs"):
+        errs.append(
+            FieldError(
+                f"{path}.verbs", "FieldValueRequired", "Required value: verbs must contain at least one value"
+            )
+        )
+    urls = rule.get("nonResourceURLs") or []
+    if urls:
+        shown = "[" + " ".join(str(u) for u in urls) + "]"
+        if namespaced:
+            errs.append(
+                FieldError(
+                    f"{path}.nonResourceURLs",
+                    "FieldValueInvalid",
+                    f"Invalid value: {shown}: namespaced rules cannot apply to non-resource URLs",
+                )
+            )
+        if rule.get("apiGroups") or rule.get("resources") or rule.get("resourceNames"):
+            errs.append(
+                FieldError(
+                    f"{path}.nonResourceURLs",
+                    "FieldValueInvalid",
+                    f"Invalid value: {shown}: "
+                    "rules cannot apply to both regular resources and non-resource URLs",
+                )
+            )
+        return errs
+    if not rule.get("apiGroups"):
+        errs.append(
+            FieldError(
+                f"{path}.apiGroups",
+                "FieldValueRequired",
+                "Required value: resource rules must supply at least one api group",
+            )
+        )
+    if not rule.get("resources"):
+        errs.append(
+            FieldError(
+                f"{path}.resources",
+                "FieldValueRequired",
+                "Required value: resource rules must supply at least one resource",
+            )
+        )
+    return errs
+
+
+def _role_ref_text(ref: dict[str, Any]) -> str:
+    group, kind, name = ref.get("apiGroup", ""), ref.get("kind", ""), ref.get("name", "")
+    return f'rbac.RoleRef{{APIGroup:"{group}", Kind:"{kind}", Name:"{name}"}}'
+
+
+def _binding_errors(obj: dict[str, Any], namespaced: bool) -> list[FieldError]:
+    errs = []
+    ref = obj.get("roleRef")
+    if not isinstance(ref, dict):
+        return [FieldError("roleRef", "FieldValueRequired", "Required value")]
+    if ref.get("apiGroup") != GROUP:
+        errs.append(
+            FieldError(
+                "roleRef.apiGroup",
+                "FieldValueNotSupported",
+                f'Unsupported value: "{ref.get("apiGroup", "")}": supported values: "{GROUP}"',
+            )
+        )
+    kinds = ("Role", "ClusterRole") if namespaced else ("ClusterRole",)
+    if ref.get("kind") not in kinds:
+        supported = ", ".join(f'"{k}"' for k in kinds)
+        errs.append(
+            FieldError(
+                "roleRef.kind",
+                "FieldValueNotSupported",
+                f'Unsupported value: "{ref.get("kind", "")}": supported values: {supported}',
+            )
+        )
+    if not ref.get("name"):
+        errs.append(FieldError("roleRef.name", "FieldValueRequired", "Required value"))
+    for i, subject in enumerate(obj.get("subjects") or []):
+        path = f"subjects[{i}]"
+        if not isinstance(subject, dict):
+            errs.append(FieldError(path, "FieldValueInvalid", "must be an object"))
+            continue
+        kind, group = subject.get("kind"), subject.get("apiGroup", "")
+        if not subject.get("name"):
+            errs.append(FieldError(f"{path}.name", "FieldValueRequired", "Required value"))
+        if kind == "ServiceAccount":
+            if group:
+                errs.append(
+                    FieldError(
+                        f"{path}.apiGroup",
+                        "FieldValueNotSupported",
+                        f'Unsupported value: "{group}": supported values: ""',
+                    )
+                )
+            if not namespaced and not subject.get("namespace"):
+                errs.append(FieldError(f"{path}.namespace", "FieldValueRequired", "Required value"))
+        elif kind in ("User", "Group"):
+            if group != GROUP:
+                errs.append(
+                    FieldError(
+                        f"{path}.apiGroup",
+                        "FieldValueNotSupported",
+                        f'Unsupported value: "{group}": supported values: "{GROUP}"',
+                    )
+                )
+        else:
+            errs.append(
+                FieldError(
+                    f"{path}.kind",
+                    "FieldValueNotSupported",
+                    f'Unsupported value: "{kind or ""}": supported values: "ServiceAccount", "User", "Group"',
+                )
+            )
+    return errs
+
+
+def default_and_validate(plural: str, obj: dict[str, Any], old: dict[str, Any] | None) -> list[FieldError]:
+    """Apply the v1 defaults to an RBAC object in place and return its validation errors."""
+    if plural in ("rolebindings", "clusterrolebindings"):
+        ref = obj.get("roleRef")
+        if isinstance(ref, dict) and not ref.get("apiGroup"):
+            ref["apiGroup"] = GROUP
+        for subject in obj.get("subjects") or []:
+            if (
+                isinstance(subject, dict)
+                and "apiGroup" not in subject
+                and subject.get("kind") in ("User", "Group")
+            ):
+                subject["apiGroup"] = GROUP
+        errs = _binding_errors(obj, plural == "rolebindings")
+        if old is not None and isinstance(ref, dict) and ref != old.get("roleRef"):
+            errs.append(
+                FieldError(
+                    "roleRef",
+                    "FieldValueInvalid",
+                    f"Invalid value: {_role_ref_text(ref)}: cannot change roleRef",
+                )
+            )
+        return errs
+    errs = []
+    for i, rule in enumerate(obj.get("rules") or []):
+        errs += _rule_errors(rule, f"rules[{i}]", plural == "roles")
+    return errs

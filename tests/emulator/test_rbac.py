@@ -269,3 +269,41 @@ async def test_refusals_are_logged_with_user_verb_and_resource(
         in r.getMessage()
         for r in caplog.records
     ), [r.getMessage() for r in caplog.records]
+
+
+async def test_rbac_objects_are_defaulted_and_validated(http: Http) -> None:
+    binding = {
+        "metadata": {"name": "b"},
+        "roleRef": {"kind": "ClusterRole", "name": "view"},
+        "subjects": [{"kind": "User", "name": "u"}, {"kind": "ServiceAccount", "name": "sa"}],
+    }
+    s, body, _ = await http.post(f"{RBAC}/namespaces/default/rolebindings", binding)
+    assert s == 201, body
+    assert body["roleRef"]["apiGroup"] == "rbac.authorization.k8s.io"
+    assert body["subjects"][0]["apiGroup"] == "rbac.authorization.k8s.io"
+    assert "apiGroup" not in body["subjects"][1]
+    s, body, _ = await http.patch(f"{RBAC}/namespaces/default/rolebindings/b", {"roleRef": {"name": "edit"}})
+    assert s == 422 and body["message"] == (
+        'RoleBinding.rbac.authorization.k8s.io "b" is invalid: roleRef: Invalid value: '
+        'rbac.RoleRef{APIGroup:"rbac.authorization.k8s.io", Kind:"ClusterRole", Name:"edit"}: cannot change roleRef'
+    )
+    s, body, _ = await http.patch(f"{RBAC}/namespaces/default/rolebindings/b", {"subjects": []})
+    assert s == 200  # subjects may change
+    crb = {
+        **binding,
+        "roleRef": {"kind": "Role", "name": "x"},
+        "subjects": [{"kind": "ServiceAccount", "name": "sa"}],
+    }
+    s, body, _ = await http.post(f"{RBAC}/clusterrolebindings", crb)
+    assert s == 422
+    assert [c["field"] for c in body["details"]["causes"]] == ["roleRef.kind", "subjects[0].namespace"]
+    role = {
+        "metadata": {"name": "r"},
+        "rules": [{"resources": ["pods"], "verbs": ["get"]}, {"nonResourceURLs": ["/x"], "verbs": ["get"]}],
+    }
+    s, body, _ = await http.post(f"{RBAC}/namespaces/default/roles", role)
+    assert s == 422
+    assert [c["message"] for c in body["details"]["causes"]] == [
+        "Required value: resource rules must supply at least one api group",
+        "Invalid value: [/x]: namespaced rules cannot apply to non-resource URLs",
+    ]
