@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from . import errors as E
 from .context import RequestContext, UserInfo, now, rfc3339
 from .http_api import USER_KEY, Target, error_response
-from .rbac import SA_PREFIX, Authorizer, Decision, forbidden_message
+from .rbac import SA_PREFIX, Authorizer, forbidden_message
 from .requestinfo import RequestInfo, parse
 from .store import Obj
 
@@ -50,6 +50,9 @@ API_AUDIENCES = (ISSUER,)
 MIN_EXPIRATION = 600
 MAX_EXPIRATION = 1 << 32
 DEFAULT_EXPIRATION = 3600
+# kubelet asks for 3607 s pod-bound tokens; the server honours them for a year (a migration aid).
+EXTENDED_REQUEST = 3607
+EXTENDED_VALIDITY = timedelta(days=365)
 # The real token validator (go-jose) accepts a token up to a minute after its ``exp``.
 EXPIRY_LEEWAY = timedelta(seconds=60)
 SA_KEY = ("", "serviceaccounts")
@@ -162,7 +165,7 @@ class Auth:
                 elif attr == "organizationName":
                     orgs.append(value)
         if not cn:
-            raise unauthorized()
+            return None  # no user in it: the real x509 authenticator passes on to the next one
         groups = [*orgs, AUTHENTICATED] if AUTHENTICATED not in orgs else orgs
         return UserInfo(cn, tuple(groups))
 
@@ -240,9 +243,6 @@ class Auth:
 
     # Authorization ----------------------------------------------------------------------------
 
-    def authorize(self, user: UserInfo, info: RequestInfo) -> Decision:
-        return self.authorizer.authorize(user, info)
-
     @staticmethod
     def _log_refusal(user: UserInfo, info: RequestInfo) -> None:
         if info.is_resource:
@@ -285,72 +285,115 @@ class Auth:
     # TokenRequest -----------------------------------------------------------------------------
 
     async def token_request(self, t: Target, body: Any, ctx: RequestContext) -> Obj:
+        """``pkg/registry/core/serviceaccount/storage/token.go``, in the same order of checks."""
         namespace, name = t.namespace or "", t.name or ""
         if not isinstance(body, dict):
             raise E.bad_request("the body of the request is not a JSON object")
         for key, expected in (("apiVersion", "authentication.k8s.io/v1"), ("kind", "TokenRequest")):
             if body.get(key) and body[key] != expected:
                 raise E.bad_request(f"the {key} in the data ({body[key]}) does not match {expected}")
+        meta = dict(body.get("metadata") or {})
+        for field_name, value, what in (("name", name, "name"), ("namespace", namespace, "namespace")):
+            if meta.get(field_name) and meta[field_name] != value:
+                raise E.invalid(
+                    "TokenRequest",
+                    "authentication.k8s.io",
+                    name,
+                    [
+                        E.FieldError(
+                            f"metadata.{field_name}",
+                            "FieldValueInvalid",
+                            f'Invalid value: "{meta[field_name]}": must match the service account {what} '
+                            "if specified",
+                        )
+                    ],
+                )
+        sa = self.cluster.store.get(SA_KEY, namespace, name)
+        if sa is None:
+            raise E.not_found("serviceaccounts", "", name)
+        sa_uid = str(sa["metadata"].get("uid"))
         spec = dict(body.get("spec") or {})
+        audiences = [str(a) for a in spec.get("audiences") or []] or list(API_AUDIENCES)
         seconds = spec.get("expirationSeconds")
         seconds = DEFAULT_EXPIRATION if seconds is None else seconds
         if not isinstance(seconds, int) or isinstance(seconds, bool):
             raise E.bad_request("spec.expirationSeconds must be an integer")
         errs = []
         if seconds < MIN_EXPIRATION:
+            why = "may not specify a duration less than 10 minutes"
             errs.append(
                 E.FieldError(
-                    "spec.expirationSeconds",
-                    "FieldValueInvalid",
-                    f"Invalid value: {seconds}: may not specify a duration less than 10 minutes",
+                    "spec.expirationSeconds", "FieldValueInvalid", f"Invalid value: {seconds}: {why}"
                 )
             )
         if seconds > MAX_EXPIRATION:
+            why = "may not specify a duration larger than 2^32 seconds"
             errs.append(
                 E.FieldError(
-                    "spec.expirationSeconds",
-                    "FieldValueInvalid",
-                    f"Invalid value: {seconds}: may not specify a duration larger than 2^32 seconds",
+                    "spec.expirationSeconds", "FieldValueInvalid", f"Invalid value: {seconds}: {why}"
                 )
             )
         if errs:
-            raise E.invalid("TokenRequest", "authentication.k8s.io", name, errs)
-        sa = self.cluster.store.get(SA_KEY, namespace, name)
-        if sa is None:
-            raise E.not_found("serviceaccounts", "", name)
-        sa_uid = str(sa["metadata"].get("uid"))
-        audiences = [str(a) for a in spec.get("audiences") or []] or list(API_AUDIENCES)
+            raise E.invalid("TokenRequest", "authentication.k8s.io", "", errs)  # the real one names no object
+        issued_at = self.tokens.clock()
         bound: tuple[tuple[str, str], str, str, str] | None = None
         claims_k8s: dict[str, Any] = {"namespace": namespace, "serviceaccount": {"name": name, "uid": sa_uid}}
         ref = spec.get("boundObjectRef")
-        if ref:
-            kind = str(ref.get("kind", ""))
-            bound_key = _BOUND_KINDS.get(kind)
+        if isinstance(ref, dict) and ref:
+            kind, ref_name = str(ref.get("kind", "")), str(ref.get("name", ""))
+            api_version = str(ref.get("apiVersion", ""))
+            bound_key = _BOUND_KINDS.get(kind) if "/" not in api_version else None
             if bound_key is None:
+                group, _, version = api_version.rpartition("/")
+                raise E.bad_request(f"cannot bind token to object of type {group}/{version}, Kind={kind}")
+            obj = self.cluster.store.get(bound_key, namespace, ref_name)
+            if obj is None:
+                raise E.not_found(bound_key[1], "", ref_name)
+            if kind == "Pod" and (obj.get("spec") or {}).get("serviceAccountName") != name:
                 raise E.bad_request(
-                    f"cannot bind token to object of kind {kind}: supported kinds are Pod, Secret"
+                    f'cannot bind token for serviceaccount "{name}" to pod running with different '
+                    "serviceaccount name."
                 )
-            obj = self.cluster.store.get(bound_key, namespace, str(ref.get("name", "")))
-            if obj is None or (ref.get("uid") and ref["uid"] != obj["metadata"].get("uid")):
-                raise E.not_found(bound_key[1], "", str(ref.get("name", "")))
-            bound = (bound_key, namespace, obj["metadata"]["name"], str(obj["metadata"]["uid"]))
-            claims_k8s[kind.lower()] = {"name": obj["metadata"]["name"], "uid": obj["metadata"]["uid"]}
-            ref = {**ref, "uid": obj["metadata"]["uid"]}
-        issued_at = self.tokens.clock()
+            uid = str(obj["metadata"]["uid"])
+            if ref.get("uid") and ref["uid"] != uid:
+                raise E.conflict(
+                    kind,
+                    "",
+                    ref_name,
+                    f"the UID in the bound object reference ({ref['uid']}) does not match the UID in record. "
+                    "The object might have been deleted and then recreated",
+                )
+            bound = (bound_key, namespace, ref_name, uid)
+            claims_k8s[kind.lower()] = {"name": ref_name, "uid": uid}
         expires = issued_at + timedelta(seconds=seconds)
+        valid_until = expires
+        pod_bound = bound is not None and bound[0] == ("", "pods")
+        if pod_bound and seconds == EXTENDED_REQUEST and set(audiences) <= set(API_AUDIENCES):
+            # kubelet's projected tokens: reported as 1h7s, honoured for a year
+            # (--service-account-extend-token-expiration, on by default).
+            valid_until = issued_at + EXTENDED_VALIDITY
         status: dict[str, Any] = {"token": "", "expirationTimestamp": rfc3339(expires)}
         result: Obj = {
             "kind": "TokenRequest",
             "apiVersion": "authentication.k8s.io/v1",
-            "metadata": {"name": name, "namespace": namespace, "creationTimestamp": None},
-            "spec": {"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": ref or None},
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": sa_uid,
+                "creationTimestamp": rfc3339(issued_at),
+            },
+            "spec": {
+                "audiences": audiences,
+                "expirationSeconds": seconds,
+                "boundObjectRef": ref if isinstance(ref, dict) and ref else None,
+            },
             "status": status,
         }
         if ctx.dry_run:
             return result
         claims = {
             "aud": audiences,
-            "exp": int(expires.timestamp()),
+            "exp": int(valid_until.timestamp()),
             "iat": int(issued_at.timestamp()),
             "nbf": int(issued_at.timestamp()),
             "iss": ISSUER,
@@ -358,7 +401,9 @@ class Auth:
             "kubernetes.io": claims_k8s,
             "sub": f"{SA_PREFIX}{namespace}:{name}",
         }
-        record = IssuedToken(namespace, name, sa_uid, expires, bound)
+        if valid_until != expires:
+            claims_k8s["warnafter"] = int(expires.timestamp())
+        record = IssuedToken(namespace, name, sa_uid, valid_until, bound)
         status["token"] = self.tokens.issue(claims, record)
         return result
 

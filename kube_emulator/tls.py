@@ -121,9 +121,11 @@ class Pki:
         return self._issue(x509.Name(attrs), ExtendedKeyUsageOID.CLIENT_AUTH)
 
     def server_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        # Not create_default_context(): it would also trust the system roots for client certificates.
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(str(self.serving_cert_file), str(self.serving_key_file))
-        ctx.load_verify_locations(cadata=self.ca_pem.decode())
+        ctx.load_verify_locations(cadata=self.ca_pem.decode())  # the emulator's own CA, nothing else
         ctx.verify_mode = ssl.CERT_OPTIONAL  # certificates are one way to log in, not the only one
         return ctx
 

@@ -100,6 +100,8 @@ async def test_client_certificate_user_and_groups(who: Identities) -> None:
 
 
 async def test_certificate_of_another_ca_is_refused(emu: Emulator, tmp_path: Path) -> None:
+    # Client certificates are verified against the emulator's CA alone, not the system roots.
+    assert len(emu.server.pki.server_context().get_ca_certs()) == 1
     stranger = Pki(tmp_path)  # a CA the emulator does not trust
     context = client_context(emu.server.pki.ca_pem, stranger.admin)
     async with aiohttp.ClientSession() as session:
@@ -149,9 +151,9 @@ async def test_token_request_bounds(who: Identities, http: Http, seconds: int, w
     await who.service_account("op")
     s, body, _ = await http.post(TOKEN.format("op"), {"spec": {"expirationSeconds": seconds}})
     assert s == 422 and body["reason"] == "Invalid"
+    # The real server names no object in this message.
     assert (
-        body["message"]
-        == f'TokenRequest.authentication.k8s.io "op" is invalid: spec.expirationSeconds: {why}'
+        body["message"] == f'TokenRequest.authentication.k8s.io "" is invalid: spec.expirationSeconds: {why}'
     )
     s, _, _ = await http.post(TOKEN.format("op"), {"spec": {"expirationSeconds": 600}})
     assert s == 201  # the bound itself is allowed
@@ -237,27 +239,62 @@ async def test_token_of_a_deleted_service_account_is_401_even_if_recreated(
     assert (await op.get("/api"))[0] == 401
 
 
-async def test_token_bound_to_a_pod_dies_with_the_pod(who: Identities, http: Http) -> None:
+async def test_token_bound_to_a_pod_dies_with_the_pod(who: Identities, http: Http, emu: Emulator) -> None:
     await who.service_account("op")
-    s, pod, _ = await http.post(
-        PODS,
-        {
-            "metadata": {"name": "p"},
-            "spec": {"schedulerName": "none", "containers": [{"name": "c", "image": "x"}]},
-        },
+    spec = {"schedulerName": "none", "serviceAccountName": "op", "containers": [{"name": "c", "image": "x"}]}
+    s, _, _ = await http.post(PODS, {"metadata": {"name": "p"}, "spec": spec})
+    assert s == 201
+    s, _, _ = await http.post(
+        PODS, {"metadata": {"name": "q"}, "spec": {**spec, "serviceAccountName": "default"}}
     )
     assert s == 201
     ref = {"kind": "Pod", "apiVersion": "v1", "name": "p"}
+    s, body, _ = await http.post(TOKEN.format("op"), {"spec": {"boundObjectRef": {**ref, "name": "q"}}})
+    assert (s, body["message"]) == (
+        400,
+        'cannot bind token for serviceaccount "op" to pod running with different serviceaccount name.',
+    )
+    s, body, _ = await http.post(TOKEN.format("op"), {"spec": {"boundObjectRef": {**ref, "uid": "old"}}})
+    assert s == 409 and "the UID in the bound object reference (old) does not match" in body["message"]
+    s, body, _ = await http.post(TOKEN.format("op"), {"spec": {"boundObjectRef": {**ref, "name": "gone"}}})
+    assert s == 404 and body["message"] == 'pods "gone" not found'
     s, body, _ = await http.post(TOKEN.format("op"), {"spec": {"boundObjectRef": ref}})
-    assert s == 201 and body["spec"]["boundObjectRef"]["uid"] == pod["metadata"]["uid"]
+    assert s == 201 and body["metadata"]["uid"] and body["spec"]["boundObjectRef"] == ref
     op = who.bearer(body["status"]["token"])
     assert (await op.get("/api"))[0] == 200
+
+    # kubelet's 1h7s projected token is reported as such but honoured for a year.
+    s, body, _ = await http.post(
+        TOKEN.format("op"), {"spec": {"boundObjectRef": ref, "expirationSeconds": 3607}}
+    )
+    assert s == 201
+    projected = who.bearer(body["status"]["token"])
+    unbound = who.bearer(await who.token("op", seconds=3607))
+    tokens = emu.cluster.auth.tokens
+    real_clock = tokens.clock
+    try:
+        tokens.clock = lambda: real_clock() + dt.timedelta(hours=2)
+        assert (await projected.get("/api"))[0] == 200
+        assert (await unbound.get("/api"))[0] == 401
+    finally:
+        tokens.clock = real_clock
+
     await http.delete(f"{PODS}/p")
     for _ in range(50):
         if (await http.get(f"{PODS}/p"))[0] == 404:
             break
         await asyncio.sleep(0.02)
     assert (await op.get("/api"))[0] == 401
+    assert (await projected.get("/api"))[0] == 401
+
+
+async def test_token_request_name_must_match(who: Identities, http: Http) -> None:
+    await who.service_account("op")
+    s, body, _ = await http.post(TOKEN.format("op"), {"metadata": {"name": "other"}})
+    assert s == 422 and body["message"] == (
+        'TokenRequest.authentication.k8s.io "op" is invalid: metadata.name: Invalid value: "other": '
+        "must match the service account name if specified"
+    )
 
 
 async def test_kubernetes_aio_loads_a_certificate_and_a_token_kubeconfig(

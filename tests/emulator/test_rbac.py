@@ -285,7 +285,8 @@ async def test_rbac_objects_are_defaulted_and_validated(http: Http) -> None:
     s, body, _ = await http.patch(f"{RBAC}/namespaces/default/rolebindings/b", {"roleRef": {"name": "edit"}})
     assert s == 422 and body["message"] == (
         'RoleBinding.rbac.authorization.k8s.io "b" is invalid: roleRef: Invalid value: '
-        'rbac.RoleRef{APIGroup:"rbac.authorization.k8s.io", Kind:"ClusterRole", Name:"edit"}: cannot change roleRef'
+        'rbac.RoleRef{APIGroup:"rbac.authorization.k8s.io", Kind:"ClusterRole", Name:"edit"}: '
+        "cannot change roleRef"
     )
     s, body, _ = await http.patch(f"{RBAC}/namespaces/default/rolebindings/b", {"subjects": []})
     assert s == 200  # subjects may change
