@@ -9,7 +9,7 @@ get ``system:authenticated``.
 Impersonation (``endpoints/filters/impersonation.go``): ``Impersonate-*`` headers need the
 ``impersonate`` verb on users/groups/serviceaccounts/uids/userextras.
 Authorization: :mod:`kube_emulator.rbac` on the attributes of :mod:`kube_emulator.requestinfo`.
-Also here: the TokenRequest subresource and SelfSubjectAccessReview, answered from the same code.
+Also here: the TokenRequest subresource, SelfSubjectReview and SelfSubjectAccessReview.
 """
 
 from __future__ import annotations
@@ -413,7 +413,17 @@ class Auth:
         log.info("expired %d token(s) of service account %s/%s", count, namespace, name)
         return count
 
-    # SelfSubjectAccessReview ------------------------------------------------------------------
+    # SelfSubjectReview (kubectl auth whoami) and SelfSubjectAccessReview ----------------------
+
+    async def self_subject_review(self, t: Target, body: Any, ctx: RequestContext) -> Obj:
+        if not isinstance(body, dict):
+            raise E.bad_request("the body of the request is not a JSON object")
+        return {
+            "kind": "SelfSubjectReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": rfc3339()},
+            "status": {"userInfo": ctx.user.to_dict()},
+        }
 
     async def self_subject_access_review(self, t: Target, body: Any, ctx: RequestContext) -> Obj:
         if not isinstance(body, dict):

@@ -206,6 +206,15 @@ def builtin_types() -> list[ResourceType]:
         ),
         *rbac_types(),
         ResourceType(
+            "authentication.k8s.io",
+            "v1",
+            "selfsubjectreviews",
+            "selfsubjectreview",
+            "SelfSubjectReview",
+            False,
+            verbs=("create",),
+        ),
+        ResourceType(
             "authorization.k8s.io",
             "v1",
             "selfsubjectaccessreviews",

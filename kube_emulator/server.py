@@ -95,6 +95,7 @@ class Cluster:
         self.virtual: dict[tuple[tuple[str, str], str], Any] = {
             (("", "serviceaccounts"), "token"): self.auth.token_request,
             (("authorization.k8s.io", "selfsubjectaccessreviews"), ""): self.auth.self_subject_access_review,
+            (("authentication.k8s.io", "selfsubjectreviews"), ""): self.auth.self_subject_review,
         }
         self.http = Api(self)
 

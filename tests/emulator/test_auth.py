@@ -369,3 +369,22 @@ async def test_impersonation_needs_the_impersonate_verb(who: Identities, http: H
     assert s == 403 and 'User "system:serviceaccount:default:op" cannot list' in body["message"]
     s, body, _ = await http.request("GET", PODS, headers={"Impersonate-Group": "x"})
     assert s == 400  # groups without a user
+
+
+async def test_self_subject_review_tells_who_is_calling(who: Identities, http: Http) -> None:
+    path = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    s, out, _ = await http.post(path, body)
+    assert s == 201 and out["status"]["userInfo"] == {
+        "username": "kube-emulator-admin",
+        "groups": ["system:masters", "system:authenticated"],
+    }
+    sa = await who.service_account("op")
+    s, out, _ = await (await who.sa_client("op")).post(path, body)
+    assert s == 201 and out["status"]["userInfo"] == {
+        "username": "system:serviceaccount:default:op",
+        "groups": ["system:serviceaccounts", "system:serviceaccounts:default", "system:authenticated"],
+        "uid": sa["metadata"]["uid"],
+    }
+    s, out, _ = await who.anonymous().post(path, body)
+    assert s == 403  # system:basic-user is bound to authenticated users only
