@@ -199,7 +199,7 @@ class Auth:
         extras = {
             k[len("Impersonate-Extra-") :]: v
             for k, v in headers.items()
-            if k.startswith("Impersonate-Extra-")
+            if k.lower().startswith("impersonate-extra-")
         }
         if not username:
             if groups or uid or extras:
