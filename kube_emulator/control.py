@@ -118,7 +118,9 @@ def add_routes(app: web.Application, cluster: Cluster) -> None:
 
     async def expire_tokens(request: web.Request) -> web.Response:
         data = await body(request)
-        count = cluster.auth.expire_tokens(str(data["namespace"]), str(data["name"]))
+        if not isinstance(data.get("namespace"), str) or not isinstance(data.get("name"), str):
+            raise E.bad_request('expected {"namespace": "...", "name": "..."} naming a ServiceAccount')
+        count = cluster.auth.expire_tokens(data["namespace"], data["name"])
         return json_response({"expired": count})
 
     routes = [

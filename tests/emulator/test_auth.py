@@ -388,3 +388,12 @@ async def test_self_subject_review_tells_who_is_calling(who: Identities, http: H
     }
     s, out, _ = await who.anonymous().post(path, body)
     assert s == 403  # system:basic-user is bound to authenticated users only
+
+
+async def test_expire_tokens_needs_a_service_account_name(emu: Emulator) -> None:
+    from kube_emulator.testing import ControlError
+
+    with pytest.raises(ControlError) as info:
+        await emu.control._call("POST", "/_emulator/serviceaccounts/expire-tokens", {"namespace": "default"})
+    assert info.value.status == 400 and "naming a ServiceAccount" in info.value.body["message"]
+    assert await emu.control.expire_tokens("default", "nobody") == 0  # nothing issued: nothing expired

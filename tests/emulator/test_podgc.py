@@ -15,7 +15,7 @@ from kube_emulator.testing import Emulator
 from .conftest import Http, admin_ssl, pod
 
 PODS = "/api/v1/namespaces/default/pods"
-DELAY = 0.5
+DELAY = 1.0
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ async def test_orphan_is_failed_then_force_deleted(gc_http: Http) -> None:
     s, _, _ = await gc_http.post(PODS, pod("orphan", nodeName="ghost"))
     assert s == 201
     task = asyncio.create_task(gc_http.watch(f"{PODS}?watch=true&timeoutSeconds=5", until=3))
-    await asyncio.sleep(DELAY / 2)
+    await asyncio.sleep(0.2)
     assert (await gc_http.get(f"{PODS}/orphan"))[0] == 200  # still quarantined
     assert await gone(gc_http, "orphan", 5)
     events: list[dict[str, Any]] = await task
@@ -60,7 +60,7 @@ async def test_pod_whose_node_appears_in_time_is_kept(gc_http: Http) -> None:
     assert s == 201
     node = {"metadata": {"name": "node-9"}}
     assert (await gc_http.post("/api/v1/nodes", node))[0] == 201
-    await asyncio.sleep(DELAY * 3)
+    await asyncio.sleep(DELAY * 2)
     s, body, _ = await gc_http.get(f"{PODS}/late-node")
     assert s == 200 and body["status"]["phase"] != "Failed"
 
@@ -68,7 +68,7 @@ async def test_pod_whose_node_appears_in_time_is_kept(gc_http: Http) -> None:
 async def test_pods_of_a_deleted_node_are_collected(gc_http: Http) -> None:
     s, _, _ = await gc_http.post(PODS, pod("on-node-1", nodeName="node-1"))
     assert s == 201
-    await asyncio.sleep(DELAY * 2)
+    await asyncio.sleep(DELAY * 1.5)
     assert (await gc_http.get(f"{PODS}/on-node-1"))[0] == 200
     assert (await gc_http.delete("/api/v1/nodes/node-1"))[0] == 200
     assert await gone(gc_http, "on-node-1", 5)
