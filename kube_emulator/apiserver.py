@@ -67,6 +67,8 @@ class ApiServer:
         self.store = store
         self.admission = admission
         self.crd_hooks: list[Callable[[], None]] = []
+        # Registry-level checks that need the caller (RBAC escalation prevention): (rt, new, old, ctx).
+        self.write_checks: list[Callable[[ResourceType, Obj, Obj | None, RequestContext], None]] = []
         # uids deleted with propagationPolicy Orphan: the garbage collector orphans their dependents.
         self.orphaning: set[str] = set()
 
@@ -236,6 +238,8 @@ class ApiServer:
             obj.pop("status", None)
         _prepare_create(rt, obj)
         obj = self._validate(rt, obj, None)
+        for check in self.write_checks:
+            check(rt, obj, None, ctx)
         await self._admit(
             rt,
             "CREATE",
@@ -361,6 +365,8 @@ class ApiServer:
             new = self._validate(rt, new, current)
             if _same_content(new, current):
                 return current
+            for check in self.write_checks:
+                check(rt, new, current, ctx)
             await self._admit(
                 rt,
                 "UPDATE",

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from . import errors as E
 from .context import RequestContext, UserInfo, now, rfc3339
 from .http_api import USER_KEY, Target, error_response
-from .rbac import SA_PREFIX, Authorizer, forbidden_message
+from .rbac import SA_PREFIX, Authorizer, EscalationCheck, forbidden_message
 from .requestinfo import RequestInfo, parse
 from .store import Obj
 
@@ -136,6 +136,7 @@ class Auth:
         self.cluster = cluster
         self.authorizer = Authorizer(cluster.store)
         self.tokens = Tokens()
+        cluster.api.write_checks.append(EscalationCheck(self.authorizer))
 
     # Authentication ---------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .context import UserInfo
-from .errors import FieldError
+from .errors import ApiError, FieldError, forbidden
 from .requestinfo import RequestInfo
 
 if TYPE_CHECKING:
@@ -452,3 +452,117 @@ def default_and_validate(plural: str, obj: dict[str, Any], old: dict[str, Any] |
     for i, rule in enumerate(obj.get("rules") or []):
         errs += _rule_errors(rule, f"rules[{i}]", plural == "roles")
     return errs
+
+
+# Escalation prevention (pkg/registry/rbac/escalation_check.go, validation.Covers/ConfirmNoEscalation):
+# a caller may only write a role, or bind one, whose permissions it holds itself, unless it may
+# ``escalate`` (roles) or ``bind`` (bindings) or is in system:masters.
+
+Atom = tuple[str, str, str, str, str]  # (group, resource, name, url, verb)
+
+
+def _atoms(rule: dict[str, Any]) -> list[Atom]:
+    verbs = [str(v) for v in rule.get("verbs") or []]
+    urls = [str(u) for u in rule.get("nonResourceURLs") or []]
+    if urls:
+        return [("", "", "", url, verb) for url in urls for verb in verbs]
+    names = [str(n) for n in rule.get("resourceNames") or []] or [""]
+    return [
+        (str(g), str(r), n, "", v)
+        for g in rule.get("apiGroups") or []
+        for r in rule.get("resources") or []
+        for n in names
+        for v in verbs
+    ]
+
+
+def _covers(owner: Rule, atom: Atom) -> bool:
+    group, resource, name, url, verb = atom
+    if owner.verbs is not None and verb not in owner.verbs:
+        return False
+    if url:
+        return _url_matches(owner.urls, url)
+    if owner.groups is not None and group not in owner.groups:
+        return False
+    sub = resource.split("/", 1)[1] if "/" in resource else ""
+    if not ("*" in owner.resources or resource in owner.resources or (sub and f"*/{sub}" in owner.resources)):
+        return False
+    return not owner.names or (bool(name) and name in owner.names)
+
+
+def _compact(atoms: list[Atom]) -> list[str]:
+    """The real message's one line per missing rule, verbs of the same target merged."""
+    verbs: dict[tuple[str, str, str, str], list[str]] = {}
+    for group, resource, name, url, verb in atoms:
+        verbs.setdefault((group, resource, name, url), []).append(verb)
+
+    def q(values: list[str]) -> str:
+        return "[" + " ".join(f'"{v}"' for v in values) + "]"
+
+    lines = set()
+    for (group, resource, name, url), vs in verbs.items():
+        if url:
+            lines.add(f"{{NonResourceURLs:{q([url])}, Verbs:{q(vs)}}}")
+            continue
+        names = f", ResourceNames:{q([name])}" if name else ""
+        lines.add(f"{{APIGroups:{q([group])}, Resources:{q([resource])}{names}, Verbs:{q(vs)}}}")
+    return sorted(lines)
+
+
+class EscalationCheck:
+    def __init__(self, authorizer: Authorizer) -> None:
+        self.authorizer = authorizer
+
+    def __call__(self, rt: Any, new: dict[str, Any], old: dict[str, Any] | None, ctx: Any) -> None:
+        if rt.group != GROUP or rt.crd_name is not None:
+            return
+        user: UserInfo = ctx.user
+        if MASTERS in user.groups:
+            return
+        meta = new.get("metadata") or {}
+        namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+        if rt.plural in ("roles", "clusterroles"):
+            if old is not None and (old.get("rules") or []) == (new.get("rules") or []):
+                return  # rules unchanged (labels, finalizers...): nothing granted
+            escalate = RequestInfo(True, "", "escalate", GROUP, "v1", namespace, rt.plural, "", name)
+            if self.authorizer.authorize(user, escalate).allowed:
+                return
+            self._confirm(user, namespace, list(new.get("rules") or []), rt.plural, name)
+        elif rt.plural in ("rolebindings", "clusterrolebindings"):
+            ref = new.get("roleRef") or {}
+            if old is not None and old.get("subjects") == new.get("subjects"):
+                return
+            ref_kind, ref_name = str(ref.get("kind", "")), str(ref.get("name", ""))
+            role_plural = "roles" if ref_kind == "Role" else "clusterroles"
+            bind = RequestInfo(True, "", "bind", GROUP, "v1", namespace, role_plural, "", ref_name)
+            if self.authorizer.authorize(user, bind).allowed:
+                return
+            key = ROLES if ref_kind == "Role" else CLUSTER_ROLES
+            role = self.authorizer.store.get(key, namespace if ref_kind == "Role" else None, ref_name)
+            if role is None:
+                singular = "role" if ref_kind == "Role" else "clusterrole"
+                raise _forbidden(rt.plural, name, f'{singular}.{GROUP} "{ref_name}" not found')
+            self._confirm(user, namespace, list(role.get("rules") or []), rt.plural, name)
+
+    def _confirm(self, user: UserInfo, namespace: str, rules: list[Any], plural: str, name: str) -> None:
+        grants, _ = self.authorizer._compile(user, namespace)
+        owner = [g.rule for g in grants]
+        missing = [
+            atom
+            for rule in rules
+            if isinstance(rule, dict)
+            for atom in _atoms(rule)
+            if not any(_covers(o, atom) for o in owner)
+        ]
+        if missing:
+            groups = "[" + " ".join(f'"{g}"' for g in user.groups) + "]"
+            raise _forbidden(
+                plural,
+                name,
+                f'user "{user.username}" (groups={groups}) is attempting to grant RBAC permissions not '
+                "currently held:\n" + "\n".join(_compact(missing)),
+            )
+
+
+def _forbidden(plural: str, name: str, why: str) -> ApiError:
+    return forbidden(plural, GROUP, name, why)

@@ -19,7 +19,7 @@ from .admission import Admission, ServiceMap
 from .allocator import Allocator
 from .apiserver import ApiServer
 from .auth import Auth
-from .context import RequestContext
+from .context import RequestContext, UserInfo
 from .controllers import Controllers
 from .faults import Faults
 from .http_api import Api
@@ -100,7 +100,8 @@ class Cluster:
         self.http = Api(self)
 
     async def seed(self) -> None:
-        ctx = RequestContext()
+        # The real server seeds as its loopback identity, in system:masters.
+        ctx = RequestContext(user=UserInfo("system:apiserver", (rbac.MASTERS, "system:authenticated")))
         ns_rt = self.registry.get("", "v1", "namespaces")
         node_rt = self.registry.get("", "v1", "nodes")
         crd_rt = self.registry.get("apiextensions.k8s.io", "v1", "customresourcedefinitions")

@@ -308,3 +308,53 @@ async def test_rbac_objects_are_defaulted_and_validated(http: Http) -> None:
         "Required value: resource rules must supply at least one api group",
         "Invalid value: [/x]: namespaced rules cannot apply to non-resource URLs",
     ]
+
+
+async def test_no_escalation_through_roles_or_bindings(who: Identities) -> None:
+    op = await who.sa_client("op")
+    writer = {
+        "apiGroups": ["rbac.authorization.k8s.io"],
+        "resources": ["roles", "rolebindings"],
+        "verbs": ["create"],
+    }
+    await who.grant(sa_subject("op"), [writer, rule(["pods"], ["get", "list"])], name="writer")
+    roles, bindings = f"{RBAC}/namespaces/default/roles", f"{RBAC}/namespaces/default/rolebindings"
+    held = {"metadata": {"name": "held"}, "rules": [rule(["pods"], ["get"])]}
+    assert (await op.post(roles, held))[0] == 201  # what op holds itself it may grant
+    more = {"metadata": {"name": "more"}, "rules": [rule(["pods", "secrets"], ["get", "list"])]}
+    s, body, _ = await op.post(roles, more)
+    assert (s, body["reason"]) == (403, "Forbidden")
+    assert body["message"] == (
+        'roles.rbac.authorization.k8s.io "more" is forbidden: user "system:serviceaccount:default:op" '
+        '(groups=["system:serviceaccounts" "system:serviceaccounts:default" "system:authenticated"]) '
+        "is attempting to grant RBAC permissions not currently held:\n"
+        '{APIGroups:[""], Resources:["secrets"], Verbs:["get" "list"]}'
+    )
+
+    def binding(name: str, kind: str, role: str) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+            "subjects": [{"kind": "User", "name": "mallory"}],
+        }
+
+    assert (await op.post(bindings, binding("b1", "Role", "held")))[0] == 201
+    s, body, _ = await op.post(bindings, binding("b2", "ClusterRole", "cluster-admin"))
+    assert s == 403 and "is attempting to grant RBAC permissions not currently held" in body["message"]
+    s, body, _ = await op.post(bindings, binding("b3", "Role", "ghost"))
+    assert (s, body["message"]) == (
+        403,
+        'rolebindings.rbac.authorization.k8s.io "b3" is forbidden: '
+        'role.rbac.authorization.k8s.io "ghost" not found',
+    )
+    # The bind and escalate verbs lift the check, as on the real server.
+    bind = {
+        "apiGroups": ["rbac.authorization.k8s.io"],
+        "resources": ["clusterroles"],
+        "verbs": ["bind"],
+        "resourceNames": ["cluster-admin"],
+    }
+    escalate = {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["escalate"]}
+    await who.grant(sa_subject("op"), [bind, escalate], name="lift")
+    assert (await op.post(bindings, binding("b2", "ClusterRole", "cluster-admin")))[0] == 201
+    assert (await op.post(roles, more))[0] == 201
