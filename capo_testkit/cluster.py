@@ -1,8 +1,10 @@
 """One cluster to test against: the in-process emulator, or a real one from CAPO_TEST_KUBECONFIG.
 
 Tests speak only through this class, so the same test runs on both. On a real cluster no kubelet
-runs the test pods: they are bound to a node that does not exist, and this class plays the
-kubelet and Calico for them (assigns the lowest free IP of a test pool that is in no
+runs the test pods: they are bound to a Node object this class creates for the run (no kubelet
+behind it; a pod bound to a missing Node would be force-deleted by PodGC after 40 s, and the
+pods tolerate the NoExecute taints such a Node gets), and this class plays the kubelet and Calico
+for them (assigns the lowest free IP of a test pool that is in no
 IPReservation, writes the status, issues the final DELETE of a terminating pod).
 """
 

@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from . import errors as E
+from . import rbac
 from . import schema as S
 from .admission import Admission, Attributes
 from .context import RequestContext, now, rfc3339
@@ -66,6 +67,8 @@ class ApiServer:
         self.store = store
         self.admission = admission
         self.crd_hooks: list[Callable[[], None]] = []
+        # Registry-level checks that need the caller (RBAC escalation prevention): (rt, new, old, ctx).
+        self.write_checks: list[Callable[[ResourceType, Obj, Obj | None, RequestContext], None]] = []
         # uids deleted with propagationPolicy Orphan: the garbage collector orphans their dependents.
         self.orphaning: set[str] = set()
 
@@ -132,6 +135,8 @@ class ApiServer:
             errs += S.validate(obj, rt.schema)
         else:
             errs += validate_builtin(rt.group, rt.plural, obj)
+            if rt.group == rbac.GROUP:
+                errs += rbac.default_and_validate(rt.plural, obj, old)
         if rt.plural == "customresourcedefinitions" and rt.group == "apiextensions.k8s.io":
             errs += _validate_crd(obj)
         if old is not None:
@@ -233,6 +238,8 @@ class ApiServer:
             obj.pop("status", None)
         _prepare_create(rt, obj)
         obj = self._validate(rt, obj, None)
+        for check in self.write_checks:
+            check(rt, obj, None, ctx)
         await self._admit(
             rt,
             "CREATE",
@@ -358,6 +365,8 @@ class ApiServer:
             new = self._validate(rt, new, current)
             if _same_content(new, current):
                 return current
+            for check in self.write_checks:
+                check(rt, new, current, ctx)
             await self._admit(
                 rt,
                 "UPDATE",

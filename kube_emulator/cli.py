@@ -29,6 +29,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument("--kubelet-delay", type=float, default=0.3)
     p.add_argument("--watch-history", type=int, default=2000)
     p.add_argument("--bookmark-interval", type=float, default=5.0)
+    p.add_argument(
+        "--podgc-orphan-delay",
+        type=float,
+        default=40.0,
+        help="seconds a pod bound to a missing Node waits before PodGC force-deletes it (real: 40)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     a = p.parse_args(argv)
     return Options(
@@ -44,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         bookmark_interval=a.bookmark_interval,
         kubeconfig_out=a.kubeconfig_out,
         log_level=a.log_level,
+        podgc_orphan_delay=a.podgc_orphan_delay,
     )
 
 

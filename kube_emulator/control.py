@@ -1,4 +1,5 @@
-"""Control endpoints under ``/_emulator/``: kubelet helpers, services, faults, allocator, admission log."""
+"""Control endpoints under ``/_emulator/``: kubelet helpers, services, faults, allocator, admission log,
+ServiceAccount token expiry. Test plumbing: served over the same TLS, without authentication."""
 
 from __future__ import annotations
 
@@ -115,7 +116,15 @@ def add_routes(app: web.Application, cluster: Cluster) -> None:
         cluster.admission.log.clear()
         return json_response({"entries": []})
 
+    async def expire_tokens(request: web.Request) -> web.Response:
+        data = await body(request)
+        if not isinstance(data.get("namespace"), str) or not isinstance(data.get("name"), str):
+            raise E.bad_request('expected {"namespace": "...", "name": "..."} naming a ServiceAccount')
+        count = cluster.auth.expire_tokens(data["namespace"], data["name"])
+        return json_response({"expired": count})
+
     routes = [
+        web.post("/_emulator/serviceaccounts/expire-tokens", guarded(expire_tokens)),
         web.post("/_emulator/kubelet/evict", guarded(kubelet_evict)),
         web.post("/_emulator/kubelet/fail", guarded(kubelet_fail)),
         web.post("/_emulator/kubelet/pause", guarded(kubelet_pause)),

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from . import discovery
 from . import errors as E
-from .context import ADMIN, RequestContext, UserInfo
+from .context import RequestContext, UserInfo
 from .faults import fault_error
 from .resources import ResourceType
 from .selectors import parse_field_selector, parse_label_selector
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("kube_emulator.http")
 
 CTX_KEY = web.RequestKey("ctx", RequestContext)
+# Set by the authentication middleware (auth.py) before any handler runs.
+USER_KEY = web.RequestKey("user", UserInfo)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -58,11 +60,10 @@ class Target:
 
 
 def _user(request: web.Request) -> UserInfo:
-    who = request.headers.get("Impersonate-User")
-    if who:
-        groups = tuple(request.headers.getall("Impersonate-Group", [])) or ("system:authenticated",)
-        return UserInfo(who, groups, request.headers.get("Impersonate-Uid", ""))
-    return ADMIN
+    user: UserInfo | None = request.get(USER_KEY)
+    if user is None:
+        raise E.ApiError(401, "Unauthorized")  # no authentication middleware ran: trust nobody
+    return user
 
 
 def _truthy(value: str | None) -> bool:
@@ -176,6 +177,12 @@ class Api:
             raise E.bad_request(f'Invalid value: "{q["dryRun"]}": supported values: "All"')
         api = self.cluster.api
         rt = t.rt
+        virtual = self.cluster.virtual.get((rt.key, t.subresource))
+        if virtual is not None:
+            # Create-only and never stored (TokenRequest, SelfSubjectAccessReview).
+            if method != "POST" or (t.name is None) != (not t.subresource):
+                raise E.method_not_allowed()
+            return json_response(await virtual(t, await self._body(request), ctx), 201)
         if t.name is None:
             if method == "GET":
                 if _truthy(q.get("watch")):

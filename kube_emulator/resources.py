@@ -110,7 +110,20 @@ def builtin_types() -> list[ResourceType]:
             subresources=(_status("Service"),),
             name_rule="label",
         ),
-        ResourceType("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", True, ("sa",)),
+        ResourceType(
+            "",
+            "v1",
+            "serviceaccounts",
+            "serviceaccount",
+            "ServiceAccount",
+            True,
+            ("sa",),
+            subresources=(
+                Subresource(
+                    "token", "TokenRequest", ("create",), group="authentication.k8s.io", version="v1"
+                ),
+            ),
+        ),
         ResourceType("", "v1", "events", "event", "Event", True, ("ev",)),
         ResourceType(
             "apps",
@@ -191,6 +204,25 @@ def builtin_types() -> list[ResourceType]:
             False,
             generation=True,
         ),
+        *rbac_types(),
+        ResourceType(
+            "authentication.k8s.io",
+            "v1",
+            "selfsubjectreviews",
+            "selfsubjectreview",
+            "SelfSubjectReview",
+            False,
+            verbs=("create",),
+        ),
+        ResourceType(
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectaccessreviews",
+            "selfsubjectaccessreview",
+            "SelfSubjectAccessReview",
+            False,
+            verbs=("create",),
+        ),
         ResourceType(
             "apiextensions.k8s.io",
             "v1",
@@ -202,6 +234,25 @@ def builtin_types() -> list[ResourceType]:
             subresources=(_status("CustomResourceDefinition"),),
             generation=True,
         ),
+    ]
+
+
+def rbac_types() -> list[ResourceType]:
+    group = "rbac.authorization.k8s.io"
+    return [
+        # RBAC names are path segments ("system:discovery"), not DNS subdomains.
+        ResourceType(group, "v1", "clusterroles", "clusterrole", "ClusterRole", False, name_rule="path"),
+        ResourceType(
+            group,
+            "v1",
+            "clusterrolebindings",
+            "clusterrolebinding",
+            "ClusterRoleBinding",
+            False,
+            name_rule="path",
+        ),
+        ResourceType(group, "v1", "roles", "role", "Role", True, name_rule="path"),
+        ResourceType(group, "v1", "rolebindings", "rolebinding", "RoleBinding", True, name_rule="path"),
     ]
 
 

@@ -14,15 +14,17 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import control
+from . import control, rbac, tls
 from .admission import Admission, ServiceMap
 from .allocator import Allocator
 from .apiserver import ApiServer
-from .context import RequestContext
+from .auth import Auth
+from .context import RequestContext, UserInfo
 from .controllers import Controllers
 from .faults import Faults
 from .http_api import Api
 from .kubelet import Kubelet
+from .podgc import PodGC
 from .resources import Registry, builtin_types
 from .store import Store
 
@@ -47,6 +49,8 @@ class Options:
     bookmark_interval: float = 5.0
     kubeconfig_out: str | None = None
     log_level: str = "info"
+    # kube-controller-manager's PodGC quarantine for pods bound to a missing Node (real: 40 s).
+    podgc_orphan_delay: float = 40.0
 
 
 def calico_crd_files(mode: str, variant: str) -> list[Path]:
@@ -82,18 +86,32 @@ class Cluster:
         self.allocator = Allocator(self.store, cidrs)
         self.kubelet = Kubelet(self)
         self.controllers = Controllers(self)
+        self.podgc = PodGC(self)
         self.store.listeners.append(self.kubelet.on_event)
         self.store.listeners.append(self.controllers.on_event)
+        self.store.listeners.append(self.podgc.on_event)
+        self.auth = Auth(self)
+        # Create-only resources answered by code, never stored: (storage key, subresource) -> handler.
+        self.virtual: dict[tuple[tuple[str, str], str], Any] = {
+            (("", "serviceaccounts"), "token"): self.auth.token_request,
+            (("authorization.k8s.io", "selfsubjectaccessreviews"), ""): self.auth.self_subject_access_review,
+            (("authentication.k8s.io", "selfsubjectreviews"), ""): self.auth.self_subject_review,
+        }
         self.http = Api(self)
 
     async def seed(self) -> None:
-        ctx = RequestContext()
+        # The real server seeds as its loopback identity, in system:masters.
+        ctx = RequestContext(user=UserInfo("system:apiserver", (rbac.MASTERS, "system:authenticated")))
         ns_rt = self.registry.get("", "v1", "namespaces")
         node_rt = self.registry.get("", "v1", "nodes")
         crd_rt = self.registry.get("apiextensions.k8s.io", "v1", "customresourcedefinitions")
         assert ns_rt and node_rt and crd_rt
         for name in ("default", "kube-system", "kube-public", "kube-node-lease"):
             await self.api.create(ns_rt, None, {"metadata": {"name": name}}, ctx)
+        for plural, obj in rbac.bootstrap_objects():
+            rt = self.registry.get(rbac.GROUP, "v1", plural)
+            assert rt is not None
+            await self.api.create(rt, None, obj, ctx)
         for i in range(1, self.options.nodes + 1):
             name = f"node-{i}"
             node = _node(name, i)
@@ -109,6 +127,7 @@ class Cluster:
         self.http.close_all_watches()
         await self.kubelet.stop()
         await self.controllers.stop()
+        await self.podgc.stop()
         await self.admission.close()
 
 
@@ -134,8 +153,16 @@ def _node(name: str, index: int) -> dict[str, Any]:
                     "message": "kubelet is posting ready status",
                 }
             ],
+            # Every field the API marks required (typed clients refuse a node without them).
             "nodeInfo": {
+                "machineID": f"{index:032x}",
+                "systemUUID": f"00000000-0000-0000-0000-{index:012x}",
+                "bootID": f"00000000-0000-0000-0001-{index:012x}",
+                "kernelVersion": "6.8.0-kube-emulator",
+                "osImage": "Kube Emulator",
+                "containerRuntimeVersion": "containerd://2.1.0",
                 "kubeletVersion": "v1.36.0-kube-emulator",
+                "kubeProxyVersion": "",
                 "operatingSystem": "linux",
                 "architecture": "amd64",
             },
@@ -143,35 +170,27 @@ def _node(name: str, index: int) -> dict[str, Any]:
     }
 
 
-def kubeconfig(url: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
-        "users": [{"name": "emulator", "user": {"token": "emulator"}}],
-        "contexts": [
-            {
-                "name": "emulator",
-                "context": {"cluster": "emulator", "user": "emulator", "namespace": "default"},
-            }
-        ],
-        "current-context": "emulator",
-    }
-
-
 class EmulatorServer:
-    """The whole emulator listening on HTTP; ``start()`` returns once it serves requests."""
+    """The whole emulator listening on HTTPS; ``start()`` returns once it serves requests.
+
+    ``kubeconfig_path`` is the admin kubeconfig (client certificate of ``kube-emulator-admin`` in
+    ``system:masters``), for test set-up; ``pki`` holds the CA and that certificate as files too.
+    """
 
     def __init__(self, options: Options) -> None:
         self.options = options
         self.cluster = Cluster(options)
         self.url = ""
         self.kubeconfig_path = ""
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="kube-emulator-")
+        self.pki = tls.Pki(Path(self._tmpdir.name) / "pki")
         self._runner: web.AppRunner | None = None
-        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
 
     def make_app(self) -> web.Application:
-        app = web.Application(middlewares=[self.cluster.http.middleware], client_max_size=64 * 1024 * 1024)
+        app = web.Application(
+            middlewares=[self.cluster.auth.middleware, self.cluster.http.middleware],
+            client_max_size=64 * 1024 * 1024,
+        )
         control.add_routes(app, self.cluster)
         app.router.add_route("*", "/{tail:.*}", self.cluster.http.handle)
         return app
@@ -180,31 +199,30 @@ class EmulatorServer:
         await self.cluster.seed()
         self._runner = web.AppRunner(self.make_app(), handler_cancellation=True, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.options.host, self.options.port)
+        site = web.TCPSite(
+            self._runner, self.options.host, self.options.port, ssl_context=self.pki.server_context()
+        )
         await site.start()
         server = site._server
         assert server is not None
         sockets = getattr(server, "sockets", None) or []
         port = sockets[0].getsockname()[1]
         host = self.options.host
-        self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-        path = self.options.kubeconfig_out
-        if not path:
-            self._tmpdir = tempfile.TemporaryDirectory(prefix="kube-emulator-")
-            path = os.path.join(self._tmpdir.name, "kubeconfig")
-        Path(path).write_text(yaml.safe_dump(kubeconfig(self.url)))
+        self.url = f"https://{'[' + host + ']' if ':' in host else host}:{port}"
+        path = self.options.kubeconfig_out or os.path.join(self._tmpdir.name, "kubeconfig")
+        admin = tls.kubeconfig(self.url, self.pki.ca_pem, tls.cert_user(self.pki.admin))
+        Path(path).touch(mode=0o600)
+        Path(path).write_text(yaml.safe_dump(admin))
         self.kubeconfig_path = path
         log.info("kube emulator serving at %s (kubeconfig %s)", self.url, path)
         return self.url
 
     def ready_line(self) -> str:
-        return json.dumps({"url": self.url, "kubeconfig": self.kubeconfig_path})
+        return json.dumps({"url": self.url, "kubeconfig": self.kubeconfig_path, "ca": str(self.pki.ca_file)})
 
     async def stop(self) -> None:
         await self.cluster.stop()
         if self._runner is not None:
             await asyncio.wait_for(self._runner.cleanup(), 5)
             self._runner = None
-        if self._tmpdir is not None:
-            self._tmpdir.cleanup()
-            self._tmpdir = None
+        self._tmpdir.cleanup()

@@ -12,10 +12,16 @@ As a subprocess (sync; the operator under test runs as another process against i
     with EmulatorProcess(calico="crd", log_file="emulator.log") as emu:
         emu.url, emu.kubeconfig_path, emu.control  # EmulatorControlSync (blocking)
 
-Control endpoints (``/_emulator/...``) from async code: ``EmulatorControl(url)`` (an aiohttp session;
-``await control.close()`` or ``async with``). From synchronous code: ``EmulatorControlSync(url)``
-with the same methods, blocking (urllib, nothing to close). ``Emulator`` gives the async one,
-``EmulatorProcess`` the sync one; construct the other kind yourself from ``emu.url`` if needed.
+Control endpoints (``/_emulator/...``) from async code: ``EmulatorControl(url, ca_file)`` (an aiohttp
+session; ``await control.close()`` or ``async with``). From synchronous code:
+``EmulatorControlSync(url, ca_file)`` with the same methods, blocking (urllib, nothing to close).
+``Emulator`` gives the async one, ``EmulatorProcess`` the sync one; construct the other kind yourself
+from ``emu.url`` and ``emu.ca_file`` if needed. The control endpoints are test plumbing: HTTPS like
+everything else, but without authentication (without ``ca_file`` the server is not verified).
+
+The API itself is HTTPS with authentication and RBAC. ``emu.kubeconfig_path`` logs in as the admin
+(``kube-emulator-admin`` in ``system:masters``), for test set-up. To act as a ServiceAccount, ask
+the TokenRequest API for a token and write a kubeconfig with it: ``write_token_kubeconfig()``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import ssl
 import subprocess
 import sys
 import time
@@ -33,8 +40,10 @@ from types import TracebackType
 from typing import IO, Any
 
 import aiohttp
+import yaml
 
 from .server import Cluster, EmulatorServer, Options
+from .tls import kubeconfig, read_kubeconfig, token_user
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,11 +79,32 @@ class ControlError(Exception):
         self.body = body
 
 
+def write_token_kubeconfig(
+    admin_kubeconfig: str | Path, token: str, path: str | Path, namespace: str = "default"
+) -> Path:
+    """A kubeconfig for the same server and CA as ``admin_kubeconfig`` that logs in with ``token``."""
+    parts = read_kubeconfig(admin_kubeconfig)
+    out = Path(path)
+    out.touch(mode=0o600)
+    out.write_text(yaml.safe_dump(kubeconfig(parts.server, parts.ca_pem, token_user(token), namespace)))
+    return out
+
+
+def _control_ssl(ca_file: str | None) -> ssl.SSLContext:
+    if ca_file:
+        return ssl.create_default_context(cafile=ca_file)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # test plumbing: the caller chose not to verify
+    return ctx
+
+
 class EmulatorControl:
     """Async client of the ``/_emulator/`` control endpoints."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, ca_file: str | None = None) -> None:
         self.url = url.rstrip("/")
+        self._ssl = _control_ssl(ca_file)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> EmulatorControl:
@@ -91,7 +121,7 @@ class EmulatorControl:
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        async with self._session.request(method, self.url + path, json=body) as resp:
+        async with self._session.request(method, self.url + path, json=body, ssl=self._ssl) as resp:
             data = await resp.json(content_type=None)
             if resp.status >= 400:
                 raise ControlError(resp.status, data)
@@ -162,12 +192,20 @@ class EmulatorControl:
     async def clear_admission_log(self) -> None:
         await self._call("DELETE", "/_emulator/admission-log")
 
+    async def expire_tokens(self, namespace: str, name: str) -> int:
+        """Every token issued so far for ServiceAccount namespace/name is refused from now on (401)."""
+        data = await self._call(
+            "POST", "/_emulator/serviceaccounts/expire-tokens", {"namespace": namespace, "name": name}
+        )
+        return int(data["expired"])
+
 
 class EmulatorControlSync:
     """Blocking client of the ``/_emulator/`` control endpoints (same methods as EmulatorControl)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, ca_file: str | None = None) -> None:
         self.url = url.rstrip("/")
+        self._ssl = _control_ssl(ca_file)
 
     def close(self) -> None:
         """Nothing to release; present so both clients can be used alike."""
@@ -178,7 +216,7 @@ class EmulatorControlSync:
             self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
         )
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=30, context=self._ssl) as resp:
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             raise ControlError(exc.code, json.loads(exc.read() or b"null")) from exc
@@ -244,6 +282,12 @@ class EmulatorControlSync:
     def clear_admission_log(self) -> None:
         self._call("DELETE", "/_emulator/admission-log")
 
+    def expire_tokens(self, namespace: str, name: str) -> int:
+        data = self._call(
+            "POST", "/_emulator/serviceaccounts/expire-tokens", {"namespace": namespace, "name": name}
+        )
+        return int(data["expired"])
+
 
 class Emulator:
     """The emulator in the current event loop (async context manager)."""
@@ -253,7 +297,8 @@ class Emulator:
         self.server = EmulatorServer(self.options)
         self.url = ""
         self.kubeconfig_path = ""
-        self.control = EmulatorControl("http://unset")
+        self.ca_file = ""
+        self.control = EmulatorControl("https://unset")
 
     @property
     def cluster(self) -> Cluster:
@@ -262,7 +307,8 @@ class Emulator:
     async def __aenter__(self) -> Emulator:
         self.url = await self.server.start()
         self.kubeconfig_path = self.server.kubeconfig_path
-        self.control = EmulatorControl(self.url)
+        self.ca_file = str(self.server.pki.ca_file)
+        self.control = EmulatorControl(self.url, self.ca_file)
         return self
 
     async def __aexit__(
@@ -281,7 +327,8 @@ class EmulatorProcess:
         self.startup_timeout = startup_timeout
         self.url = ""
         self.kubeconfig_path = ""
-        self.control = EmulatorControlSync("http://unset")
+        self.ca_file = ""
+        self.control = EmulatorControlSync("https://unset")
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -311,6 +358,8 @@ class EmulatorProcess:
             str(o.bookmark_interval),
             "--log-level",
             o.log_level,
+            "--podgc-orphan-delay",
+            str(o.podgc_orphan_delay),
         ]
         if o.pod_cidr_v6:
             argv += ["--pod-cidr-v6", o.pod_cidr_v6]
@@ -334,7 +383,8 @@ class EmulatorProcess:
         ready = json.loads(line)
         self.url = ready["url"]
         self.kubeconfig_path = ready["kubeconfig"]
-        self.control = EmulatorControlSync(self.url)
+        self.ca_file = ready["ca"]
+        self.control = EmulatorControlSync(self.url, self.ca_file)
         return self
 
     def _read_ready_line(self) -> str:

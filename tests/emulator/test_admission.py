@@ -85,7 +85,7 @@ async def test_graceful_delete_calls_admission_twice(http: Http, webhook: Webhoo
     assert await gone(http, f"{PODS}/db-0")
     deletes = webhook.requests("DELETE")
     assert [r["userInfo"]["username"] for r in deletes] == [
-        "kubernetes-admin",
+        "kube-emulator-admin",
         f"system:node:{p['spec']['nodeName']}",
     ]
     first = deletes[0]
@@ -126,7 +126,7 @@ async def test_eviction(http: Http, webhook: WebhookServer, tenant: str) -> None
     assert await gone(http, f"{PODS}/ev")
     reqs = webhook.requests()
     assert [(r["operation"], r.get("subResource"), r["userInfo"]["username"]) for r in reqs] == [
-        ("CREATE", "eviction", "kubernetes-admin"),
+        ("CREATE", "eviction", "kube-emulator-admin"),
         ("DELETE", None, f"system:node:{p['spec']['nodeName']}"),
     ]
     ev = reqs[0]

@@ -10,7 +10,7 @@ import pytest
 from kube_emulator.schema import check_format
 from kube_emulator.testing import Emulator
 
-from .conftest import Http
+from .conftest import Http, admin_ssl
 
 CRD_PATH = "/apis/crd.projectcalico.org/v1/ipreservations"
 V3_PATH = "/apis/projectcalico.org/v3/ipreservations"
@@ -28,7 +28,7 @@ def reservation(cidrs: list[str], api_version: str = "crd.projectcalico.org/v1")
 @pytest.fixture(params=["latest", "v3.32.1", "v3.31"])
 async def variant(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, Http]]:
     async with Emulator(calico="both", calico_variant=request.param) as emu, aiohttp.ClientSession() as s:
-        yield request.param, Http(emu.url, s)
+        yield request.param, Http(emu.url, s, admin_ssl(emu))
 
 
 # (entries, accepted by latest, by v3.32.1, by v3.31)
@@ -58,7 +58,7 @@ async def test_variant_validation(
 
 async def test_duplicate_and_bare_ip_messages() -> None:
     async with Emulator(calico="crd", calico_variant="latest") as emu, aiohttp.ClientSession() as session:
-        http = Http(emu.url, session)
+        http = Http(emu.url, session, admin_ssl(emu))
         s, body, _ = await http.post(CRD_PATH, reservation(["10.0.0.1/32", "10.0.0.1/32", "10.0.0.3"]))
     assert s == 422
     fields = {c["field"]: c for c in body["details"]["causes"]}
@@ -86,7 +86,7 @@ async def test_append_duplicate_rejected_by_set_lists(variant: tuple[str, Http])
 
 async def test_v3_requires_spec() -> None:
     async with Emulator(calico="v3") as emu, aiohttp.ClientSession() as s:
-        http = Http(emu.url, s)
+        http = Http(emu.url, s, admin_ssl(emu))
         status, body, _ = await http.post(
             V3_PATH,
             {"apiVersion": "projectcalico.org/v3", "kind": "IPReservation", "metadata": {"name": "x"}},

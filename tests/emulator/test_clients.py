@@ -133,7 +133,7 @@ def test_kopf_operator_sees_pods_and_posts_events(tmp_path: Any) -> None:
     with EmulatorProcess(kubelet_delay=0.1) as emu:
         from kubernetes import client, config
 
-        _install_record_crd(emu.url)
+        _install_record_crd(emu.kubeconfig_path)
         old = os.environ.get("KUBECONFIG")
         os.environ["KUBECONFIG"] = emu.kubeconfig_path
         # A registry of its own: other tests may have imported modules that register handlers in
@@ -175,7 +175,7 @@ def test_kopf_operator_sees_pods_and_posts_events(tmp_path: Any) -> None:
                 os.environ.pop("KUBECONFIG", None)
             else:
                 os.environ["KUBECONFIG"] = old
-        EmulatorControlSync(emu.url).allocator()
+        EmulatorControlSync(emu.url, emu.ca_file).allocator()
     assert runner.exception is None, runner.exception
     assert "POD-IP kopf-pod 10.244.0.1" in runner.output
     assert status.get("seen") is True
@@ -183,9 +183,13 @@ def test_kopf_operator_sees_pods_and_posts_events(tmp_path: Any) -> None:
     del kopf
 
 
-def _install_record_crd(url: str) -> None:
+def _install_record_crd(kubeconfig: str) -> None:
     import json
     import urllib.request
+
+    from kube_emulator.tls import kubeconfig_context
+
+    url, context, _ = kubeconfig_context(kubeconfig)
 
     crd = {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -219,5 +223,51 @@ def _install_record_crd(url: str) -> None:
         method="POST",
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(req) as resp:
+    with urllib.request.urlopen(req, context=context) as resp:
         assert resp.status == 201
+
+
+def test_process_tokens_and_sync_control(tmp_path: Any) -> None:
+    """The subprocess emulator: TokenRequest with the admin kubeconfig, a token kubeconfig, and
+    EmulatorControlSync.expire_tokens (with and without verifying the server)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from kube_emulator.testing import EmulatorControlSync, write_token_kubeconfig
+    from kube_emulator.tls import kubeconfig_context
+
+    def call(kubeconfig: str, method: str, path: str, body: Any = None) -> int:
+        url, context, headers = kubeconfig_context(kubeconfig)
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            url + path, data=data, method=method, headers={"Content-Type": "application/json", **headers}
+        )
+        try:
+            with urllib.request.urlopen(req, context=context) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    with EmulatorProcess(kubelet_delay=0.1) as emu:
+        admin = emu.kubeconfig_path
+        assert emu.url.startswith("https://") and emu.ca_file
+        assert (
+            call(admin, "POST", "/api/v1/namespaces/default/serviceaccounts", {"metadata": {"name": "op"}})
+            == 201
+        )
+        url, context, _ = kubeconfig_context(admin)
+        req = urllib.request.Request(
+            url + "/api/v1/namespaces/default/serviceaccounts/op/token",
+            data=b"{}",
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, context=context) as resp:
+            token = json.loads(resp.read())["status"]["token"]
+        op = str(write_token_kubeconfig(admin, token, tmp_path / "op", namespace="default"))
+        assert call(op, "GET", "/api") == 200
+        assert call(op, "GET", "/api/v1/namespaces/default/pods") == 403
+        assert EmulatorControlSync(emu.url).expire_tokens("default", "op") == 1
+        assert call(op, "GET", "/api") == 401
+        assert emu.control.expire_tokens("default", "op") == 0

@@ -9,7 +9,7 @@ import aiohttp
 
 from kube_emulator.testing import Emulator
 
-from .conftest import Http, pod
+from .conftest import Http, admin_ssl, pod
 
 PODS = "/api/v1/namespaces/default/pods"
 CRD_RES = "/apis/crd.projectcalico.org/v1/ipreservations"
@@ -79,7 +79,7 @@ async def test_reserved_ip_is_not_handed_out_until_released(http: Http, emu: Emu
 
 async def test_v3_reservations_and_bare_ips_count() -> None:
     async with Emulator(calico="both", calico_variant="v3.31") as emu, aiohttp.ClientSession() as s:
-        http = Http(emu.url, s)
+        http = Http(emu.url, s, admin_ssl(emu))
         await http.post(CRD_RES, {"metadata": {"name": "a"}, "spec": {"reservedCIDRs": ["10.244.0.1"]}})
         await http.post(V3_RES, {"metadata": {"name": "b"}, "spec": {"reservedCIDRs": ["10.244.0.2/32"]}})
         assert ips(await start(http, "p")) == ["10.244.0.3"]
@@ -87,7 +87,7 @@ async def test_v3_reservations_and_bare_ips_count() -> None:
 
 async def test_malformed_reservation_breaks_auto_assignment() -> None:
     async with Emulator(calico="crd", calico_variant="v3.31") as emu, aiohttp.ClientSession() as s:
-        http = Http(emu.url, s)
+        http = Http(emu.url, s, admin_ssl(emu))
         await http.post(CRD_RES, {"metadata": {"name": "bad"}, "spec": {"reservedCIDRs": ["garbage"]}})
         await http.post(PODS, pod("stuck"))
         stuck = await wait_pod(
@@ -126,7 +126,7 @@ async def test_dual_stack() -> None:
         Emulator(pod_cidr="10.1.0.0/24", pod_cidr_v6="fd00::/120") as emu,
         aiohttp.ClientSession() as s,
     ):
-        http = Http(emu.url, s)
+        http = Http(emu.url, s, admin_ssl(emu))
         p = await start(http, "dual")
         assert ips(p) == ["10.1.0.1", "fd00::"]
 

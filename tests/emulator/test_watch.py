@@ -9,7 +9,7 @@ import pytest
 
 from kube_emulator.testing import Emulator
 
-from .conftest import Http
+from .conftest import Http, admin_ssl
 
 CMS = "/api/v1/namespaces/default/configmaps"
 
@@ -54,7 +54,7 @@ async def test_watch_resumes_from_resource_version(http: Http) -> None:
 
 async def test_too_old_resource_version_is_gone() -> None:
     async with Emulator(watch_history=3) as emu, aiohttp.ClientSession() as session:
-        http = Http(emu.url, session)
+        http = Http(emu.url, session, admin_ssl(emu))
         _, first, _ = await http.post(CMS, cm("g0"))
         for i in range(1, 6):
             await http.post(CMS, cm(f"g{i}"))
@@ -95,7 +95,7 @@ async def test_timeout_seconds_ends_stream(http: Http) -> None:
 
 async def test_bookmarks() -> None:
     async with Emulator(bookmark_interval=0.2) as emu, aiohttp.ClientSession() as session:
-        http = Http(emu.url, session)
+        http = Http(emu.url, session, admin_ssl(emu))
         events = await http.watch(f"{CMS}?watch=true&allowWatchBookmarks=true&timeoutSeconds=1")
         assert events and all(e["type"] == "BOOKMARK" for e in events)
         assert int(events[0]["object"]["metadata"]["resourceVersion"]) == emu.cluster.store.rv
