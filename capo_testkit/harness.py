@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from capo_testkit import identity
 from capo_testkit.certs import ServingCert, make_serving_cert
 from capo_testkit.cluster import Cluster, webhook_host
+from capo_testkit.kube import Obj
 from capo_testkit.metrics import Metrics
 from capo_testkit.operator import OperatorProcess, free_port
 from capo_testkit.proxy import WebhookProxy
@@ -23,6 +25,28 @@ class Harness:
         self.cert = cert
         self.proxy = proxy
         self.operators: list[OperatorProcess] = []
+        # Every operator runs as the shipped ServiceAccount, with the shipped RBAC, from a token
+        # file (rewritten by rotate_token(), as the kubelet rewrites a projected token).
+        self.rbac: list[Obj] = []
+        self.token_file = workdir / "operator-token"
+        self.operator_kubeconfig = workdir / "operator.kubeconfig"
+
+    async def _install_identity(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        await self.set_rbac(identity.rbac_for(self.cluster))
+        await self.rotate_token()
+        identity.token_kubeconfig(self.cluster.kubeconfig, self.token_file, self.operator_kubeconfig)
+
+    async def set_rbac(self, docs: list[Obj]) -> None:
+        """Apply these RBAC objects (the shipped ones, or a changed copy) for the operators."""
+        await identity.apply_rbac(self.cluster, docs)
+        self.rbac = docs
+
+    async def rotate_token(self, seconds: int = identity.TOKEN_SECONDS) -> str:
+        """A new ServiceAccount token in the operators' token file."""
+        token = await identity.request_token(self.cluster, seconds)
+        self.token_file.write_text(token)
+        return token
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -37,12 +61,16 @@ class Harness:
             await proxy.start()
             harness = cls(cluster, workdir, cert, proxy)
             try:
+                await harness._install_identity()
                 await cluster.install_webhook(f"https://{host}:{proxy.port}", cert.ca_bundle)
                 yield harness
             finally:
                 # kill -9: the cluster is thrown away, and a graceful stop costs seconds per replica.
                 await asyncio.gather(*(op.kill() for op in harness.operators))
                 await proxy.close()
+                if not cluster.is_emulator:
+                    with contextlib.suppress(Exception):
+                        await identity.delete_rbac(cluster, harness.rbac)
 
     def add_operator(self, identity: str | None = None, **config: Any) -> OperatorProcess:
         """A replica (not started): own ports and config file, served behind the proxy."""
@@ -54,7 +82,7 @@ class Harness:
         op = OperatorProcess(
             workdir=self.workdir / "operators",
             identity=identity,
-            kubeconfig=self.cluster.kubeconfig,
+            kubeconfig=self.operator_kubeconfig,
             namespace=self.cluster.operator_namespace,
             cert_file=self.cert.cert_file,
             key_file=self.cert.key_file,

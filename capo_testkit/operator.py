@@ -158,9 +158,10 @@ class OperatorProcess:
             "--log-level", "info",
             *self.args,
         ]  # fmt: skip
-        # KUBECONFIG too: with --kubeconfig alone Kopf's own login finds no configuration (the
-        # kubernetes client reads the variable at import time, before the operator sets it).
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "KUBECONFIG": str(self.kubeconfig)}
+        # --kubeconfig alone, as users run it: Kopf must log in with the operator's credentials,
+        # not find an admin configuration of its own.
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT, env=env
         )
