@@ -65,6 +65,7 @@ class Credentials:
         self.loaded_at: datetime | None = None
         self._exec_expiry: datetime | None = None  # an exec plugin's token: run it again only then
         self._relogin_lock = asyncio.Lock()
+        self.kopf_logins = 0
         self._last_relogin: datetime | None = None
         self._failed_header: str | None = None
 
@@ -143,6 +144,9 @@ class Credentials:
     async def connection_info(self) -> kopf.ConnectionInfo:
         """What Kopf connects with: exactly the operator's own endpoint and credentials."""
         await self.refresh()
+        self.kopf_logins += 1
+        if self.kopf_logins > 1:  # after a 401, or shortly before the token expires
+            logger.info("Kopf logs in again (login #%d): %s", self.kopf_logins, self.describe())
         cfg = self.configuration
         scheme, token = split_authorization(await cfg.get_api_key_with_prefix("BearerToken", "authorization"))
         basic = scheme is None and bool(cfg.username)
