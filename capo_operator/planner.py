@@ -38,6 +38,7 @@ class ClockChange:
     reserved_at: datetime
     expires_at: datetime | None
     hold: timedelta
+    policy: str | None = None  # new policy text, when the change comes from a changed ipReserveTime
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,11 @@ def plan(
 ) -> Plan:
     """One release pass.
 
-    - A record whose pod (by uid) is in `alive_pod_uids` (alive, not terminating, not terminal) and
+    `alive_pod_uids` are the pods still using their IP: present with that uid and not Failed/Succeeded.
+    A terminating pod belongs here (DESIGN invariant 4: the clock starts when the pod is really gone;
+    one stuck Terminating on a partitioned node still uses its IP).
+
+    - A record whose pod (by uid) is in `alive_pod_uids` and
       which is older than `grace` has its clock stopped (ClockChange with expires_at=None) and is
       never released for expiry, owner or namespace deletion.
     - A record with expires_at None whose pod is no longer alive starts its clock now
@@ -116,16 +121,18 @@ def plan(
     return Plan(tuple(releases), tuple(changes[name] for name in sorted(changes)))
 
 
-def retime(records: Collection[RecordView], *, old: timedelta, new: timedelta) -> tuple[ClockChange, ...]:
-    """After ipReserveTime changes from `old` to `new`: records with default_policy and hold == old get
-    hold=new; a running clock also gets expires_at=reserved_at+new, a stopped one stays stopped (and
-    will run for the new hold). Others are untouched."""
-    if old == new:
-        return ()
+def retime(records: Collection[RecordView], *, new: timedelta, policy: str) -> tuple[ClockChange, ...]:
+    """Apply ipReserveTime `new` to the records whose hold came from ipReserveTime (default_policy)
+    and differs from it: hold=new and policy text `policy`; a running clock also gets
+    expires_at=reserved_at+new, a stopped one stays stopped (and will run for the new hold).
+    Others (annotation holds, hand-edited expiries) are untouched.
+
+    Stateless on purpose: the records say which hold they got, so a value changed while another
+    replica led, or while none did, still reaches them after a failover or a restart."""
     changes = [
-        ClockChange(r.name, r.reserved_at, None if r.expires_at is None else r.reserved_at + new, new)
+        ClockChange(r.name, r.reserved_at, None if r.expires_at is None else r.reserved_at + new, new, policy)
         for r in records
-        if r.default_policy and r.hold == old
+        if r.default_policy and r.hold != new
     ]
     return tuple(sorted(changes, key=lambda c: c.name))
 

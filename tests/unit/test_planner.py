@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -184,17 +185,35 @@ def test_retime_moves_default_holds_only() -> None:
     new = timedelta(hours=1)
     records = [
         rec("10.0.0.1"),  # default, running: moved
-        rec("10.0.0.2", default_policy=False),  # annotation: untouched
-        rec("10.0.0.3", hold=timedelta(hours=2)),  # not the old default: untouched
+        rec("10.0.0.2", default_policy=False),  # annotation or hand-edited expiry: untouched
+        rec("10.0.0.3", hold=timedelta(hours=2)),  # an older default (changed twice meanwhile): moved
         rec("10.0.0.4", expires_in=None),  # stopped: new hold, still stopped
+        rec("10.0.0.5", hold=new),  # already the new default: untouched
     ]
-    changes = retime(records, old=HOLD, new=new)
-    r1, r4 = records[0], records[3]
+    changes = retime(records, new=new, policy="ipReserveTime=1h")
+    r1, r3, r4 = records[0], records[2], records[3]
     assert changes == (
-        ClockChange("10.0.0.1", r1.reserved_at, r1.reserved_at + new, new),
-        ClockChange("10.0.0.4", r4.reserved_at, None, new),
+        ClockChange("10.0.0.1", r1.reserved_at, r1.reserved_at + new, new, "ipReserveTime=1h"),
+        ClockChange("10.0.0.3", r3.reserved_at, r3.reserved_at + new, new, "ipReserveTime=1h"),
+        ClockChange("10.0.0.4", r4.reserved_at, None, new, "ipReserveTime=1h"),
     )
-    assert retime(records, old=HOLD, new=HOLD) == ()
+    assert retime(records[4:], new=new, policy="ipReserveTime=1h") == ()
+
+
+@given(st.lists(st.tuples(st.sampled_from([HOLD, timedelta(hours=1), timedelta(seconds=90)]), st.booleans())))
+def test_retime_is_idempotent(holds: list[tuple[timedelta, bool]]) -> None:
+    """Applying the changes and retiming again changes nothing: a value is applied once."""
+    new = timedelta(hours=1)
+    records = [rec(f"10.0.0.{i}", hold=h, default_policy=d) for i, (h, d) in enumerate(holds)]
+    changed = {c.name: c for c in retime(records, new=new, policy="ipReserveTime=1h")}
+    after = [
+        dataclasses.replace(r, hold=changed[r.name].hold, expires_at=changed[r.name].expires_at)
+        if r.name in changed
+        else r
+        for r in records
+    ]
+    assert retime(after, new=new, policy="ipReserveTime=1h") == ()
+    assert all(r.hold == new for r in after if r.default_policy)
 
 
 def test_drift() -> None:
