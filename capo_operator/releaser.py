@@ -131,6 +131,7 @@ class Releaser:
         self.owners = OwnerChecker(rt.api, clock)
         self._orphan_passes: dict[str, int] = {}
         self._failures = 0
+        self._reported_malformed: set[str] = set()
         self._ledger_saved: dict[str, LedgerEntry] | None = None
         self._ledger_pending: dict[str, LedgerEntry] = {}
 
@@ -302,7 +303,9 @@ class Releaser:
                     self._count_calico_error("append", rt.calico.append(sorted(drift.missing_in_calico))),
                     None,
                 )
-            await self._adopt(drift.without_record - removed, now)
+            await self._adopt(drift.without_record - removed, now, imported=snapshot.bare)
+            # After adoption: the cleaning rewrite also turns bare IPs into host CIDRs.
+            await self._step("remove malformed entries", self._clean(snapshot.malformed), None)
         await self._step("save the ledger", self._save_ledger(), None)
         return self._failures
 
@@ -444,28 +447,62 @@ class Releaser:
         if pod is not None:
             rt.events.post(ObjectRef("Pod", pod.name, pod.namespace, pod.uid), "IPReleased", message)
 
-    async def _adopt(self, orphans: frozenset[str], now: datetime) -> None:
+    async def _clean(self, malformed: tuple[str, ...]) -> None:
+        """Entries Calico cannot parse break its IP auto-assignment: report each once (Event on the
+        IPReservation, metric), then rewrite the object without them."""
+        if not malformed:
+            self._reported_malformed = set()
+            return
+        calico = self.rt.calico
+        new = [entry for entry in malformed if entry not in self._reported_malformed]
+        self._reported_malformed = set(malformed)  # bounded by the object's own entries
+        if new:
+            self.rt.metrics.malformed_entries.inc(len(new))
+            message = (
+                f"IPReservation {calico.name} holds entries Calico cannot parse, which break its IP "
+                f"auto-assignment: {', '.join(repr(e) for e in new)}; removing them"
+            )
+            logger.warning(message)
+            self.rt.events.post(
+                ObjectRef("IPReservation", calico.name, api_version=calico.group.api_version),
+                "MalformedEntries",
+                message,
+                warning=True,
+            )
+        await self._count_calico_error("remove", calico.remove(()))
+        logger.info("removed malformed IPReservation entries %s", ", ".join(repr(e) for e in malformed))
+
+    async def _adopt(
+        self, orphans: frozenset[str], now: datetime, imported: frozenset[str] = frozenset()
+    ) -> None:
         """Invariant 2: a Calico entry without a record gets a record (trigger recovered), never dropped.
-        Only after it is seen in two passes: the webhook writes Calico a moment before the record."""
+        Only after it is seen in two passes: the webhook writes Calico a moment before the record.
+        An entry written as a bare IP (Capo's format; the operator always writes host CIDRs) was
+        taken over from Capo: no webhook races it, it is adopted at once as `imported`."""
         self._orphan_passes = {ip: self._orphan_passes.get(ip, 0) + 1 for ip in orphans}
         hold = self.rt.config.ip_reserve_time
 
         async def adopt(ip: str) -> None:
+            trigger = "imported" if ip in imported else "recovered"
             record = Record(
                 ip=ip,
                 pod=None,
                 owner=None,
-                trigger="recovered",
+                trigger=trigger,
                 reserved_at=now,
                 expires_at=now + hold,
                 hold=hold,
                 policy=f"ipReserveTime={format_duration(hold)}",
             )
             if await self.rt.records.create(record):
-                self.rt.metrics.reservations.labels(trigger="recovered").inc()
-                logger.info("adopted Calico entry %s without a record (recovered)", ip)
+                self.rt.metrics.reservations.labels(trigger=trigger).inc()
+                logger.info("adopted Calico entry %s without a record (%s)", ip, trigger)
 
-        due = [ip for ip, passes in self._orphan_passes.items() if passes >= ORPHAN_CONFIRM_PASSES]
+        due = [
+            ip
+            for ip, passes in self._orphan_passes.items()
+            if passes >= ORPHAN_CONFIRM_PASSES or ip in imported
+        ]
         await self._each(due, adopt, "adopt the Calico entry")
 
 

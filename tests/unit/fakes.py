@@ -65,6 +65,8 @@ class FakeCalico(_Failures):
         self.group = CalicoGroup.CRD
         self.name = "capo-reserved-ips"
         self.append_times: list[float] = []
+        self.malformed: list[str] = []  # entries Calico cannot parse (a rewrite drops them)
+        self.bare: set[str] = set()  # IPs written as bare IPs (a rewrite makes them host CIDRs)
 
     async def ensure(self) -> None:
         self.journal.append(("calico.ensure", None))
@@ -85,12 +87,19 @@ class FakeCalico(_Failures):
         self.check("remove")
         removed = frozenset(ip_of(ip) for ip in ips) & self.ips
         self.ips -= removed
+        self.malformed.clear()
+        self.bare.clear()
         return removed
 
     async def read(self) -> Snapshot:
         self.journal.append(("calico.read", None))
         self.check("read")
-        return Snapshot(ips=frozenset(self.ips), malformed=(), resource_version="1")
+        return Snapshot(
+            ips=frozenset(self.ips),
+            malformed=tuple(self.malformed),
+            resource_version="1",
+            bare=frozenset(self.bare & self.ips),
+        )
 
 
 class FakeRecords(_Failures):

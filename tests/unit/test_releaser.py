@@ -735,3 +735,34 @@ async def test_a_release_drops_the_finalizer_with_the_mark(h: Harness) -> None:
 
     await r.pass_once()
     assert h.records.items == {}
+
+
+async def test_malformed_entries_are_reported_once_and_removed(h: Harness) -> None:
+    """Bug 6: entries Calico cannot parse break its auto-assignment; they are reported and removed."""
+    h.add_record(make_record("10.0.0.1"))
+    h.calico.malformed[:] = ["10.0.0.0/255.0.0.0", "garbage"]
+    h.calico.fail("remove")  # the first cleaning write fails: retried next pass, reported once
+    r = releaser(h)
+
+    assert await r.pass_once() == 1
+    await r.pass_once()
+    await r.pass_once()
+
+    assert h.calico.malformed == []
+    assert h.calico.ips == {"10.0.0.1"}
+    assert h.journal.ops("calico.remove") == ["calico.remove", "calico.remove"]  # no write once clean
+    assert h.sample("capo_calico_malformed_entries_total") == 2
+    (event,) = h.events.with_reason("MalformedEntries")
+    assert event.warning and event.ref.kind == "IPReservation" and "'garbage'" in event.message
+
+
+async def test_capo_bare_ip_entries_are_adopted_at_once_as_imported(h: Harness) -> None:
+    h.calico.ips.update({"10.0.0.5", "10.0.0.6"})
+    h.calico.bare.add("10.0.0.5")  # Capo wrote "10.0.0.5"; the operator writes "10.0.0.6/32"
+
+    await releaser(h).pass_once()
+
+    assert set(h.records.items) == {"10.0.0.5"}
+    rec = h.records.items["10.0.0.5"]
+    assert (rec.trigger, rec.expires_at) == ("imported", NOW + HOLD)
+    assert h.sample("capo_reservations_total", trigger="imported") == 1
