@@ -8,7 +8,11 @@ from datetime import datetime, timedelta
 
 from capo_operator.addresses import AddressError, ip_of
 
-DEFAULT_GRACE = timedelta(seconds=10)
+# How long a record's pod may still hold its IP before the clock is stopped. Zero: any pass that
+# sees the pod (terminating or not) stops the clock, and the pass after it is gone restarts it, so
+# the hold always runs from the moment the pod is gone. A grace would let a hold start at the
+# DELETE for pods that terminate within it (one patch fewer, but up to `grace` early).
+DEFAULT_GRACE = timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,8 @@ def plan(
             reason = "namespace-deleted"
         elif not pod_alive and record.owner_uid is not None and record.owner_uid in gone_owners:
             reason = "owner-deleted"
-        elif expires_at is not None and expires_at <= now:
+        elif not pod_alive and expires_at is not None and expires_at <= now:
+            # A pod within grace still uses its IP: never expire it, the next pass stops its clock.
             reason = "expired"
         if reason is not None:
             releases.append(Release(record.name, record.ip, reason, now - record.reserved_at))

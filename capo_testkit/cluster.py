@@ -515,8 +515,12 @@ class Cluster:
                     )
         for ip, item in (await self._safe_records()).items():
             del ip
+            path = path_for(*RECORDS, name=item["metadata"]["name"])
             with contextlib.suppress(Exception):
-                await self.kube.delete(path_for(*RECORDS, name=item["metadata"]["name"]), missing_ok=True)
+                # The records' finalizer waits for a leader, and the operators are stopped by now.
+                await self.kube.patch(path, {"metadata": {"finalizers": None}})
+            with contextlib.suppress(Exception):
+                await self.kube.delete(path, missing_ok=True)
         with contextlib.suppress(Exception):
             group, version = self.calico_group
             await self.kube.delete(

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capo_operator.planner import ClockChange, Plan, RecordView, drift, plan, retime
+from capo_operator.planner import DEFAULT_GRACE, ClockChange, Plan, RecordView, drift, plan, retime
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 HOLD = timedelta(minutes=40)
@@ -105,15 +105,20 @@ def test_already_stopped_clock_is_left_alone() -> None:
     assert plan([record], now=NOW, max_count=10, alive_pod_uids={"p"}) == Plan((), ())
 
 
-def test_alive_pod_within_grace_keeps_its_running_clock() -> None:
-    # Reserved by the webhook a moment ago: the pod object is still there while it is being deleted.
+def test_a_pod_still_present_stops_the_clock_at_once() -> None:
+    # Reserved by the webhook a moment ago, the pod still terminating: the hold has not begun.
     record = rec("10.0.0.1", age=timedelta(seconds=3), pod_uid="p")
-    assert plan([record], now=NOW, max_count=10, alive_pod_uids={"p"}) == Plan((), ())
+    assert plan([record], now=NOW, max_count=10, alive_pod_uids={"p"}) == Plan(
+        (), (ClockChange("10.0.0.1", record.reserved_at, None, HOLD),)
+    )
+
+
+def test_alive_pod_within_an_explicit_grace_keeps_its_running_clock() -> None:
+    grace = timedelta(seconds=10)
+    record = rec("10.0.0.1", age=timedelta(seconds=3), pod_uid="p")
+    assert plan([record], now=NOW, max_count=10, alive_pod_uids={"p"}, grace=grace) == Plan((), ())
     just_over = rec("10.0.0.1", age=timedelta(seconds=11), pod_uid="p")
-    assert plan([just_over], now=NOW, max_count=10, alive_pod_uids={"p"}).clock_changes
-    assert plan(
-        [just_over], now=NOW, max_count=10, alive_pod_uids={"p"}, grace=timedelta(seconds=20)
-    ) == Plan((), ())
+    assert plan([just_over], now=NOW, max_count=10, alive_pod_uids={"p"}, grace=grace).clock_changes
 
 
 def test_clock_starts_when_the_pod_is_gone() -> None:
@@ -172,7 +177,7 @@ def test_young_alive_pod_is_not_released_with_its_owner_or_namespace() -> None:
         gone_owner_uids={"o"},
         gone_namespaces={"gone"},
     )
-    assert result == Plan((), ())
+    assert result.releases == ()
 
 
 def test_zero_cap_releases_everything_kept() -> None:
@@ -289,7 +294,7 @@ def run(records: list[RecordView], kwargs: dict[str, object]) -> Plan:
 def alive_and_old(record: RecordView, kwargs: dict[str, object]) -> bool:
     alive = kwargs["alive_pod_uids"]
     assert isinstance(alive, frozenset)
-    return record.pod_uid in alive and NOW - record.reserved_at > timedelta(seconds=10)
+    return record.pod_uid in alive and NOW - record.reserved_at > DEFAULT_GRACE
 
 
 def effective_reserved_at(record: RecordView, kwargs: dict[str, object]) -> datetime:
@@ -356,8 +361,10 @@ def test_alive_pods_are_only_released_by_the_cap(
     records, kwargs = scenario
     by_name = {r.name: r for r in records}
     result = run(records, kwargs)
+    alive = kwargs["alive_pod_uids"]
+    assert isinstance(alive, frozenset)
     for release in result.releases:
-        if alive_and_old(by_name[release.name], kwargs):
+        if by_name[release.name].pod_uid in alive:  # its IP is in use, however young the record
             assert release.reason == "cap"
     for change in result.clock_changes:
         record = by_name[change.name]
@@ -421,3 +428,9 @@ def test_plan_is_deterministic(scenario: Scenario, rng: random.Random) -> None:
     rng.shuffle(shuffled)
     assert run(records, kwargs) == run(shuffled, kwargs) == run(list(records), dict(kwargs))
     assert run(records, kwargs) == plan(tuple(shuffled), **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_hold_shorter_than_the_grace_does_not_expire_while_the_pod_holds_its_ip() -> None:
+    record = rec("10.0.0.1", age=timedelta(seconds=5), expires_in=timedelta(seconds=-3), pod_uid="p")
+    assert plan([record], now=NOW, max_count=10, alive_pod_uids={"p"}).releases == ()
+    assert plan([record], now=NOW, max_count=10, alive_pod_uids=()).releases[0].reason == "expired"
