@@ -244,7 +244,7 @@ class Releaser:
         rt, cfg, now = self.rt, self.rt.config, self.clock()
         self._failures = 0
         records = {r.name: r for r in rt.views.records()}
-        records = await self._retime(records, cfg.ip_reserve_time)
+        records, unsettled = await self._retime(records, cfg.ip_reserve_time)
         await self._add_finalizers(records.values())
 
         pods = list(rt.views.pods())
@@ -260,7 +260,11 @@ class Releaser:
         # Records deleted by a person (our finalizer keeps them until their IP has left Calico).
         deleted = {n: r for n, r in records.items() if r.deleting and r.releasing is None}
         the_plan = planner.plan(
-            [r.view() for r in records.values() if r.releasing is None and not r.deleting],
+            [
+                r.view()
+                for r in records.values()
+                if r.releasing is None and not r.deleting and r.name not in unsettled
+            ],
             now=now,
             max_count=cfg.ip_reserve_max_count,
             alive_pod_uids=holding_uids(pods),
@@ -351,10 +355,13 @@ class Releaser:
                 done.append(item)
         return done
 
-    async def _retime(self, records: dict[str, Record], reserve_time: timedelta) -> dict[str, Record]:
-        """Give default holds the configured ipReserveTime (bug-proof across failovers: the records
-        themselves say which hold they got). Returns the records as they are after the changes; a
-        record whose change failed sits this pass out, so a lengthened hold never expires early."""
+    async def _retime(
+        self, records: dict[str, Record], reserve_time: timedelta
+    ) -> tuple[dict[str, Record], frozenset[str]]:
+        """Give default holds the configured ipReserveTime (whoever leads: the records themselves
+        say which hold they got). Returns the records as they are after the changes, and the names
+        whose change failed: those sit this pass's plan out, so a lengthened hold never expires
+        early."""
         policy_text = f"{DEFAULT_POLICY_PREFIX}{format_duration(reserve_time)}"
         changes = planner.retime(
             [r.view() for r in records.values() if r.releasing is None and not r.deleting],
@@ -362,7 +369,7 @@ class Releaser:
             policy=policy_text,
         )
         if not changes:
-            return records
+            return records, frozenset()
         done = await self._each(
             changes,
             lambda c: self.rt.records.set_clock(
@@ -371,8 +378,6 @@ class Releaser:
             "apply the new ipReserveTime to",
         )
         out = dict(records)
-        for change in changes:
-            out.pop(change.name)
         for change in done:
             out[change.name] = dataclasses.replace(
                 records[change.name],
@@ -381,7 +386,7 @@ class Releaser:
                 policy=change.policy or records[change.name].policy,
             )
         logger.info("applied ipReserveTime=%s to %d record(s)", format_duration(reserve_time), len(done))
-        return out
+        return out, frozenset(c.name for c in changes) - {c.name for c in done}
 
     async def _add_finalizers(self, records: Iterable[Record]) -> None:
         """Records made before the finalizer existed get it, so that deleting one while no replica

@@ -767,3 +767,18 @@ async def test_capo_bare_ip_entries_are_adopted_at_once_as_imported(h: Harness) 
     rec = h.records.items["10.0.0.5"]
     assert (rec.trigger, rec.expires_at) == ("imported", NOW + HOLD)
     assert h.sample("capo_reservations_total", trigger="imported") == 1
+
+
+async def test_a_failed_lengthening_never_releases_early(h: Harness) -> None:
+    # Made under ipReserveTime=40m, expired by that; the config now says 2h: it must stay.
+    h.add_record(make_record("10.0.0.1", age=timedelta(minutes=41), expires_in=timedelta(minutes=-1)))
+    h.rt.config = Config(ip_reserve_time=timedelta(hours=2))
+    h.records.fail("set_clock")
+    r = releaser(h)
+
+    assert await r.pass_once() == 1
+    assert "10.0.0.1" in h.records.items and h.calico.ips == {"10.0.0.1"}
+    assert h.journal.ops("calico.append") == []  # not mistaken for a missing entry either
+
+    await r.pass_once()
+    assert h.records.items["10.0.0.1"].expires_at == NOW - timedelta(minutes=41) + timedelta(hours=2)
