@@ -176,10 +176,11 @@ async def serve(
     headers = dict(request.headers)
     sslpeer = request.transport.get_extra_info("peercert") if request.transport else None
     webhook = request.match_info.get("id")
+    handling = asyncio.ensure_future(fn(data, webhook=webhook, sslpeer=sslpeer, headers=headers))
+    # Past the deadline the handler goes on unobserved (it queues its own retries): consume its outcome.
+    handling.add_done_callback(lambda done: done.cancelled() or done.exception())
     try:
-        response = await asyncio.wait_for(
-            fn(data, webhook=webhook, sslpeer=sslpeer, headers=headers), answer_within
-        )
+        response = await asyncio.wait_for(asyncio.shield(handling), answer_within)
     except WebhookError as exc:  # e.g. a resource no handler serves: the caller's mistake
         raise aiohttp.web.HTTPBadRequest(reason=str(exc)[:300] or None) from None
     except Exception as exc:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import json
 from typing import Any
 
+import aiohttp.web
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from capo_operator import reviews
 from capo_operator.reviews import ReviewError, check_review, check_subject
 
 REVIEW: dict[str, Any] = {
@@ -99,3 +104,30 @@ def test_a_malformed_eviction_names_the_field() -> None:
     }
     with pytest.raises(ReviewError, match=r"request\.object\.deleteOptions\.dryRun: expected a list"):
         check_subject(check_review(review))
+
+
+async def test_a_slow_handler_is_answered_in_time_and_finishes_in_the_background() -> None:
+    finished = asyncio.Event()
+
+    async def slow(data: Any, **_: Any) -> dict[str, Any]:
+        await asyncio.sleep(0.5)  # e.g. a Calico write past the webhook's timeout
+        finished.set()
+        return reviews.allowed(data["request"]["uid"], "late")
+
+    async def handle(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        return await reviews.serve(slow, request, answer_within=0.05)
+
+    app = aiohttp.web.Application()
+    app.router.add_post("/{id}", handle)
+    async with TestClient(TestServer(app)) as http:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        resp = await http.post("/reserve-on-delete", data=json.dumps(REVIEW))
+        answer = await resp.json()
+        assert resp.status == 200 and loop.time() - started < 0.4
+        assert answer["response"] == {
+            "uid": "r-1",
+            "allowed": True,
+            "warnings": ["capo-operator could not check this request (timed out)"],
+        }
+        await asyncio.wait_for(finished.wait(), 2)  # not cancelled: it queues its own retries
