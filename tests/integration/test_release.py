@@ -46,6 +46,17 @@ async def test_deleting_a_record_releases_at_once(capo: Harness) -> None:
     assert pod_ip(await c.create_pod(ns, "redis-1")) == ip, "a manually released IP is allocatable at once"
 
 
+async def clock_running(capo: Harness, ip: str) -> None:
+    """The hold has begun (the pod is gone and the leader started the clock): expiresAt is set."""
+    await eventually(
+        capo.cluster.records,
+        lambda r: ip in r and bool(r[ip]["spec"].get("expiresAt")),
+        within=10,
+        what=f"the clock of {ip} to run",
+        diagnostics=capo.logs,
+    )
+
+
 async def test_editing_expires_at_moves_the_release(capo: Harness) -> None:
     c = capo.cluster
     await capo.start_operators(1, reserve_time="60s")
@@ -56,9 +67,11 @@ async def test_editing_expires_at_moves_the_release(capo: Harness) -> None:
     await c.delete_pod(ns, "redis-1")
     record = (await capo.wait_reserved(long_ip))[long_ip]
     assert record["spec"]["holdSeconds"] == 2, record["spec"]
+    await clock_running(capo, long_ip)
     await c.set_record_expiry(long_ip, now_plus(60))
     await c.delete_pod(ns, "redis-0")
     await capo.wait_reserved(short_ip)
+    await clock_running(capo, short_ip)
     await c.set_record_expiry(short_ip, now_plus(2))
 
     await capo.wait_released(short_ip, within=10)  # well before its 60 s

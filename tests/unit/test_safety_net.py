@@ -287,7 +287,9 @@ async def test_a_repeated_terminal_reserve_by_two_replicas_is_harmless(h: Harnes
     h.safety_net.pod_terminated(pod)
     other.pod_terminated(pod)
 
+    await eventually(lambda: h.sample("capo_safety_net_catches_total", trigger="kubelet-eviction") == 1)
     await eventually(lambda: h.safety_net.pending == 0 and other.pending == 0)
+    await asyncio.sleep(0.05)  # both have handled it
     assert len(h.records.items) == 1
     assert h.sample("capo_safety_net_catches_total", trigger="kubelet-eviction") == 1
 
