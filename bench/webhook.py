@@ -83,7 +83,7 @@ class MemoryRecords:
         self.records[record.name] = record
         return True
 
-    async def mark_releasing(self, name: str, reason: str) -> None:
+    async def mark_releasing(self, name: str, reason: str, **_: Any) -> None:
         return None
 
     async def set_clock(self, name: str, **_: Any) -> None:

@@ -1,4 +1,17 @@
-"""IP addresses as Calico and the ReservedIP records need them."""
+"""IP addresses as Calico and the ReservedIP records need them.
+
+Calico parses IPReservation entries with Go's `net.ParseCIDR` / `net.ParseIP` (libcalico-go's
+`ParseCIDROrIP`), so what we accept is what Go accepts, no more:
+- addresses: dotted-quad IPv4 without leading zeros (Go >= 1.17), IPv6 in any RFC 4291 form
+  (hex groups of at most 4 digits, one `::`, an embedded dotted quad at the end); no zone
+  (`%eth0`), no whitespace, no other spelling (`0x0a.0.0.1`, `10.1`);
+- prefix lengths: ASCII decimal digits only (leading zeros allowed, as Go's `dtoi` reads them),
+  at most the address's bit length, which is 128 for an IPv4-mapped IPv6 address; never a
+  netmask (`10.0.0.0/255.0.0.0` is valid for Python's `ipaddress`, not for Go);
+- an IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) is the IPv4 address to Go; as a host we store
+  it as such (`10.0.0.1/32`).
+Python's `ipaddress` already matches Go on addresses except for zones; prefixes are checked here.
+"""
 
 from __future__ import annotations
 
@@ -38,20 +51,39 @@ def _text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     return text
 
 
+def _prefix(entry: str, prefix: str, bits: int) -> int:
+    """Go's `dtoi` on the part after '/': decimal ASCII digits, at most `bits`."""
+    if not (prefix.isascii() and prefix.isdigit()):
+        raise AddressError(f"{entry!r}: prefix length {prefix!r} is not a decimal number")
+    length = int(prefix)
+    if length > bits:
+        raise AddressError(f"{entry!r}: prefix length {length} is longer than {bits} bits")
+    return length
+
+
 def _parse_entry(entry: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     if not isinstance(entry, str):
         raise AddressError(f"an IP address must be a string, got {type(entry).__name__} {entry!r}")
     ip, slash, prefix = entry.partition("/")
     address = _canonical(ip)
     if slash:
-        original = ipaddress.ip_address(ip)
-        if not (prefix.isascii() and prefix.isdigit()):
-            raise AddressError(f"{entry!r}: prefix length {prefix!r} is not a number")
-        if int(prefix) != original.max_prefixlen:
-            raise AddressError(
-                f"{entry!r} is a network wider than one host (expected /{original.max_prefixlen})"
-            )
+        bits = ipaddress.ip_address(ip).max_prefixlen  # 128 for ::ffff:a.b.c.d, as in Go
+        if _prefix(entry, prefix, bits) != bits:
+            raise AddressError(f"{entry!r} is a network wider than one host (expected /{bits})")
     return address
+
+
+def parse_calico_entry(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An IPReservation entry as Calico reads it (Go's ParseCIDR for `ip/len`, else ParseIP as a
+    host): the network it covers, host bits cleared (Go's ParseCIDR accepts them set).
+    AddressError for anything Go refuses; those entries break Calico IPAM."""
+    if not isinstance(entry, str):
+        raise AddressError(f"an IPReservation entry must be a string, got {type(entry).__name__} {entry!r}")
+    ip, slash, prefix = entry.partition("/")
+    _canonical(ip)  # the Go rules on the address (zone, spelling)
+    address = ipaddress.ip_address(ip)
+    length = _prefix(entry, prefix, address.max_prefixlen) if slash else address.max_prefixlen
+    return ipaddress.ip_network((address, length), strict=False)
 
 
 def host_cidr(ip: str) -> str:

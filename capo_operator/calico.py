@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import ipaddress
 import json
 import logging
 import random
@@ -23,7 +22,7 @@ from typing import Any, cast
 
 from kubernetes.aio import client as k8s
 
-from capo_operator.addresses import AddressError, host_cidr, ip_of
+from capo_operator.addresses import AddressError, host_cidr, ip_of, parse_calico_entry
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +61,8 @@ class Snapshot:
     # Valid CIDRs wider than one host (only a person can have put them there): Calico obeys them and
     # they do not break IPAM, so rewrites keep them verbatim. They are not in `ips` nor in `malformed`.
     networks: tuple[str, ...] = ()
+    # Canonical IPs written as bare IPs (Capo's format; the operator always writes host CIDRs).
+    bare: frozenset[str] = frozenset()
 
 
 def _status_message(exc: k8s.ApiException) -> str:
@@ -114,14 +115,14 @@ async def detect_group(api: k8s.ApiClient, forced: str = "auto") -> CalicoGroup:
 
 
 def _is_network(entry: str) -> bool:
-    """A valid CIDR wider than one host (Go's ParseCIDR accepts host bits set, hence strict=False)."""
-    if "/" not in entry or "%" in entry:
-        return False
+    """A CIDR wider than one host that Go's ParseCIDR accepts (host bits may be set). Not one that
+    only Python accepts, such as `10.0.0.0/255.0.0.0`: Calico's strict CRDs refuse those, so
+    keeping one would make every rewrite of the object fail."""
     try:
-        ipaddress.ip_network(entry, strict=False)
-    except ValueError:
+        parse_calico_entry(entry)
+    except AddressError:
         return False
-    return True
+    return "/" in entry
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class _Parsed:
     networks: list[str]
     malformed: list[str]
     normal: bool  # the entries are already exactly what a rewrite would write
+    bare: frozenset[str] = frozenset()
 
 
 def _parse(raw: Any) -> _Parsed:
@@ -138,6 +140,7 @@ def _parse(raw: Any) -> _Parsed:
     networks: list[str] = []
     malformed: list[str] = []
     normal = True
+    bare: set[str] = set()
     if raw is None:
         raw = []
     if not isinstance(raw, list):
@@ -158,10 +161,12 @@ def _parse(raw: Any) -> _Parsed:
             continue
         if ip in seen or host_cidr(ip) != entry:
             normal = False  # a duplicate (Calico < 3.32 accepts them) or a bare / non-canonical IP
+        if "/" not in entry:
+            bare.add(ip)
         if ip not in seen:
             seen.add(ip)
             ips.append(ip)
-    return _Parsed(ips, networks, malformed, normal)
+    return _Parsed(ips, networks, malformed, normal, frozenset(bare))
 
 
 def _entries(obj: Mapping[str, Any]) -> Any:
@@ -337,4 +342,5 @@ class CalicoStore:
             malformed=tuple(parsed.malformed),
             resource_version=(obj.get("metadata") or {}).get("resourceVersion"),
             networks=tuple(parsed.networks),
+            bare=parsed.bare,
         )

@@ -51,6 +51,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes.aio import client as k8s
 
+from capo_operator import reviews
+
 logger = logging.getLogger(__name__)
 
 CA_VALIDITY = dt.timedelta(days=3650)
@@ -570,12 +572,13 @@ class ReloadingWebhookServer(kopf.WebhookServer):
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:  # kopf.WebhookFn -> WebhookClientConfig
         async def serve(request: aiohttp.web.Request) -> aiohttp.web.Response:
-            response: aiohttp.web.Response = await self._serve(fn, request)
-            return response
+            # Checked before Kopf reads it, and always answered in time (capo_operator/reviews.py).
+            return await reviews.serve(fn, request)
 
         cadata, context = self._build_ssl()
         path = self.path.rstrip("/") if self.path else ""
-        app = aiohttp.web.Application()
+        # aiohttp's default limit (1 MiB) is below what the apiserver may send for a large pod.
+        app = aiohttp.web.Application(client_max_size=reviews.MAX_BODY_BYTES)
         app.add_routes([aiohttp.web.post(f"{path}/{{id:.*}}", serve)])
         runner = aiohttp.web.AppRunner(app, handle_signals=False)
         await runner.setup()

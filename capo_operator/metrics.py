@@ -132,6 +132,12 @@ class Metrics:
         self.calico_write_errors = Counter(
             "capo_calico_write_errors", "Failed writes to the Calico IPReservation", ["operation"], registry=r
         )
+        self.malformed_entries = Counter(
+            "capo_calico_malformed_entries",
+            "Entries found in the Calico IPReservation that Calico cannot parse (each counted once; "
+            "the leader removes them)",
+            registry=r,
+        )
         self.safety_net_catches = Counter(
             "capo_safety_net_catches",
             "Reservations made by the safety net (the webhook did not record them)",

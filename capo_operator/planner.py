@@ -8,7 +8,11 @@ from datetime import datetime, timedelta
 
 from capo_operator.addresses import AddressError, ip_of
 
-DEFAULT_GRACE = timedelta(seconds=10)
+# How long a record's pod may still hold its IP before the clock is stopped. Zero: any pass that
+# sees the pod (terminating or not) stops the clock, and the pass after it is gone restarts it, so
+# the hold always runs from the moment the pod is gone. A grace would let a hold start at the
+# DELETE for pods that terminate within it (one patch fewer, but up to `grace` early).
+DEFAULT_GRACE = timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class ClockChange:
     reserved_at: datetime
     expires_at: datetime | None
     hold: timedelta
+    policy: str | None = None  # new policy text, when the change comes from a changed ipReserveTime
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,11 @@ def plan(
 ) -> Plan:
     """One release pass.
 
-    - A record whose pod (by uid) is in `alive_pod_uids` (alive, not terminating, not terminal) and
+    `alive_pod_uids` are the pods still using their IP: present with that uid and not Failed/Succeeded.
+    A terminating pod belongs here (DESIGN invariant 4: the clock starts when the pod is really gone;
+    one stuck Terminating on a partitioned node still uses its IP).
+
+    - A record whose pod (by uid) is in `alive_pod_uids` and
       which is older than `grace` has its clock stopped (ClockChange with expires_at=None) and is
       never released for expiry, owner or namespace deletion.
     - A record with expires_at None whose pod is no longer alive starts its clock now
@@ -99,7 +108,8 @@ def plan(
             reason = "namespace-deleted"
         elif not pod_alive and record.owner_uid is not None and record.owner_uid in gone_owners:
             reason = "owner-deleted"
-        elif expires_at is not None and expires_at <= now:
+        elif not pod_alive and expires_at is not None and expires_at <= now:
+            # A pod within grace still uses its IP: never expire it, the next pass stops its clock.
             reason = "expired"
         if reason is not None:
             releases.append(Release(record.name, record.ip, reason, now - record.reserved_at))
@@ -116,16 +126,18 @@ def plan(
     return Plan(tuple(releases), tuple(changes[name] for name in sorted(changes)))
 
 
-def retime(records: Collection[RecordView], *, old: timedelta, new: timedelta) -> tuple[ClockChange, ...]:
-    """After ipReserveTime changes from `old` to `new`: records with default_policy and hold == old get
-    hold=new; a running clock also gets expires_at=reserved_at+new, a stopped one stays stopped (and
-    will run for the new hold). Others are untouched."""
-    if old == new:
-        return ()
+def retime(records: Collection[RecordView], *, new: timedelta, policy: str) -> tuple[ClockChange, ...]:
+    """Apply ipReserveTime `new` to the records whose hold came from ipReserveTime (default_policy)
+    and differs from it: hold=new and policy text `policy`; a running clock also gets
+    expires_at=reserved_at+new, a stopped one stays stopped (and will run for the new hold).
+    Others (annotation holds, hand-edited expiries) are untouched.
+
+    Stateless on purpose: the records say which hold they got, so a value changed while another
+    replica led, or while none did, still reaches them after a failover or a restart."""
     changes = [
-        ClockChange(r.name, r.reserved_at, None if r.expires_at is None else r.reserved_at + new, new)
+        ClockChange(r.name, r.reserved_at, None if r.expires_at is None else r.reserved_at + new, new, policy)
         for r in records
-        if r.default_policy and r.hold == old
+        if r.default_policy and r.hold != new
     ]
     return tuple(sorted(changes, key=lambda c: c.name))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -29,6 +29,9 @@ VERSION = "v1"
 PLURAL = "reservedips"
 KIND = "ReservedIP"
 RELEASING_ANNOTATION = "capo.io/releasing"  # set (to the reason) before the IP leaves Calico
+# Keeps a record deleted by a person until the leader has taken its IP out of Calico: the deletion
+# is then a durable request, seen by whichever replica leads next (no DELETED event to miss).
+FINALIZER = "capo.io/release"
 
 TRIGGERS = ("delete", "eviction", "kubelet-eviction", "terminated", "safety-net", "recovered", "imported")
 
@@ -106,6 +109,8 @@ class Record:
     policy: str
     releasing: str | None = None  # the release reason, when a release is in flight
     resource_version: str | None = None
+    finalizers: tuple[str, ...] = (FINALIZER,)  # records made before finalizers existed have none
+    deleting: bool = False  # metadata.deletionTimestamp is set: release now (reason manual)
 
     @property
     def name(self) -> str:
@@ -156,6 +161,8 @@ class Record:
             policy=self.policy,
         )
         metadata: dict[str, Any] = {"name": self.name, "labels": self.labels()}
+        if self.finalizers:
+            metadata["finalizers"] = list(self.finalizers)
         if self.releasing is not None:
             metadata["annotations"] = {RELEASING_ANNOTATION: self.releasing}
         if self.resource_version is not None:
@@ -207,6 +214,9 @@ class Record:
             raise RecordError(f"spec.holdSeconds: {hold!r} is not a non-negative number")
         annotations = metadata.get("annotations") or {}
         releasing = annotations.get(RELEASING_ANNOTATION) if isinstance(annotations, Mapping) else None
+        finalizers = metadata.get("finalizers") or []
+        if not isinstance(finalizers, list) or not all(isinstance(f, str) for f in finalizers):
+            raise RecordError(f"metadata.finalizers: expected a list of strings, got {finalizers!r}")
         return cls(
             ip=ip,
             pod=pod,
@@ -218,7 +228,12 @@ class Record:
             policy=str(spec.get("policy") or ""),
             releasing=releasing if isinstance(releasing, str) and releasing else None,
             resource_version=metadata.get("resourceVersion"),
+            finalizers=tuple(finalizers),
+            deleting=bool(metadata.get("deletionTimestamp")),
         )
+
+    def without_finalizer(self) -> list[str]:
+        return [f for f in self.finalizers if f != FINALIZER]
 
     def view(self) -> RecordView:
         return RecordView(
@@ -282,34 +297,87 @@ class RecordStore:
             if exc.status != 404:
                 raise
 
-    async def mark_releasing(self, name: str, reason: str) -> None:
-        """Set the releasing annotation (merge patch). A missing record is not an error."""
-        await self._merge(name, {"metadata": {"annotations": {RELEASING_ANNOTATION: reason}}})
-
-    async def set_clock(
-        self, name: str, *, reserved_at: datetime, expires_at: datetime | None, hold: timedelta
-    ) -> None:
-        """Merge-patch spec.reservedAt/expiresAt/holdSeconds. A missing record is not an error."""
-        # A merge patch with null deletes the key; that is what "no expiry yet" means.
+    async def mark_releasing(self, name: str, reason: str, *, finalizers: Sequence[str] = ()) -> None:
+        """Set the releasing annotation and drop our finalizer, in one merge patch; `finalizers` are
+        the record's other finalizers, kept (a merge patch replaces the list). Once marked, the
+        release is finished by any later pass, so the finalizer has no more work to do.
+        A missing record is not an error."""
         await self._merge(
             name,
             {
-                "spec": {
-                    "reservedAt": format_time(reserved_at),
-                    "expiresAt": None if expires_at is None else format_time(expires_at),
-                    "holdSeconds": int(hold.total_seconds()),
+                "metadata": {
+                    "annotations": {RELEASING_ANNOTATION: reason},
+                    "finalizers": list(finalizers) or None,
                 }
             },
         )
 
-    async def delete(self, name: str) -> bool:
-        """Delete; False when it was already gone."""
+    async def finish_manual(self, name: str, *, finalizers: Sequence[str] = ()) -> bool:
+        """A record deleted by a person, whose IP has left Calico: mark it (the records watch then
+        knows the release was done) and drop our finalizer, so the pending deletion completes.
+        False when it was already gone."""
         try:
-            await self._custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+            await self._custom.patch_cluster_custom_object(
+                GROUP,
+                VERSION,
+                PLURAL,
+                name,
+                {
+                    "metadata": {
+                        "annotations": {RELEASING_ANNOTATION: "manual"},
+                        "finalizers": list(finalizers) or None,
+                    }
+                },
+                _content_type=MERGE_PATCH,
+            )
         except k8s.ApiException as exc:
             if exc.status == 404:
                 return False
             raise
+        return True
+
+    async def add_finalizer(self, name: str, *, finalizers: Sequence[str] = ()) -> None:
+        """Give a record made before finalizers existed ours (`finalizers`: the ones it has).
+        A missing record is not an error."""
+        await self._merge(name, {"metadata": {"finalizers": [*finalizers, FINALIZER]}})
+
+    async def set_clock(
+        self,
+        name: str,
+        *,
+        reserved_at: datetime,
+        expires_at: datetime | None,
+        hold: timedelta,
+        policy: str | None = None,
+    ) -> None:
+        """Merge-patch spec.reservedAt/expiresAt/holdSeconds (and spec.policy when given).
+        A missing record is not an error."""
+        # A merge patch with null deletes the key; that is what "no expiry yet" means.
+        spec: dict[str, Any] = {
+            "reservedAt": format_time(reserved_at),
+            "expiresAt": None if expires_at is None else format_time(expires_at),
+            "holdSeconds": int(hold.total_seconds()),
+        }
+        if policy is not None:
+            spec["policy"] = policy
+        await self._merge(name, {"spec": spec})
+
+    async def delete(self, name: str) -> bool:
+        """Delete; False when it was already gone. A record that still carries our finalizer (marked
+        by an older version, or a stale view) stays Terminating after the DELETE: the finalizer is
+        then dropped so that the deletion completes."""
+        try:
+            gone = await self._custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+        except k8s.ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        metadata = (gone.get("metadata") if isinstance(gone, Mapping) else None) or {}
+        finalizers = metadata.get("finalizers") or []
+        if metadata.get("deletionTimestamp") and FINALIZER in finalizers:
+            await self._merge(
+                name, {"metadata": {"finalizers": [f for f in finalizers if f != FINALIZER] or None}}
+            )
         return True
 
     async def list(self) -> list[Record]:

@@ -4,11 +4,13 @@ Calico object and the records in agreement (DESIGN invariants 1-4); keep the led
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from kubernetes.aio import client as k8s
 
@@ -17,7 +19,7 @@ from capo_operator.durations import format_duration
 from capo_operator.events import ObjectRef
 from capo_operator.ledger import Ledger, LedgerEntry, reconcile
 from capo_operator.policy import Owner, PodFacts
-from capo_operator.records import KIND, Record
+from capo_operator.records import DEFAULT_POLICY_PREFIX, FINALIZER, KIND, Record
 from capo_operator.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -27,10 +29,26 @@ OWNER_CHECK_PERIOD = 30.0
 # replace) is not a deliberate deletion of the cluster.
 OWNER_GONE_CONFIRM = timedelta(seconds=60)
 ORPHAN_CONFIRM_PASSES = 2
+MAX_CONCURRENT_WRITES = 16  # record writes in flight at once in one pass
+
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 def alive_uids(pods: Iterable[PodFacts]) -> set[str]:
+    """Pods alive and not being deleted: a ledger entry of any other pod is a deletion to catch."""
     return {pod.uid for pod in pods if not pod.deleting and not pod.terminal}
+
+
+def holding_uids(pods: Iterable[PodFacts]) -> set[str]:
+    """Pods still using their IP: present and not Failed/Succeeded. A terminating pod still runs
+    (long grace period, partitioned node), so its hold has not begun (DESIGN invariant 4)."""
+    return {pod.uid for pod in pods if not pod.terminal}
+
+
+def _name(item: object) -> str:
+    name = getattr(item, "name", item)
+    return str(name)
 
 
 @dataclass(frozen=True)
@@ -112,14 +130,14 @@ class Releaser:
         self.clock = clock
         self.owners = OwnerChecker(rt.api, clock)
         self._orphan_passes: dict[str, int] = {}
-        self._applied_reserve_time: timedelta | None = None
+        self._failures = 0
+        self._reported_malformed: set[str] = set()
         self._ledger_saved: dict[str, LedgerEntry] | None = None
         self._ledger_pending: dict[str, LedgerEntry] = {}
 
     async def lead(self) -> None:
         """Runs while this process leads; cancelled at once when leadership is lost."""
         await self.rt.views.synced.wait()
-        self._applied_reserve_time = self.rt.config.ip_reserve_time
         try:
             await self.recover_from_ledger()
         except Exception:
@@ -127,9 +145,14 @@ class Releaser:
         while True:
             started = time.monotonic()
             try:
-                await self.pass_once()
+                failures = await self.pass_once()
             except Exception:
                 logger.exception("release pass failed; retrying next period")
+            else:
+                if failures:
+                    logger.warning(
+                        "release pass finished with %d failed step(s); retrying next period", failures
+                    )
             period = self.rt.config.ip_release_period.total_seconds()
             await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
 
@@ -214,10 +237,15 @@ class Releaser:
 
     # -- one pass ---------------------------------------------------------------------------
 
-    async def pass_once(self) -> None:
+    async def pass_once(self) -> int:
+        """One pass; returns how many steps failed. Every record's work is isolated: a failed
+        write is logged and counted, the record is retried next pass, and the others go on
+        (concurrently, at most MAX_CONCURRENT_WRITES at a time)."""
         rt, cfg, now = self.rt, self.rt.config, self.clock()
+        self._failures = 0
         records = {r.name: r for r in rt.views.records()}
-        await self._retime(records, cfg.ip_reserve_time)
+        records, unsettled = await self._retime(records, cfg.ip_reserve_time)
+        await self._add_finalizers(records.values())
 
         pods = list(rt.views.pods())
         namespaces = rt.views.namespace_names()
@@ -226,76 +254,188 @@ class Releaser:
             for r in records.values()
             if r.pod is not None and (r.pod.namespace not in namespaces or _terminating(rt, r.pod.namespace))
         }
-        gone_owners = (
-            await self.owners.gone_owner_uids(records.values()) if cfg.release_on_owner_deletion else ()
-        )
+        gone_owners: Collection[str] = ()
+        if cfg.release_on_owner_deletion:
+            gone_owners = await self._step("owner check", self.owners.gone_owner_uids(records.values()), ())
+        # Records deleted by a person (our finalizer keeps them until their IP has left Calico).
+        deleted = {n: r for n, r in records.items() if r.deleting and r.releasing is None}
         the_plan = planner.plan(
-            [r.view() for r in records.values() if r.releasing is None],
+            [
+                r.view()
+                for r in records.values()
+                if r.releasing is None and not r.deleting and r.name not in unsettled
+            ],
             now=now,
             max_count=cfg.ip_reserve_max_count,
-            alive_pod_uids=alive_uids(pods),
+            alive_pod_uids=holding_uids(pods),
             gone_namespaces=gone_namespaces,
             gone_owner_uids=gone_owners,
         )
-        for change in the_plan.clock_changes:
-            await rt.records.set_clock(
-                change.name, reserved_at=change.reserved_at, expires_at=change.expires_at, hold=change.hold
-            )
+        await self._each(
+            the_plan.clock_changes,
+            lambda c: rt.records.set_clock(
+                c.name, reserved_at=c.reserved_at, expires_at=c.expires_at, hold=c.hold
+            ),
+            "set the clock of",
+        )
 
         releasing = {r.name: r.releasing for r in records.values() if r.releasing is not None}
-        for release in the_plan.releases:
-            await rt.records.mark_releasing(release.name, release.reason)
-            releasing[release.name] = release.reason
+        marked = await self._each(
+            the_plan.releases,
+            lambda rel: rt.records.mark_releasing(
+                rel.name, rel.reason, finalizers=records[rel.name].without_finalizer()
+            ),
+            "mark for release",
+        )
+        # Only a marked record's IP may leave Calico: an unmarked one would be re-added.
+        releasing.update((rel.name, rel.reason) for rel in marked)
         manual = set(rt.manual_releases)
-        await self._release(records, releasing, manual, now)
+        removed = await self._release(records, releasing, deleted, manual, now)
 
-        snapshot = await rt.calico.read()
-        live_ips = {r.ip for name, r in records.items() if name not in releasing}
-        drift = planner.drift(snapshot.ips, live_ips, releasing=manual | {records[n].ip for n in releasing})
-        if drift.missing_in_calico:
-            logger.warning(
-                "re-adding %s to Calico: their records exist but the entries were missing",
-                ",".join(sorted(drift.missing_in_calico)),
-            )
-            try:
-                await rt.calico.append(sorted(drift.missing_in_calico))
-            except Exception:
-                rt.metrics.calico_write_errors.labels(operation="append").inc()
-                raise
-        await self._adopt(drift.without_record, now)
-        await self._save_ledger()
+        snapshot = await self._step("read the IPReservation", rt.calico.read(), None)
+        if snapshot is not None:
+            live_ips = {r.ip for name, r in records.items() if name not in releasing and name not in deleted}
+            in_flight = manual | {records[n].ip for n in releasing} | {r.ip for r in deleted.values()}
+            drift = planner.drift(snapshot.ips, live_ips, releasing=in_flight)
+            if drift.missing_in_calico:
+                logger.warning(
+                    "re-adding %s to Calico: their records exist but the entries were missing",
+                    ",".join(sorted(drift.missing_in_calico)),
+                )
+                await self._step(
+                    "re-add to the IPReservation",
+                    self._count_calico_error("append", rt.calico.append(sorted(drift.missing_in_calico))),
+                    None,
+                )
+            await self._adopt(drift.without_record - removed, now, imported=snapshot.bare)
+            # After adoption: the cleaning rewrite also turns bare IPs into host CIDRs.
+            await self._step("remove malformed entries", self._clean(snapshot.malformed), None)
+        await self._step("save the ledger", self._save_ledger(), None)
+        return self._failures
 
-    async def _retime(self, records: dict[str, Record], reserve_time: timedelta) -> None:
-        old = self._applied_reserve_time
-        if old is None or old == reserve_time:
-            self._applied_reserve_time = reserve_time
-            return
-        for change in planner.retime([r.view() for r in records.values()], old=old, new=reserve_time):
-            await self.rt.records.set_clock(
-                change.name, reserved_at=change.reserved_at, expires_at=change.expires_at, hold=change.hold
+    async def _step(self, what: str, coro: Awaitable[T], fallback: T) -> T:
+        """One step of the pass whose failure must not stop the others."""
+        try:
+            return await coro
+        except Exception as exc:
+            self._failures += 1
+            logger.warning("release pass: could not %s (retrying next pass): %s", what, exc)
+            return fallback
+
+    async def _count_calico_error(self, operation: str, coro: Awaitable[T]) -> T:
+        try:
+            return await coro
+        except Exception:
+            self.rt.metrics.calico_write_errors.labels(operation=operation).inc()
+            raise
+
+    async def _each(self, items: Iterable[U], action: Callable[[U], Awaitable[object]], what: str) -> list[U]:
+        """Run `action` on every item, at most MAX_CONCURRENT_WRITES at once; returns the items whose
+        action succeeded. A failure is logged and counted; it never stops the others."""
+        items = list(items)
+        if not items:
+            return []
+        limit = asyncio.Semaphore(MAX_CONCURRENT_WRITES)
+
+        async def one(item: U) -> object:
+            async with limit:
+                return await action(item)
+
+        results = await asyncio.gather(*(one(item) for item in items), return_exceptions=True)
+        done = []
+        for item, result in zip(items, results, strict=True):
+            if isinstance(result, Exception):
+                self._failures += 1
+                logger.warning(
+                    "release pass: could not %s %s (retrying next pass): %s", what, _name(item), result
+                )
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                done.append(item)
+        return done
+
+    async def _retime(
+        self, records: dict[str, Record], reserve_time: timedelta
+    ) -> tuple[dict[str, Record], frozenset[str]]:
+        """Give default holds the configured ipReserveTime (whoever leads: the records themselves
+        say which hold they got). Returns the records as they are after the changes, and the names
+        whose change failed: those sit this pass's plan out, so a lengthened hold never expires
+        early."""
+        policy_text = f"{DEFAULT_POLICY_PREFIX}{format_duration(reserve_time)}"
+        changes = planner.retime(
+            [r.view() for r in records.values() if r.releasing is None and not r.deleting],
+            new=reserve_time,
+            policy=policy_text,
+        )
+        if not changes:
+            return records, frozenset()
+        done = await self._each(
+            changes,
+            lambda c: self.rt.records.set_clock(
+                c.name, reserved_at=c.reserved_at, expires_at=c.expires_at, hold=c.hold, policy=c.policy
+            ),
+            "apply the new ipReserveTime to",
+        )
+        out = dict(records)
+        for change in done:
+            out[change.name] = dataclasses.replace(
+                records[change.name],
+                expires_at=change.expires_at,
+                hold=change.hold,
+                policy=change.policy or records[change.name].policy,
             )
-        self._applied_reserve_time = reserve_time
+        logger.info("applied ipReserveTime=%s to %d record(s)", format_duration(reserve_time), len(done))
+        return out, frozenset(c.name for c in changes) - {c.name for c in done}
+
+    async def _add_finalizers(self, records: Iterable[Record]) -> None:
+        """Records made before the finalizer existed get it, so that deleting one while no replica
+        leads is still seen as a release request."""
+        await self._each(
+            [r for r in records if FINALIZER not in r.finalizers and not r.deleting and r.releasing is None],
+            lambda r: self.rt.records.add_finalizer(r.name, finalizers=r.finalizers),
+            "add the finalizer to",
+        )
 
     async def _release(
-        self, records: dict[str, Record], releasing: dict[str, str], manual: set[str], now: datetime
-    ) -> None:
+        self,
+        records: dict[str, Record],
+        releasing: dict[str, str],
+        deleted: dict[str, Record],
+        manual: set[str],
+        now: datetime,
+    ) -> frozenset[str]:
+        """Calico first (one write), then the records. Returns the IPs taken out of Calico."""
         rt = self.rt
-        ips = {records[name].ip for name in releasing} | manual
+        ips = {records[name].ip for name in releasing} | {r.ip for r in deleted.values()} | manual
         if not ips:
-            return
+            return frozenset()
         try:
-            await rt.calico.remove(sorted(ips))  # Calico first: a crash now leaves marked records
-        except Exception:
-            rt.metrics.calico_write_errors.labels(operation="remove").inc()
-            raise
-        for name, reason in releasing.items():
+            # Calico first: a crash or a failure now leaves marked (or deleted) records for the next pass.
+            await self._count_calico_error("remove", rt.calico.remove(sorted(ips)))
+        except Exception as exc:
+            self._failures += 1
+            logger.warning(
+                "could not remove %s from Calico (retrying next pass): %s", ",".join(sorted(ips)), exc
+            )
+            return frozenset()
+
+        async def finish(name: str) -> None:
             # The view may lag behind our own deletions: count only the deletion that happened.
             if await rt.records.delete(name):
-                self._count_release(records[name], reason, now)
+                self._count_release(records[name], releasing[name], now)
+
+        async def finish_manual(record: Record) -> None:
+            if await rt.records.finish_manual(record.name, finalizers=record.without_finalizer()):
+                self._count_release(record, "manual", now)
+
+        await self._each(releasing, finish, "delete the released record")
+        await self._each(deleted.values(), finish_manual, "complete the deletion of")
         for ip in manual:
             rt.manual_releases.discard(ip)
             rt.metrics.releases.labels(reason="manual").inc()
             logger.info("released %s (manual: its record was deleted)", ip)
+        return frozenset(ips)
 
     def _count_release(self, record: Record, reason: str, now: datetime) -> None:
         rt = self.rt
@@ -312,27 +452,63 @@ class Releaser:
         if pod is not None:
             rt.events.post(ObjectRef("Pod", pod.name, pod.namespace, pod.uid), "IPReleased", message)
 
-    async def _adopt(self, orphans: frozenset[str], now: datetime) -> None:
+    async def _clean(self, malformed: tuple[str, ...]) -> None:
+        """Entries Calico cannot parse break its IP auto-assignment: report each once (Event on the
+        IPReservation, metric), then rewrite the object without them."""
+        if not malformed:
+            self._reported_malformed = set()
+            return
+        calico = self.rt.calico
+        new = [entry for entry in malformed if entry not in self._reported_malformed]
+        self._reported_malformed = set(malformed)  # bounded by the object's own entries
+        if new:
+            self.rt.metrics.malformed_entries.inc(len(new))
+            message = (
+                f"IPReservation {calico.name} holds entries Calico cannot parse, which break its IP "
+                f"auto-assignment: {', '.join(repr(e) for e in new)}; removing them"
+            )
+            logger.warning(message)
+            self.rt.events.post(
+                ObjectRef("IPReservation", calico.name, api_version=calico.group.api_version),
+                "MalformedEntries",
+                message,
+                warning=True,
+            )
+        await self._count_calico_error("remove", calico.remove(()))
+        logger.info("removed malformed IPReservation entries %s", ", ".join(repr(e) for e in malformed))
+
+    async def _adopt(
+        self, orphans: frozenset[str], now: datetime, imported: frozenset[str] = frozenset()
+    ) -> None:
         """Invariant 2: a Calico entry without a record gets a record (trigger recovered), never dropped.
-        Only after it is seen in two passes: the webhook writes Calico a moment before the record."""
+        Only after it is seen in two passes: the webhook writes Calico a moment before the record.
+        An entry written as a bare IP (Capo's format; the operator always writes host CIDRs) was
+        taken over from Capo: no webhook races it, it is adopted at once as `imported`."""
         self._orphan_passes = {ip: self._orphan_passes.get(ip, 0) + 1 for ip in orphans}
         hold = self.rt.config.ip_reserve_time
-        for ip, passes in self._orphan_passes.items():
-            if passes < ORPHAN_CONFIRM_PASSES:
-                continue
+
+        async def adopt(ip: str) -> None:
+            trigger = "imported" if ip in imported else "recovered"
             record = Record(
                 ip=ip,
                 pod=None,
                 owner=None,
-                trigger="recovered",
+                trigger=trigger,
                 reserved_at=now,
                 expires_at=now + hold,
                 hold=hold,
                 policy=f"ipReserveTime={format_duration(hold)}",
             )
             if await self.rt.records.create(record):
-                self.rt.metrics.reservations.labels(trigger="recovered").inc()
-                logger.info("adopted Calico entry %s without a record (recovered)", ip)
+                self.rt.metrics.reservations.labels(trigger=trigger).inc()
+                logger.info("adopted Calico entry %s without a record (%s)", ip, trigger)
+
+        due = [
+            ip
+            for ip, passes in self._orphan_passes.items()
+            if passes >= ORPHAN_CONFIRM_PASSES or ip in imported
+        ]
+        await self._each(due, adopt, "adopt the Calico entry")
 
 
 def _terminating(rt: Runtime, namespace: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -140,6 +140,46 @@ class RecentUIDs:
         return True
 
 
+class TerminalUIDs:
+    """The pods this replica has seen Failed/Succeeded, so that only a *transition* counts.
+
+    Entries normally leave on the pod's DELETED event, but those are lost in watch gaps; so the
+    set is also pruned against the pods present (`present`) after as many additions as it holds,
+    and never exceeds `max_size` (the oldest go first: forgetting one can at worst
+    make a later event of a long-terminal pod look like a new transition, which the safety
+    net's own checks, a record or another live holder of the IP, then turn into a no-op)."""
+
+    def __init__(self, present: Callable[[], Collection[str]], max_size: int = 100_000) -> None:
+        self._present = present
+        self.max_size = max_size
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._added = 0  # since the last prune
+        self._prune_after = 64
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self._seen
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def add(self, uid: str) -> None:
+        self._seen[uid] = None
+        self._seen.move_to_end(uid)
+        self._added += 1
+        # After as many additions as the set holds: O(1) per addition, amortized.
+        if self._added >= self._prune_after:
+            self._added = 0
+            present = self._present()
+            for stale in [u for u in self._seen if u not in present and u != uid]:
+                del self._seen[stale]
+            self._prune_after = max(len(self._seen), 64)
+        while len(self._seen) > self.max_size:
+            self._seen.popitem(last=False)
+
+    def discard(self, uid: str) -> None:
+        self._seen.pop(uid, None)
+
+
 @dataclass
 class Runtime:
     """Everything a handler or loop needs. Kopf gives each object a shallow copy of `memo`;
@@ -166,11 +206,14 @@ class Runtime:
     manual_releases: set[str] = field(default_factory=set)
     # Pods this replica has seen terminal (from its first listing on): only a transition to
     # Failed/Succeeded frees an IP now; a pod that was terminal already freed it long ago.
-    terminal_uids: set[str] = field(default_factory=set)
+    terminal_uids: TerminalUIDs = field(init=False)
     # Found missing by the start-up permission check (critical ones keep the replica unready).
     missing_permissions: list[Permission] = field(default_factory=list)
     # Set on SIGTERM/SIGINT: the process stops its own loops (releasing the Lease) before Kopf.
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.terminal_uids = TerminalUIDs(present=lambda: {pod.uid for pod in self.views.pods()})
 
     def __copy__(self) -> Runtime:
         return self

@@ -24,7 +24,9 @@ from capo_operator.events import ObjectRef
 from capo_operator.metrics import Metrics
 from capo_operator.policy import Hold, PodFacts
 from capo_operator.reserver import Reserver
-from capo_operator.runtime import Views
+from capo_operator.runtime import TerminalUIDs, Views
+
+__all__ = ["SafetyNet", "TerminalUIDs"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,12 +90,17 @@ class SafetyNet:
         """The pod turned Failed/Succeeded with no API call: its IP is being freed now."""
         if pod.uid in self._pending_uids:
             return
-        # A pod being deleted also turns terminal (recent kubelets): then it is a missed deletion.
-        trigger = "safety-net" if pod.deleting else policy.terminal_trigger(pod)
-        item = _Item(
-            time.monotonic() + self._delay(), next(self._seq), pod, trigger, terminal_transition=True
-        )
-        self._push(item)
+        if pod.deleting:
+            # A pod being deleted also turns terminal (recent kubelets): then it is a missed deletion,
+            # which the webhook has most likely reserved already; give it time to show.
+            due = time.monotonic() + self._delay()
+            trigger = "safety-net"
+        else:
+            # Nothing races a kubelet eviction and IPAM may hand the IP out again at once: every
+            # replica reserves now (repeated reserves are idempotent: the second finds the record).
+            due = time.monotonic()
+            trigger = policy.terminal_trigger(pod)
+        self._push(_Item(due, next(self._seq), pod, trigger, terminal_transition=True))
 
     def retry(self, pod: PodFacts, ips: tuple[str, ...], hold: Hold, trigger: str) -> None:
         """The webhook decided to reserve but its write failed or ran out of time."""

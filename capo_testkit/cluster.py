@@ -572,10 +572,7 @@ class Cluster:
                     await self.kube.delete(
                         pods_path(ns, pod["metadata"]["name"]), grace_period=0, missing_ok=True
                     )
-        for ip, item in (await self._safe_records()).items():
-            del ip
-            with contextlib.suppress(Exception):
-                await self.kube.delete(path_for(*RECORDS, name=item["metadata"]["name"]), missing_ok=True)
+        await self._remove_records()
         with contextlib.suppress(Exception):
             group, version = self.calico_group
             await self.kube.delete(
@@ -587,11 +584,22 @@ class Cluster:
         with contextlib.suppress(Exception):
             await self.kube.delete(f"/api/v1/nodes/{self.node_name}", missing_ok=True)
         # A record written after the sweep above (records follow reservations asynchronously).
+        await self._remove_records()
+
+    async def _remove_records(self) -> None:
+        """This run's records: labelled with its IPReservation, or of a pod in its namespaces."""
+        items = dict(await self._safe_records())
         with contextlib.suppress(Exception):
-            for item in await self.kube.list(
-                path_for(*RECORDS), label_selector=f"capo.io/reservation={self.reservation_name}"
-            ):
-                await self.kube.delete(path_for(*RECORDS, name=item["metadata"]["name"]), missing_ok=True)
+            selector = f"capo.io/reservation={self.reservation_name}"
+            for item in await self.kube.list(path_for(*RECORDS), label_selector=selector):
+                items[str(item["metadata"]["name"])] = item
+        for item in items.values():
+            path = path_for(*RECORDS, name=item["metadata"]["name"])
+            with contextlib.suppress(Exception):
+                # The records' finalizer waits for a leader, and the operators are stopped by now.
+                await self.kube.patch(path, {"metadata": {"finalizers": None}})
+            with contextlib.suppress(Exception):
+                await self.kube.delete(path, missing_ok=True)
 
     async def _safe_records(self) -> dict[str, Obj]:
         try:

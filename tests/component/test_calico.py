@@ -226,3 +226,35 @@ async def test_detection_prefers_crd_and_fails_without_calico(
     else:
         with pytest.raises(CalicoError, match="no Calico IPReservation API"):
             await detect_group(cluster.api)
+
+
+@pytest.mark.parametrize("emulator_options", [{"calico": "crd", "calico_variant": "v3.31"}])
+@pytest.mark.parametrize("group", [CalicoGroup.CRD])
+async def test_forms_only_python_accepts_are_malformed_and_dropped(
+    cluster: Cluster, group: CalicoGroup
+) -> None:
+    """Python's ipaddress reads a netmask or hostmask as a prefix; Go (Calico) refuses them, and a
+    strict CRD then refuses every rewrite that keeps one: they are malformed, not networks."""
+    await put_raw(
+        cluster,
+        group,
+        {
+            "reservedCIDRs": [
+                "10.0.0.0/255.0.0.0",
+                "10.0.0.0/0.255.255.255",
+                "fe80::1%eth0/128",
+                "10.1.0.0/16",
+                "10.1.2.3/8",  # host bits set: Go accepts it (10.0.0.0/8)
+                "10.0.0.7",
+            ]
+        },
+    )
+    store = CalicoStore(cluster.api, name=NAME, group=group)
+    snap = await store.read()
+    assert set(snap.malformed) == {"10.0.0.0/255.0.0.0", "10.0.0.0/0.255.255.255", "fe80::1%eth0/128"}
+    assert snap.networks == ("10.1.0.0/16", "10.1.2.3/8")
+    assert snap.ips == {"10.0.0.7"} and snap.bare == {"10.0.0.7"}
+
+    assert await store.remove([]) == frozenset()  # a cleaning rewrite
+    assert await raw_entries(cluster, group) == ["10.0.0.7/32", "10.1.0.0/16", "10.1.2.3/8"]
+    assert (await store.read()).malformed == ()

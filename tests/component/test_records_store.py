@@ -121,3 +121,68 @@ async def test_installations_with_different_reservations_see_only_their_own_reco
         ),
     )
     assert [i["metadata"]["name"] for i in labelled["items"]] == ["10.0.0.2"]
+
+
+async def _get(cluster: Cluster, name: str) -> dict[str, Any] | None:
+    items = cast(dict[str, Any], await cluster.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))
+    return next((i for i in items["items"] if i["metadata"]["name"] == name), None)
+
+
+async def test_a_deleted_record_waits_for_the_leader_then_goes(cluster: Cluster) -> None:
+    store = RecordStore(cluster.api)
+    await store.create(make("10.0.0.1"))
+    await cluster.custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, "10.0.0.1")  # a person
+
+    body = await _get(cluster, "10.0.0.1")
+    assert body is not None, "the finalizer keeps it"
+    record = Record.from_body(body)
+    assert record.deleting and record.finalizers == (records_module.FINALIZER,)
+
+    assert await store.finish_manual("10.0.0.1", finalizers=record.without_finalizer())
+    assert await _get(cluster, "10.0.0.1") is None
+    assert not await store.finish_manual("10.0.0.1")  # already gone
+
+
+async def test_a_marked_record_is_deleted_at_once(cluster: Cluster) -> None:
+    store = RecordStore(cluster.api)
+    await store.create(make("10.0.0.2"))
+    await store.mark_releasing("10.0.0.2", "expired")
+    body = await _get(cluster, "10.0.0.2")
+    assert body is not None and not body["metadata"].get("finalizers")
+    assert body["metadata"]["annotations"][RELEASING_ANNOTATION] == "expired"
+
+    assert await store.delete("10.0.0.2")
+    assert await _get(cluster, "10.0.0.2") is None
+
+
+async def test_delete_finishes_a_record_that_still_has_the_finalizer(cluster: Cluster) -> None:
+    store = RecordStore(cluster.api)
+    await store.create(make("10.0.0.3"))
+    assert await store.delete("10.0.0.3")
+    assert await _get(cluster, "10.0.0.3") is None
+    assert not await store.delete("10.0.0.3")
+
+
+async def test_a_record_made_before_finalizers_gets_one_keeping_others(cluster: Cluster) -> None:
+    store = RecordStore(cluster.api)
+    body = make("10.0.0.4", finalizers=("example.com/keep",)).to_body()
+    await cluster.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, body)
+    await store.add_finalizer("10.0.0.4", finalizers=("example.com/keep",))
+    got = await _get(cluster, "10.0.0.4")
+    assert got is not None
+    assert got["metadata"]["finalizers"] == ["example.com/keep", records_module.FINALIZER]
+
+
+async def test_set_clock_can_rewrite_the_policy(cluster: Cluster) -> None:
+    store = RecordStore(cluster.api)
+    await store.create(make("10.0.0.5"))
+    await store.set_clock(
+        "10.0.0.5",
+        reserved_at=T0,
+        expires_at=T0 + timedelta(minutes=15),
+        hold=timedelta(minutes=15),
+        policy="ipReserveTime=15m",
+    )
+    got = await _get(cluster, "10.0.0.5")
+    assert got is not None and got["spec"]["policy"] == "ipReserveTime=15m"
+    assert got["spec"]["holdSeconds"] == 900

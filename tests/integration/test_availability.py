@@ -201,3 +201,35 @@ async def test_sigterm_at_any_moment_of_start_up_exits_cleanly(capo: Harness) ->
         text = op.log_text()[logged_before:]
         unclean = [line for line in text.splitlines() if any(mark in line for mark in _UNCLEAN)]
         assert code == 0 and not unclean, f"stopped during '{phase}': exit {code}\n" + "\n".join(unclean)
+
+
+@pytest.mark.timeout(120)
+async def test_a_record_deleted_during_a_failover_is_released_not_adopted(capo: Harness) -> None:
+    """No replica leads while the record is deleted, so none sees the DELETED event: the record's
+    finalizer keeps the request until the next leader has taken the IP out of Calico."""
+    c = capo.cluster
+    await capo.start_operators(2, reserve_time="60s")
+    leader = await capo.wait_leader()
+    ns = await c.create_namespace("apps")
+    ip = pod_ip(await c.create_pod(ns, "redis-0"))
+    await c.delete_pod(ns, "redis-0")
+    await capo.wait_reserved(ip)
+
+    await leader.kill()  # the Lease stays until it expires: nobody leads meanwhile
+    await c.delete_record(ip)  # kubectl delete reservedip
+    record = (await c.records())[ip]
+    assert record["metadata"].get("deletionTimestamp"), "the finalizer keeps the deleted record"
+    assert ip in await c.reserved_ips(), "still held until a leader releases it"
+
+    new_leader = await capo.wait_leader(within=30)
+    await capo.wait_released(ip, within=15)
+    await capo.wait_metric("capo_releases_total", 1, reason="manual", op=new_leader)
+    await stays(
+        c.records,
+        lambda r: ip not in r,
+        duration=3,
+        what="no re-adoption as recovered",
+        diagnostics=capo.logs,
+    )
+    assert (await new_leader.metrics()).value("capo_reservations_total", trigger="recovered") == 0
+    assert pod_ip(await c.create_pod(ns, "redis-1")) == ip, "the released IP is allocatable again"

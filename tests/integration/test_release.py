@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
+
 from capo_testkit import Harness, eventually, now_plus, pod_ip, stays
 
 
@@ -42,6 +46,17 @@ async def test_deleting_a_record_releases_at_once(capo: Harness) -> None:
     assert pod_ip(await c.create_pod(ns, "redis-1")) == ip, "a manually released IP is allocatable at once"
 
 
+async def clock_running(capo: Harness, ip: str) -> None:
+    """The hold has begun (the pod is gone and the leader started the clock): expiresAt is set."""
+    await eventually(
+        capo.cluster.records,
+        lambda r: ip in r and bool(r[ip]["spec"].get("expiresAt")),
+        within=10,
+        what=f"the clock of {ip} to run",
+        diagnostics=capo.logs,
+    )
+
+
 async def test_editing_expires_at_moves_the_release(capo: Harness) -> None:
     c = capo.cluster
     await capo.start_operators(1, reserve_time="60s")
@@ -52,9 +67,11 @@ async def test_editing_expires_at_moves_the_release(capo: Harness) -> None:
     await c.delete_pod(ns, "redis-1")
     record = (await capo.wait_reserved(long_ip))[long_ip]
     assert record["spec"]["holdSeconds"] == 2, record["spec"]
+    await clock_running(capo, long_ip)
     await c.set_record_expiry(long_ip, now_plus(60))
     await c.delete_pod(ns, "redis-0")
     await capo.wait_reserved(short_ip)
+    await clock_running(capo, short_ip)
     await c.set_record_expiry(short_ip, now_plus(2))
 
     await capo.wait_released(short_ip, within=10)  # well before its 60 s
@@ -135,3 +152,30 @@ async def test_a_cap_release_then_reuse_is_not_reported_as_a_loss(capo: Harness)
 
     # Longer than the standby's safety-net delay: both replicas have handled both deletions.
     await stays(lost, lambda v: v == (0, 0), duration=6, what="no IPLost Event and no lost reservation")
+
+
+@pytest.mark.emulator_only
+@pytest.mark.parametrize("cluster_options", [{"kubelet_delay": 8.0}], ids=["slow-kubelet"])
+async def test_a_pod_slow_to_terminate_keeps_its_ip_until_gone_plus_the_hold(capo: Harness) -> None:
+    """The clock starts when the pod is really gone: with a 2 s hold and a pod that stays
+    Terminating for 8 s, the IP must stay reserved for the whole termination."""
+    c = capo.cluster
+    await capo.start_operators(1, reserve_time="2s")
+    ns = await c.create_namespace("apps")
+    ip = pod_ip(await c.create_pod(ns, "redis-0"))
+    await c.delete_pod(ns, "redis-0", wait=False)  # graceful: the kubelet finishes it 8 s later
+    await capo.wait_reserved(ip)
+
+    await stays(
+        c.reserved_ips,
+        lambda r: ip in r,
+        duration=5,
+        what=f"{ip} to stay reserved while its pod terminates",
+        diagnostics=capo.logs,
+    )
+    assert await c.get_pod(ns, "redis-0") is not None, "the pod is still terminating"
+    await c.wait_gone(ns, "redis-0", within=15)
+    gone_at = time.monotonic()
+    await capo.wait_released(ip, within=15)
+    # Records keep whole seconds, so the 2 s hold may end up to 1 s after the pass that saw it gone.
+    assert time.monotonic() - gone_at >= 1.0, "the hold ran from the pod's disappearance"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +21,7 @@ from capo_operator.events import ObjectRef
 from capo_operator.ledger import LedgerEntry
 from capo_operator.metrics import Metrics
 from capo_operator.policy import NamespaceFacts, Owner, PodFacts
-from capo_operator.records import PodRef, Record
+from capo_operator.records import FINALIZER, PodRef, Record
 from capo_operator.reserver import Reserver
 from capo_operator.runtime import Options, Runtime, Views
 from capo_operator.safety_net import SafetyNet
@@ -66,6 +66,8 @@ class FakeCalico(_Failures):
         self.group = CalicoGroup.CRD
         self.name = "capo-reserved-ips"
         self.append_times: list[float] = []
+        self.malformed: list[str] = []  # entries Calico cannot parse (a rewrite drops them)
+        self.bare: set[str] = set()  # IPs written as bare IPs (a rewrite makes them host CIDRs)
 
     async def ensure(self) -> None:
         self.journal.append(("calico.ensure", None))
@@ -86,12 +88,19 @@ class FakeCalico(_Failures):
         self.check("remove")
         removed = frozenset(ip_of(ip) for ip in ips) & self.ips
         self.ips -= removed
+        self.malformed.clear()
+        self.bare.clear()
         return removed
 
     async def read(self) -> Snapshot:
         self.journal.append(("calico.read", None))
         self.check("read")
-        return Snapshot(ips=frozenset(self.ips), malformed=(), resource_version="1")
+        return Snapshot(
+            ips=frozenset(self.ips),
+            malformed=tuple(self.malformed),
+            resource_version="1",
+            bare=frozenset(self.bare & self.ips),
+        )
 
 
 class FakeRecords(_Failures):
@@ -126,21 +135,62 @@ class FakeRecords(_Failures):
         self.put(record)
         return True
 
-    async def mark_releasing(self, name: str, reason: str) -> None:
+    async def mark_releasing(self, name: str, reason: str, *, finalizers: Sequence[str] = ()) -> None:
         self.journal.append(("records.mark_releasing", (name, reason)))
         self.check("mark_releasing")
         if name in self.items:
-            self.items[name] = replace(self.items[name], releasing=reason)
+            self.items[name] = replace(self.items[name], releasing=reason, finalizers=tuple(finalizers))
             self._sync(name)
 
+    async def finish_manual(self, name: str, *, finalizers: Sequence[str] = ()) -> bool:
+        """Drops our finalizer from a record being deleted: with no finalizer left it goes."""
+        self.journal.append(("records.finish_manual", name))
+        self.check("finish_manual")
+        record = self.items.get(name)
+        if record is None:
+            return False
+        if finalizers:
+            self.items[name] = replace(record, releasing="manual", finalizers=tuple(finalizers))
+        else:
+            del self.items[name]
+        self._sync(name)
+        return True
+
+    async def add_finalizer(self, name: str, *, finalizers: Sequence[str] = ()) -> None:
+        self.journal.append(("records.add_finalizer", name))
+        self.check("add_finalizer")
+        if name in self.items:
+            self.items[name] = replace(self.items[name], finalizers=(*finalizers, FINALIZER))
+            self._sync(name)
+
+    def delete_by_person(self, name: str) -> None:
+        """`kubectl delete reservedip`: a record with a finalizer stays, marked as being deleted."""
+        record = self.items[name]
+        if record.finalizers:
+            self.items[name] = replace(record, deleting=True)
+        else:
+            del self.items[name]
+        self._sync(name)
+
     async def set_clock(
-        self, name: str, *, reserved_at: datetime, expires_at: datetime | None, hold: timedelta
+        self,
+        name: str,
+        *,
+        reserved_at: datetime,
+        expires_at: datetime | None,
+        hold: timedelta,
+        policy: str | None = None,
     ) -> None:
         self.journal.append(("records.set_clock", (name, reserved_at, expires_at, hold)))
         self.check("set_clock")
         if name in self.items:
+            record = self.items[name]
             self.items[name] = replace(
-                self.items[name], reserved_at=reserved_at, expires_at=expires_at, hold=hold
+                record,
+                reserved_at=reserved_at,
+                expires_at=expires_at,
+                hold=hold,
+                policy=record.policy if policy is None else policy,
             )
             self._sync(name)
 

@@ -231,7 +231,17 @@ async def _review(port: int, ctx: ssl.SSLContext) -> int:
     """One admission call as kube-apiserver makes it (TLS to the Service name, certificate checked
     against caBundle); returns the serial of the certificate the server presented."""
     body = json.dumps(
-        {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": "u"}}
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u",
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "operation": "DELETE",
+                "userInfo": {"username": "test"},
+                "oldObject": {"metadata": {"name": "p", "namespace": "ns", "uid": "p-uid"}},
+            },
+        }
     ).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=HOST)
     try:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capo_operator.planner import ClockChange, Plan, RecordView, drift, plan, retime
+from capo_operator.planner import DEFAULT_GRACE, ClockChange, Plan, RecordView, drift, plan, retime
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 HOLD = timedelta(minutes=40)
@@ -104,15 +105,20 @@ def test_already_stopped_clock_is_left_alone() -> None:
     assert plan([record], now=NOW, max_count=10, alive_pod_uids={"p"}) == Plan((), ())
 
 
-def test_alive_pod_within_grace_keeps_its_running_clock() -> None:
-    # Reserved by the webhook a moment ago: the pod object is still there while it is being deleted.
+def test_a_pod_still_present_stops_the_clock_at_once() -> None:
+    # Reserved by the webhook a moment ago, the pod still terminating: the hold has not begun.
     record = rec("10.0.0.1", age=timedelta(seconds=3), pod_uid="p")
-    assert plan([record], now=NOW, max_count=10, alive_pod_uids={"p"}) == Plan((), ())
+    assert plan([record], now=NOW, max_count=10, alive_pod_uids={"p"}) == Plan(
+        (), (ClockChange("10.0.0.1", record.reserved_at, None, HOLD),)
+    )
+
+
+def test_alive_pod_within_an_explicit_grace_keeps_its_running_clock() -> None:
+    grace = timedelta(seconds=10)
+    record = rec("10.0.0.1", age=timedelta(seconds=3), pod_uid="p")
+    assert plan([record], now=NOW, max_count=10, alive_pod_uids={"p"}, grace=grace) == Plan((), ())
     just_over = rec("10.0.0.1", age=timedelta(seconds=11), pod_uid="p")
-    assert plan([just_over], now=NOW, max_count=10, alive_pod_uids={"p"}).clock_changes
-    assert plan(
-        [just_over], now=NOW, max_count=10, alive_pod_uids={"p"}, grace=timedelta(seconds=20)
-    ) == Plan((), ())
+    assert plan([just_over], now=NOW, max_count=10, alive_pod_uids={"p"}, grace=grace).clock_changes
 
 
 def test_clock_starts_when_the_pod_is_gone() -> None:
@@ -171,7 +177,7 @@ def test_young_alive_pod_is_not_released_with_its_owner_or_namespace() -> None:
         gone_owner_uids={"o"},
         gone_namespaces={"gone"},
     )
-    assert result == Plan((), ())
+    assert result.releases == ()
 
 
 def test_zero_cap_releases_everything_kept() -> None:
@@ -184,17 +190,35 @@ def test_retime_moves_default_holds_only() -> None:
     new = timedelta(hours=1)
     records = [
         rec("10.0.0.1"),  # default, running: moved
-        rec("10.0.0.2", default_policy=False),  # annotation: untouched
-        rec("10.0.0.3", hold=timedelta(hours=2)),  # not the old default: untouched
+        rec("10.0.0.2", default_policy=False),  # annotation or hand-edited expiry: untouched
+        rec("10.0.0.3", hold=timedelta(hours=2)),  # an older default (changed twice meanwhile): moved
         rec("10.0.0.4", expires_in=None),  # stopped: new hold, still stopped
+        rec("10.0.0.5", hold=new),  # already the new default: untouched
     ]
-    changes = retime(records, old=HOLD, new=new)
-    r1, r4 = records[0], records[3]
+    changes = retime(records, new=new, policy="ipReserveTime=1h")
+    r1, r3, r4 = records[0], records[2], records[3]
     assert changes == (
-        ClockChange("10.0.0.1", r1.reserved_at, r1.reserved_at + new, new),
-        ClockChange("10.0.0.4", r4.reserved_at, None, new),
+        ClockChange("10.0.0.1", r1.reserved_at, r1.reserved_at + new, new, "ipReserveTime=1h"),
+        ClockChange("10.0.0.3", r3.reserved_at, r3.reserved_at + new, new, "ipReserveTime=1h"),
+        ClockChange("10.0.0.4", r4.reserved_at, None, new, "ipReserveTime=1h"),
     )
-    assert retime(records, old=HOLD, new=HOLD) == ()
+    assert retime(records[4:], new=new, policy="ipReserveTime=1h") == ()
+
+
+@given(st.lists(st.tuples(st.sampled_from([HOLD, timedelta(hours=1), timedelta(seconds=90)]), st.booleans())))
+def test_retime_is_idempotent(holds: list[tuple[timedelta, bool]]) -> None:
+    """Applying the changes and retiming again changes nothing: a value is applied once."""
+    new = timedelta(hours=1)
+    records = [rec(f"10.0.0.{i}", hold=h, default_policy=d) for i, (h, d) in enumerate(holds)]
+    changed = {c.name: c for c in retime(records, new=new, policy="ipReserveTime=1h")}
+    after = [
+        dataclasses.replace(r, hold=changed[r.name].hold, expires_at=changed[r.name].expires_at)
+        if r.name in changed
+        else r
+        for r in records
+    ]
+    assert retime(after, new=new, policy="ipReserveTime=1h") == ()
+    assert all(r.hold == new for r in after if r.default_policy)
 
 
 def test_drift() -> None:
@@ -270,7 +294,7 @@ def run(records: list[RecordView], kwargs: dict[str, object]) -> Plan:
 def alive_and_old(record: RecordView, kwargs: dict[str, object]) -> bool:
     alive = kwargs["alive_pod_uids"]
     assert isinstance(alive, frozenset)
-    return record.pod_uid in alive and NOW - record.reserved_at > timedelta(seconds=10)
+    return record.pod_uid in alive and NOW - record.reserved_at > DEFAULT_GRACE
 
 
 def effective_reserved_at(record: RecordView, kwargs: dict[str, object]) -> datetime:
@@ -337,8 +361,10 @@ def test_alive_pods_are_only_released_by_the_cap(
     records, kwargs = scenario
     by_name = {r.name: r for r in records}
     result = run(records, kwargs)
+    alive = kwargs["alive_pod_uids"]
+    assert isinstance(alive, frozenset)
     for release in result.releases:
-        if alive_and_old(by_name[release.name], kwargs):
+        if by_name[release.name].pod_uid in alive:  # its IP is in use, however young the record
             assert release.reason == "cap"
     for change in result.clock_changes:
         record = by_name[change.name]
@@ -402,3 +428,9 @@ def test_plan_is_deterministic(scenario: Scenario, rng: random.Random) -> None:
     rng.shuffle(shuffled)
     assert run(records, kwargs) == run(shuffled, kwargs) == run(list(records), dict(kwargs))
     assert run(records, kwargs) == plan(tuple(shuffled), **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_hold_shorter_than_the_grace_does_not_expire_while_the_pod_holds_its_ip() -> None:
+    record = rec("10.0.0.1", age=timedelta(seconds=5), expires_in=timedelta(seconds=-3), pod_uid="p")
+    assert plan([record], now=NOW, max_count=10, alive_pod_uids={"p"}).releases == ()
+    assert plan([record], now=NOW, max_count=10, alive_pod_uids=()).releases[0].reason == "expired"

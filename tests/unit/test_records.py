@@ -53,6 +53,7 @@ def test_body_matches_the_documented_shape() -> None:
                 "capo.io/owner-name": "redis",
                 "capo.io/trigger": "delete",
             },
+            "finalizers": ["capo.io/release"],
         },
         "spec": {
             "ip": "10.244.1.7",
@@ -228,3 +229,26 @@ def test_view_and_default_policy() -> None:
     # expiresAt moved by hand, or a hold from an annotation: not the config's default any more.
     assert not make(expires_at=T0 + timedelta(hours=5)).view().default_policy
     assert not make(policy="annotation capo.io/reserve-time=2h").view().default_policy
+
+
+def test_a_deleted_record_reads_as_deleting_with_its_finalizers() -> None:
+    body = make().to_body()
+    body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    body["metadata"]["finalizers"] = ["example.com/keep", "capo.io/release"]
+    record = Record.from_body(body)
+    assert record.deleting
+    assert record.without_finalizer() == ["example.com/keep"]
+
+
+def test_a_record_made_before_finalizers_reads_without_one() -> None:
+    body = make().to_body()
+    del body["metadata"]["finalizers"]
+    record = Record.from_body(body)
+    assert record.finalizers == () and not record.deleting
+
+
+def test_bad_finalizers_are_a_clear_error() -> None:
+    body = make().to_body()
+    body["metadata"]["finalizers"] = "capo.io/release"
+    with pytest.raises(RecordError, match=r"metadata\.finalizers"):
+        Record.from_body(body)

@@ -253,3 +253,63 @@ async def test_webhook_retry_of_a_pod_reserved_before_still_writes(h: Harness, s
     h.safety_net.retry(pod, ("10.0.0.1",), Hold(timedelta(minutes=40), "ipReserveTime=40m"), "delete")
 
     await eventually(lambda: "10.0.0.1" in h.records.items)
+
+
+@pytest.mark.parametrize("leading", [True, False])
+async def test_a_kubelet_eviction_is_reserved_at_once_on_every_replica(
+    h: Harness, start: Runner, monkeypatch: pytest.MonkeyPatch, leading: bool
+) -> None:
+    """Bug 4: no webhook races a kubelet eviction, and the freed IP can go to a new pod at once."""
+    monkeypatch.setattr(safety_net, "LEADER_DELAY", 30.0)
+    monkeypatch.setattr(safety_net, "STANDBY_DELAY", 30.0)
+    h.rt.leading = leading
+    start(h.safety_net)
+
+    h.safety_net.pod_terminated(make_pod(phase="Failed", reason="Evicted"))
+
+    await eventually(lambda: "10.0.0.1" in h.records.items, within=2.0)
+    assert h.calico.ips == {"10.0.0.1"}
+
+
+async def test_a_repeated_terminal_reserve_by_two_replicas_is_harmless(h: Harness, start: Runner) -> None:
+    # Both replicas reserve at once: the second write finds the record and creates nothing.
+    other = SafetyNet(
+        views=h.rt.views,
+        reserver=h.rt.reserver,
+        metrics=h.rt.metrics,
+        leading=lambda: False,
+        reserved_before=lambda uid: False,
+    )
+    start(h.safety_net)
+    start(other)
+    pod = make_pod(phase="Failed", reason="Evicted")
+
+    h.safety_net.pod_terminated(pod)
+    other.pod_terminated(pod)
+
+    await eventually(lambda: h.sample("capo_safety_net_catches_total", trigger="kubelet-eviction") == 1)
+    await eventually(lambda: h.safety_net.pending == 0 and other.pending == 0)
+    await asyncio.sleep(0.05)  # both have handled it
+    assert len(h.records.items) == 1
+    assert h.sample("capo_safety_net_catches_total", trigger="kubelet-eviction") == 1
+
+
+def test_terminal_uids_stay_bounded_without_deleted_events() -> None:
+    """Bug 7: DELETED events are lost in watch gaps; the set of pods seen terminal stays bounded."""
+    live: set[str] = set()
+    seen = safety_net.TerminalUIDs(present=lambda: live, max_size=10_000)
+    for i in range(1_000):
+        uid = f"u{i}"
+        live.add(uid)
+        seen.add(uid)
+        if i >= 10:
+            live.discard(f"u{i - 10}")  # the pod went; its DELETED event was lost
+    assert len(seen) < 100  # it follows the pods present, far below its hard cap
+    assert all(f"u{i}" in seen for i in range(990, 1_000))  # the ones still present are remembered
+
+
+def test_terminal_uids_drop_the_oldest_when_every_pod_is_still_there() -> None:
+    seen = safety_net.TerminalUIDs(present=lambda: {f"u{i}" for i in range(500)}, max_size=100)
+    for i in range(500):
+        seen.add(f"u{i}")
+    assert len(seen) == 100 and "u499" in seen and "u0" not in seen
