@@ -273,6 +273,7 @@ async def run(
         views=views,
     )
     holder["rt"] = rt
+    metrics.watch_records(views.records, lambda: rt.config.metrics_ip_info_limit)
 
     tasks: list[asyncio.Task[Any]] = []  # loops that run for the process's life: one ending is fatal
     one_shots: list[asyncio.Task[Any]] = []
