@@ -263,6 +263,7 @@ class DecodedShard:
     generation: int
     entries: dict[str, LedgerEntry]
     content: bytes
+    size: int  # of the compressed payload
 
 
 def _column(doc: Mapping[str, Any], name: str, rows: int) -> list[Any]:
@@ -320,7 +321,7 @@ def decode_shard(meta_text: str, payload: bytes) -> DecodedShard:
         raise CorruptShard(str(exc)) from None
     if len(entries) != count:
         raise CorruptShard(f"{len(entries)} IPs where {META_KEY} says {count}")
-    return DecodedShard(shard, shards, generation, entries, content)
+    return DecodedShard(shard, shards, generation, entries, content, len(payload))
 
 
 def choose_shard_count(entries: Mapping[str, LedgerEntry], current: int) -> tuple[int, list[bytes]]:
@@ -362,6 +363,43 @@ def merge(shards: list[DecodedShard]) -> dict[str, LedgerEntry]:
     return out
 
 
+@dataclass(frozen=True)
+class StoredShard:
+    """What one shard on the server holds, as far as this process knows."""
+
+    entries: dict[str, LedgerEntry]
+    content: bytes
+    size: int
+
+
+def encode_changes(
+    entries: Mapping[str, LedgerEntry], index: int | None, stored: Mapping[int, StoredShard], generation: int
+) -> tuple[int, list[EncodedShard], list[dict[str, LedgerEntry]]]:
+    """Pure: the shard count for `entries`, the shards whose content differs from `stored` (what
+    the server holds in layout `index`), and every shard's entries."""
+    current = index or 1
+    if index and stored:
+        # Steady state: the layout stands unless a shard outgrows the target or all shrank.
+        # Only the shards whose entries changed are serialized and compressed.
+        parts = split(entries, current)
+        changed = [i for i in range(current) if i not in stored or stored[i].entries != parts[i]]
+        encoded = [encode_shard(parts[i], shard=i, shards=current, generation=generation) for i in changed]
+        sizes = {i: s.size for i, s in stored.items()}
+        sizes.update((e.shard, len(e.payload)) for e in encoded)
+        biggest = max(sizes.get(i, 0) for i in range(current))
+        if biggest <= TARGET_SHARD_BYTES and not (current > 1 and biggest * 2 <= TARGET_SHARD_BYTES // 2):
+            return current, encoded, parts
+    shards, contents = choose_shard_count(entries, current)
+    parts = split(entries, shards)
+    same_layout = stored if shards == index else {}
+    changed = [i for i in range(shards) if i not in same_layout or same_layout[i].content != contents[i]]
+    encoded = [
+        encode_shard(parts[i], shard=i, shards=shards, generation=generation, content=contents[i])
+        for i in changed
+    ]
+    return shards, encoded, parts
+
+
 def shard_name(base: str, shard: int) -> str:
     return f"{base}-{shard}"
 
@@ -376,7 +414,7 @@ class Ledger:
         # What this process knows is on the server: the index's shard count (None: no index;
         # 0: format 1), and each shard's canonical content (absent: unknown, so written).
         self._index: int | None = None
-        self._written: dict[int, bytes] = {}
+        self._stored: dict[int, StoredShard] = {}
         self._generation = 0
         self._readable = False  # a successful load in this term; False: save writes nothing
         self._warned = False
@@ -405,7 +443,7 @@ class Ledger:
         self._readable = False
         self._warned = False
         index = await self._read(self.name)
-        self._written = {}
+        self._stored = {}
         shards: int | None = None  # None: no usable index, so every possible shard is looked at
         if index is not None:
             data = index.data or {}
@@ -434,11 +472,11 @@ class Ledger:
             else:
                 decoded.append(result)
                 if result.shard == i and result.shards == shards:
-                    self._written[i] = result.content
+                    self._stored[i] = StoredShard(result.entries, result.content, result.size)
         self._generation = max((d.generation for d in decoded), default=0)
         entries = merge(decoded)
         if shards is None:
-            self._written = {}  # no trustworthy layout: the next save rewrites every shard, then the index
+            self._stored = {}  # no trustworthy layout: the next save rewrites every shard, then the index
         self._readable = True
         return entries
 
@@ -495,7 +533,9 @@ class Ledger:
         old = self._index
         generation = self._generation + 1
         # CPU-bound (~0.1 s at 50,000 pods): off the event loop, so webhook answers are not held up.
-        shards, encoded = await asyncio.to_thread(self._encode, dict(entries), old or 1, generation)
+        shards, encoded, parts = await asyncio.to_thread(
+            encode_changes, dict(entries), old, self._stored, generation
+        )
         too_big = [e for e in encoded if e.size > MAX_SHARD_BYTES]
         if too_big:
             raise LedgerError(
@@ -512,7 +552,7 @@ class Ledger:
                 data={META_KEY: shard.meta},
                 binary={PAYLOAD_KEY: base64.b64encode(shard.payload).decode()},
             )
-            self._written[shard.shard] = shard.content
+            self._stored[shard.shard] = StoredShard(parts[shard.shard], shard.content, len(shard.payload))
         if encoded:
             self._generation = generation
         if self._index != shards or vanished:
@@ -521,20 +561,8 @@ class Ledger:
             await self._write_index(shards)
             for i in range(shards, old or 0):
                 await self._delete(shard_name(self.name, i))
-                self._written.pop(i, None)
+                self._stored.pop(i, None)
         return True
-
-    def _encode(
-        self, entries: Mapping[str, LedgerEntry], current: int, generation: int
-    ) -> tuple[int, list[EncodedShard]]:
-        """The shard count, and the shards whose content differs from what is stored."""
-        shards, contents = choose_shard_count(entries, current)
-        changed = [i for i in range(shards) if self._written.get(i) != contents[i]]
-        parts = split(entries, shards) if changed else []
-        return shards, [
-            encode_shard(parts[i], shard=i, shards=shards, generation=generation, content=contents[i])
-            for i in changed
-        ]
 
     async def _write_index(self, shards: int) -> None:
         await self._write(self.name, data={INDEX_KEY: json.dumps({"format": FORMAT, "shards": shards})})

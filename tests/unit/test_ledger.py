@@ -308,8 +308,8 @@ def test_a_newer_format_is_not_corruption() -> None:
 def test_merge_prefers_the_newer_generation() -> None:
     old = LedgerEntry("10.0.0.1", "db", "db-0", "old-uid", None)
     new = LedgerEntry("10.0.0.1", "db", "db-0", "new-uid", None)
-    a = L.DecodedShard(0, 4, 7, {"10.0.0.1": new}, b"")
-    b = L.DecodedShard(1, 2, 6, {"10.0.0.1": old, "10.0.0.2": old}, b"")
+    a = L.DecodedShard(0, 4, 7, {"10.0.0.1": new}, b"", 0)
+    b = L.DecodedShard(1, 2, 6, {"10.0.0.1": old, "10.0.0.2": old}, b"", 0)
     assert merge([a, b]) == {"10.0.0.1": new, "10.0.0.2": old}
 
 
@@ -347,3 +347,33 @@ def test_chosen_count_is_a_power_of_two_and_every_shard_fits(pods: int, current:
     assert shards & (shards - 1) == 0 and 1 <= shards <= L.MAX_SHARDS
     assert len(contents) == shards
     assert all(len(zlib.compress(c, L.COMPRESSION_LEVEL)) <= L.TARGET_SHARD_BYTES for c in contents)
+
+
+def test_steady_state_encodes_only_the_changed_shards(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(L, "TARGET_SHARD_BYTES", 16 * 1024)
+    entries = realistic(3000)
+    shards, encoded, parts = L.encode_changes(entries, None, {}, 1)
+    assert shards > 1 and [e.shard for e in encoded] == list(range(shards))
+    stored = {e.shard: L.StoredShard(parts[e.shard], e.content, len(e.payload)) for e in encoded}
+
+    assert L.encode_changes(entries, shards, stored, 2)[1] == []  # nothing changed, nothing encoded
+    gone = next(iter(entries.values())).uid
+    changed = {ip: e for ip, e in entries.items() if e.uid != gone}
+    again, encoded, parts = L.encode_changes(changed, shards, stored, 2)
+
+    assert again == shards and [e.shard for e in encoded] == [shard_of(gone, shards)]
+    only = decode_shard(encoded[0].meta, encoded[0].payload)
+    assert only.entries == parts[only.shard] and only.generation == 2
+    # The same bytes as encoding everything from scratch.
+    assert only.content == L.shard_content(split(changed, shards)[only.shard])
+
+
+def test_steady_state_still_reshards_when_a_shard_outgrows_the_target(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(L, "TARGET_SHARD_BYTES", 16 * 1024)
+    small = realistic(300)
+    shards, encoded, parts = L.encode_changes(small, None, {}, 1)
+    stored = {e.shard: L.StoredShard(parts[e.shard], e.content, len(e.payload)) for e in encoded}
+    bigger, encoded, _ = L.encode_changes(realistic(3000), shards, stored, 2)
+    assert bigger > shards and len(encoded) == bigger
