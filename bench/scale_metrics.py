@@ -280,7 +280,7 @@ def table(result: dict[str, Any]) -> str:
         )
     lines.append("")
     lines.append(
-        "pods | IPs | format1 KiB (fits) enc/dec ms | format2 KiB shards largest enc/dec ms | one-pod KiB"
+        "pods | IPs | format1 KiB (fits) enc/dec ms | format2 KiB shards largest enc/dec ms | 1 pod: KiB ms"
     )
     for r in result["ledger"]:
         f1, f2 = r["format1"], r["format2"]

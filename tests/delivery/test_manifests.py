@@ -335,7 +335,7 @@ def test_config_map_is_capos_format_with_capos_defaults(default_docs: list[Doc])
     config = yaml.safe_load(cm["data"]["capo_config.yaml"])
     assert config["apiVersion"] == "config.capo.io/v1" and config["kind"] == "CapoConfig"
     assert config["health"] == {"healthProbeBindAddress": ":8081"}
-    assert config["metrics"] == {"bindAddress": ":8080"}
+    assert config["metrics"] == {"bindAddress": ":8080", "ipInfoLimit": 1000}
     assert config["webhook"] == {"port": 9443}
     assert config["leaderElection"] == {"leaderElect": True, "resourceName": "capo", "resourceNamespace": NS}
     assert (config["ipReserveMaxCount"], config["ipReserveTime"], config["ipReleasePeriod"]) == (
