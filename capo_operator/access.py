@@ -96,6 +96,9 @@ def required(n: Names) -> list[Permission]:
         ),
         Permission("get", "", "configmaps", "the restart ledger", namespace=ns, name=n.ledger),
         Permission("update", "", "configmaps", "the restart ledger", namespace=ns, name=n.ledger),
+        # Its shards are named <ledger>-0, -1, ...: the first stands for all of them.
+        Permission("get", "", "configmaps", "the restart ledger", namespace=ns, name=f"{n.ledger}-0"),
+        Permission("update", "", "configmaps", "the restart ledger", namespace=ns, name=f"{n.ledger}-0"),
     ]
     if n.config_map:
         perms += [

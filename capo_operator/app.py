@@ -26,7 +26,8 @@ from capo_operator.config import Config, ConfigError, parse_config
 from capo_operator.credentials import Credentials, CredentialsError, Source
 from capo_operator.events import EventRecorder, ObjectRef
 from capo_operator.leader import LeaseElector
-from capo_operator.ledger import LEDGER_NAME, Ledger
+from capo_operator.ledger import NAME as LEDGER_NAME
+from capo_operator.ledger import Ledger
 from capo_operator.metrics import Metrics
 from capo_operator.records import GROUP, PLURAL, VERSION, RecordStore
 from capo_operator.releaser import Releaser
@@ -350,6 +351,7 @@ async def _run(
         )
         rt.missing_permissions = missing_permissions
         holder["rt"] = rt
+        metrics.watch_records(views.records, lambda: rt.config.metrics_ip_info_limit)
 
         def spawn(coro: Coroutine[Any, Any, Any], name: str) -> None:
             tasks.append(asyncio.create_task(coro, name=name))

@@ -60,7 +60,7 @@ _KNOWN = {
     }
     | _IGNORED[""],
     "health": {"healthProbeBindAddress"} | _IGNORED["health"],
-    "metrics": {"bindAddress"},
+    "metrics": {"bindAddress", "ipInfoLimit"},
     "webhook": {"port"} | _IGNORED["webhook"],
     "leaderElection": {
         "leaderElect",
@@ -103,6 +103,7 @@ class Config:
     leader_election: LeaderElection = field(default_factory=LeaderElection)
     health_probe_bind_address: str = ":8081"
     metrics_bind_address: str = ":8080"
+    metrics_ip_info_limit: int = 1000  # the most capo_reserved_ip_info series (the newest holds)
     webhook_port: int = 9443
     # capo-operator's own keys.
     ip_reservation_name: str = "capo-reserved-ips"
@@ -397,6 +398,9 @@ def parse_config(text: str) -> Config:
     )
     metrics = p.section(top, "metrics")
     metrics_address = p.bind_address(metrics, "bindAddress", "metrics.bindAddress", ":8080")
+    ip_info_limit = p.integer(metrics, "ipInfoLimit", "metrics.ipInfoLimit", 1000)
+    if ip_info_limit < 0:
+        raise p.fail("metrics.ipInfoLimit", f"must be 0 or more, got {ip_info_limit}")
     webhook = p.section(top, "webhook")
     webhook_port = p.port(webhook, "port", "webhook.port", 9443)
     # Two servers on one port cannot both bind: blame the one the file sets (the other is a default).
@@ -422,6 +426,7 @@ def parse_config(text: str) -> Config:
         leader_election=leader,
         health_probe_bind_address=health_address,
         metrics_bind_address=metrics_address,
+        metrics_ip_info_limit=ip_info_limit,
         webhook_port=webhook_port,
         ip_reservation_name=reservation_name,
         calico_api_group=api_group,

@@ -12,7 +12,6 @@ from typing import Any
 import kopf
 
 from capo_operator import admission
-from capo_operator.metrics import IPInfo
 from capo_operator.policy import NamespaceFacts, PodFacts
 from capo_operator.records import (
     GROUP,
@@ -96,7 +95,6 @@ def caches_synced(memo: Runtime, **kwargs: Any) -> None:
             namespaces=kwargs["namespaces_by_name"],
             records=kwargs["records_by_name"],
         )
-        _refresh_record_metrics(memo)
         logger.info("caches synced: %d records", len(memo.views.records()))
 
 
@@ -129,8 +127,6 @@ def record_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any)
     pod_uid = ((body.get("spec") or {}).get("pod") or {}).get("uid")
     if isinstance(pod_uid, str) and pod_uid:
         memo.reserved_uids.add(pod_uid)
-    if memo.views.synced.is_set():
-        _refresh_record_metrics(memo)
     if event.get("type") != "DELETED" or not memo.leading:
         return
     if RELEASING_ANNOTATION in (body.metadata.annotations or {}):
@@ -139,23 +135,6 @@ def record_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any)
     if isinstance(ip, str):
         logger.info("record %s was deleted by someone: releasing %s now", body.metadata.name, ip)
         memo.manual_releases.add(ip)
-
-
-def _refresh_record_metrics(rt: Runtime) -> None:
-    records = rt.views.records()
-    rt.metrics.reserve_count.set(len(records))
-    rt.metrics.reserve_count_max.set(rt.config.ip_reserve_max_count)
-    rt.metrics.set_ip_info(
-        IPInfo(
-            ip=r.ip,
-            namespace=r.pod.namespace if r.pod else "",
-            pod=r.pod.name if r.pod else "",
-            node=(r.pod.node or "") if r.pod else "",
-            trigger=r.trigger,
-            reserved_at=r.reserved_at.timestamp(),
-        )
-        for r in records
-    )
 
 
 # -- admission (every replica; paths are the handler ids) --------------------------------------

@@ -3,12 +3,19 @@
 Capo's four metrics keep their exposed names exactly. prometheus-client appends `_total` to
 Counters, and Capo's Go counter was exposed as plain `ip_reserve_evictions_count`, so that one is
 served by a small collector as an untyped, monotonic sample under the exact old name.
+
+What describes the held IPs (`ip_reserve_count`, `capo_reserved_ips{trigger}`, the per-IP info) is
+computed from the record store when Prometheus scrapes (`RecordsCollector`), not kept up to date
+per record event: a scrape costs O(records), an event costs nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import heapq
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import Metric
@@ -16,12 +23,16 @@ from prometheus_client.registry import Collector
 
 from capo_operator import __version__
 
+if TYPE_CHECKING:
+    from capo_operator.records import Record
+
 RELEASE_REASONS = ("expired", "cap", "manual", "owner-deleted", "namespace-deleted")
 TRIGGERS = ("delete", "eviction", "kubelet-eviction", "terminated", "safety-net", "recovered", "imported")
 WEBHOOK_OUTCOMES = ("reserved", "skipped", "repeated", "dry-run", "error", "denied")
 
 HOLD_BUCKETS = (60, 300, 600, 1200, 1800, 2400, 3600, 7200, 14400, 43200, 86400, 259200)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+DEFAULT_IP_INFO_LIMIT = 1000
 
 
 class _PlainCounter(Collector):
@@ -43,38 +54,81 @@ class _PlainCounter(Collector):
         yield metric
 
 
-@dataclass(frozen=True)
-class IPInfo:
-    ip: str
-    namespace: str
-    pod: str
-    node: str
-    trigger: str
-    reserved_at: float  # unix seconds
+def _no_records() -> Iterable[Record]:
+    return ()
 
 
-class _IPInfoCollector(Collector):
-    """Per-IP info, rebuilt from the records view; bounded because the records are (by the cap)."""
+class RecordsCollector(Collector):
+    """The held IPs, computed from the record store at scrape time.
 
-    def __init__(self) -> None:
-        self.rows: tuple[IPInfo, ...] = ()
+    `records` gives the current records (the records cache); `info_limit` the most per-IP info
+    series to expose. Those are the newest holds (by reservedAt, then IP for a stable choice): the
+    ones a person looks up while an incident is fresh. The count of the others is exposed as
+    `capo_reserved_ip_info_omitted`, and the totals (`ip_reserve_count`, `capo_reserved_ips`)
+    always cover every record. Bounding keeps a scrape small at any record count: one info series
+    is ~120 bytes of exposition and an extra series in Prometheus for as long as the hold lasts.
+    """
+
+    def __init__(
+        self,
+        records: Callable[[], Iterable[Record]] = _no_records,
+        info_limit: Callable[[], int] = lambda: DEFAULT_IP_INFO_LIMIT,
+    ) -> None:
+        self.records = records
+        self.info_limit = info_limit
+
+    def describe(self) -> Iterator[Metric]:
+        # Families without samples: registering must not read the store (it may not be synced).
+        yield from self._families([], 0)
 
     def collect(self) -> Iterator[Metric]:
-        metric = Metric(
+        records = list(self.records())
+        limit = max(0, self.info_limit())
+        if len(records) <= limit:
+            shown = records
+        else:
+            shown = heapq.nlargest(limit, records, key=lambda r: (r.reserved_at, r.ip))
+        yield from self._families(records, len(shown), shown)
+
+    @staticmethod
+    def _families(records: list[Record], n_shown: int, shown: Iterable[Record] = ()) -> Iterator[Metric]:
+        count = Metric("ip_reserve_count", "Number of IPs reserved now", "gauge")
+        count.add_sample("ip_reserve_count", {}, float(len(records)))
+        yield count
+
+        by_trigger = Tally(r.trigger for r in records)
+        per_trigger = Metric(
+            "capo_reserved_ips", "IPs reserved now, by the trigger that reserved them", "gauge"
+        )
+        for trigger in (*TRIGGERS, *sorted(set(by_trigger) - set(TRIGGERS))):
+            per_trigger.add_sample("capo_reserved_ips", {"trigger": trigger}, float(by_trigger[trigger]))
+        yield per_trigger
+
+        info = Metric(
             "capo_reserved_ip_info",
-            "One series per reserved IP; the value is when the reservation was made (unix seconds).",
+            "One series per reserved IP, the newest holds up to metrics.ipInfoLimit; the value is "
+            "when the reservation was made (unix seconds).",
             "gauge",
         )
-        for row in self.rows:
+        for r in shown:  # labels built directly: this loop is most of a scrape's cost
+            pod = r.pod
             labels = {
-                "ip": row.ip,
-                "namespace": row.namespace,
-                "pod": row.pod,
-                "node": row.node,
-                "trigger": row.trigger,
+                "ip": r.ip,
+                "namespace": pod.namespace if pod else "",
+                "pod": pod.name if pod else "",
+                "node": (pod.node or "") if pod else "",
+                "trigger": r.trigger,
             }
-            metric.add_sample("capo_reserved_ip_info", labels, row.reserved_at)
-        yield metric
+            info.add_sample("capo_reserved_ip_info", labels, r.reserved_at.timestamp())
+        yield info
+
+        omitted = Metric(
+            "capo_reserved_ip_info_omitted",
+            "Reserved IPs without a capo_reserved_ip_info series (beyond metrics.ipInfoLimit)",
+            "gauge",
+        )
+        omitted.add_sample("capo_reserved_ip_info_omitted", {}, float(len(records) - n_shown))
+        yield omitted
 
 
 @dataclass
@@ -86,7 +140,8 @@ class Metrics:
         disable_created_metrics()
         r = self.registry
         # Capo's names.
-        self.reserve_count = Gauge("ip_reserve_count", "Number of IPs reserved now", registry=r)
+        self.held = RecordsCollector()
+        r.register(self.held)
         self.reserve_count_max = Gauge("ip_reserve_count_max", "The ipReserveMaxCount cap", registry=r)
         self.evictions = _PlainCounter(
             "ip_reserve_evictions_count",
@@ -181,8 +236,6 @@ class Metrics:
         )
         self.build_info = Gauge("capo_build_info", "Build information", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
-        self.ip_info = _IPInfoCollector()
-        r.register(self.ip_info)
         # Pre-create labelled children so dashboards and alerts see zeros rather than gaps.
         for reason in RELEASE_REASONS:
             self.releases.labels(reason=reason)
@@ -197,8 +250,10 @@ class Metrics:
     def set_leader(self, name: str, leading: bool) -> None:
         self.leader.labels(name=name).set(1 if leading else 0)
 
-    def set_ip_info(self, rows: Iterable[IPInfo]) -> None:
-        self.ip_info.rows = tuple(rows)
+    def watch_records(self, records: Callable[[], Iterable[Record]], info_limit: Callable[[], int]) -> None:
+        """Where the held-IP metrics are read from at each scrape (the records cache, the config)."""
+        self.held.records = records
+        self.held.info_limit = info_limit
 
     def exposed_names(self) -> frozenset[str]:
         """Every series name this registry can expose, used or not yet (for checking dashboards and rules)."""

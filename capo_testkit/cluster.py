@@ -11,8 +11,10 @@ IPReservation, writes the status, issues the final DELETE of a terminating pod).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ipaddress
+import json
 import os
 import secrets
 import subprocess
@@ -23,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from capo_operator import ledger as fmt  # the operator's own decoder reads what it wrote
 from capo_testkit.kube import JSON_PATCH, ApiError, Kube, Obj, Response, path_for, pods_path
 from capo_testkit.wait import eventually
 
@@ -542,10 +545,22 @@ class Cluster:
         return ((lease or {}).get("spec") or {}).get("holderIdentity") or None
 
     async def ledger(self) -> str:
-        cm = await self.kube.get_or_none(
-            path_for("", "v1", "configmaps", self.operator_namespace, "capo-ledger")
-        )
-        return str(((cm or {}).get("data") or {}).get("ledger.json", ""))
+        """The IPs the ledger lists, space-separated (format 2: the index and its shards; format 1:
+        the JSON text itself)."""
+
+        def path(name: str) -> str:
+            return path_for("", "v1", "configmaps", self.operator_namespace, name)
+
+        data = ((await self.kube.get_or_none(path(fmt.NAME))) or {}).get("data") or {}
+        if fmt.INDEX_KEY not in data:
+            return str(data.get(fmt.DATA_KEY, ""))
+        ips: list[str] = []
+        for i in range(json.loads(data[fmt.INDEX_KEY])["shards"]):
+            cm = await self.kube.get_or_none(path(fmt.shard_name(fmt.NAME, i)))
+            if cm is not None:
+                payload = base64.b64decode(cm["binaryData"][fmt.PAYLOAD_KEY])
+                ips.extend(fmt.decode_shard(cm["data"][fmt.META_KEY], payload).entries)
+        return " ".join(sorted(ips))
 
     async def delete_record(self, ip: str) -> None:
         items = await self.records()

@@ -10,6 +10,8 @@ import pytest
 import yaml
 from conftest import Doc, find
 
+from capo_operator.ledger import MAX_SHARDS as LEDGER_MAX_SHARDS
+
 NS = "capo-system"
 
 
@@ -205,6 +207,11 @@ CALLS = [
     *[("coordination.k8s.io", "leases", v, NS, "capo") for v in ("get", "update", "patch")],
     ("", "configmaps", "create", NS, None),
     *[("", "configmaps", v, NS, "capo-ledger") for v in ("get", "update", "patch")],
+    *[
+        ("", "configmaps", v, NS, f"capo-ledger-{i}")
+        for i in range(LEDGER_MAX_SHARDS)
+        for v in ("get", "update", "patch", "delete")
+    ],
     *[("", "configmaps", v, NS, "capo-config") for v in ("get", "list", "watch")],
     *[(g, "events", v, "", None) for g in ("", "events.k8s.io") for v in ("create", "patch")],
     *[("apiextensions.k8s.io", "customresourcedefinitions", v, "", None) for v in ("list", "watch")],
@@ -233,6 +240,8 @@ def test_rbac_allows_every_documented_call(default_docs: list[Doc], call: tuple[
         ("", "secrets", "get", "default", "capo-webhook-tls"),
         ("", "configmaps", "update", NS, "kube-root-ca.crt"),
         ("", "configmaps", "update", NS, "capo-config"),
+        ("", "configmaps", "delete", NS, "capo-ledger"),
+        ("", "configmaps", "update", NS, f"capo-ledger-{LEDGER_MAX_SHARDS}"),
         ("", "configmaps", "list", NS, None),
         ("coordination.k8s.io", "leases", "update", NS, "someone-elses-lease"),
         ("crd.projectcalico.org", "ipreservations", "update", "", "another-teams-reservation"),
@@ -326,7 +335,7 @@ def test_config_map_is_capos_format_with_capos_defaults(default_docs: list[Doc])
     config = yaml.safe_load(cm["data"]["capo_config.yaml"])
     assert config["apiVersion"] == "config.capo.io/v1" and config["kind"] == "CapoConfig"
     assert config["health"] == {"healthProbeBindAddress": ":8081"}
-    assert config["metrics"] == {"bindAddress": ":8080"}
+    assert config["metrics"] == {"bindAddress": ":8080", "ipInfoLimit": 1000}
     assert config["webhook"] == {"port": 9443}
     assert config["leaderElection"] == {"leaderElect": True, "resourceName": "capo", "resourceNamespace": NS}
     assert (config["ipReserveMaxCount"], config["ipReserveTime"], config["ipReleasePeriod"]) == (

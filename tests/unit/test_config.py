@@ -52,6 +52,8 @@ maxIPReserveTime: 72h
 strictMode: true
 webhookDeadline: 1500ms
 releaseOnOwnerDeletion: false
+metrics:
+  ipInfoLimit: 0
 leaderElection:
   leaderElect: false
   leaseDuration: 30s
@@ -70,6 +72,7 @@ labelSelector:
     assert config.strict_mode is True
     assert config.webhook_deadline == timedelta(milliseconds=1500)
     assert config.release_on_owner_deletion is False
+    assert config.metrics_ip_info_limit == 0
     assert config.leader_election == LeaderElection(
         leader_elect=False,
         lease_duration=timedelta(seconds=30),
@@ -213,6 +216,8 @@ def test_large_cap_is_warned_about() -> None:
         ("metrics: {bindAddress: '::1:8080'}", "metrics.bindAddress", "in brackets"),
         ("metrics: {bindAddress: '[::1:8080'}", "metrics.bindAddress", "bad IPv6 host"),
         ("metrics: {bindAddress: '[nope]:8080'}", "metrics.bindAddress", "bad IPv6 host"),
+        ("metrics: {ipInfoLimit: -1}", "metrics.ipInfoLimit", "must be 0 or more, got -1"),
+        ("metrics: {ipInfoLimit: '50'}", "metrics.ipInfoLimit", "must be an integer"),
         ("metrics: {bindAddress: 'bad_host:8080'}", "metrics.bindAddress", "bad host 'bad_host'"),
         ("metrics: {bindAddress: 8080}", "metrics.bindAddress", "must be a string, got integer 8080"),
         (

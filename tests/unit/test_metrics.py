@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from fakes import DummyApi
+from datetime import timedelta
+
+from fakes import DummyApi, make_record
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from capo_operator.metrics import IPInfo, Metrics
+from capo_operator.metrics import TRIGGERS, Metrics
+from capo_operator.records import PodRef, Record
 
 
 def exposition(metrics: Metrics) -> dict[str, tuple[str, list[tuple[str, dict[str, str], float]]]]:
@@ -22,9 +27,14 @@ def sample_names(metrics: Metrics) -> set[str]:
     return {name for _, samples in exposition(metrics).values() for name, _, _ in samples}
 
 
-def test_capo_names_are_exposed_exactly() -> None:
+def serving(records: list[Record], limit: int = 1000) -> Metrics:
     m = Metrics()
-    m.reserve_count.set(7)
+    m.watch_records(lambda: records, lambda: limit)
+    return m
+
+
+def test_capo_names_are_exposed_exactly() -> None:
+    m = serving([make_record(f"10.0.0.{i}") for i in range(7)])
     m.reserve_count_max.set(300)
     m.evictions.inc()
     m.evictions.inc(2)
@@ -115,33 +125,99 @@ def test_exposed_names_match_the_exposition() -> None:
     m.calico_write_errors.labels(operation="remove").inc()
     m.safety_net_catches.labels(trigger="terminated").inc()
     m.set_leader("capo", True)
-    m.set_ip_info([IPInfo("10.0.0.1", "db", "db-0", "n1", "delete", 1.7e9)])
+    m.watch_records(lambda: [make_record("10.0.0.1")], lambda: 10)
 
     assert sample_names(m) <= m.exposed_names()
     assert {"ip_reserve_evictions_count", "capo_reservations_total"} <= m.exposed_names()
     assert "ip_reserve_evictions_count_total" not in m.exposed_names()
 
 
-def test_per_ip_info_is_replaced_not_accumulated() -> None:
+def info_samples(m: Metrics) -> list[tuple[str, dict[str, str], float]]:
+    return exposition(m)["capo_reserved_ip_info"][1]
+
+
+def test_held_ips_are_read_from_the_store_at_each_scrape() -> None:
+    records = [make_record("10.0.0.1", trigger="delete", pod=PodRef("db", "db-0", "u0", "n1"))]
+    m = serving(records)
+    assert m.registry.get_sample_value("ip_reserve_count") == 1
+
+    records.append(make_record("fd00::2", trigger="eviction", pod=None))
+    records.append(make_record("10.0.0.3", trigger="eviction"))
+
+    assert m.registry.get_sample_value("ip_reserve_count") == 3
+    by_trigger = {labels["trigger"]: v for _, labels, v in exposition(m)["capo_reserved_ips"][1]}
+    assert by_trigger["eviction"] == 2 and by_trigger["delete"] == 1
+    assert set(TRIGGERS) <= set(by_trigger)  # every trigger present, zeros included
+    assert sum(by_trigger.values()) == 3
+    info = {labels["ip"]: (labels, value) for _, labels, value in info_samples(m)}
+    assert info["10.0.0.1"] == (
+        {"ip": "10.0.0.1", "namespace": "db", "pod": "db-0", "node": "n1", "trigger": "delete"},
+        records[0].reserved_at.timestamp(),
+    )
+    assert info["fd00::2"][0] == {
+        "ip": "fd00::2",
+        "namespace": "",
+        "pod": "",
+        "node": "",
+        "trigger": "eviction",
+    }
+
+    records.clear()  # released: the series go away with the records
+    assert m.registry.get_sample_value("ip_reserve_count") == 0
+    assert info_samples(m) == []
+
+
+def test_per_ip_info_is_bounded_to_the_newest_and_the_rest_is_counted() -> None:
+    records = [make_record(f"10.0.{i // 256}.{i % 256}", age=timedelta(seconds=i)) for i in range(2000)]
+    m = serving(records, limit=50)
+
+    shown = {labels["ip"] for _, labels, _ in info_samples(m)}
+
+    assert shown == {r.ip for r in records[:50]}  # the 50 youngest holds
+    assert m.registry.get_sample_value("capo_reserved_ip_info_omitted") == 1950
+    assert m.registry.get_sample_value("ip_reserve_count") == 2000  # totals count every record
+
+
+@given(
+    ages=st.lists(st.integers(min_value=0, max_value=50), max_size=40),
+    limit=st.integers(min_value=0, max_value=45),
+)
+def test_info_bound_properties(ages: list[int], limit: int) -> None:
+    records = [make_record(f"10.1.0.{i}", age=timedelta(seconds=a)) for i, a in enumerate(ages)]
+    m = serving(records, limit)
+
+    shown = [labels["ip"] for _, labels, _ in info_samples(m)]
+
+    assert len(shown) == min(limit, len(records)) == len(set(shown))
+    omitted = m.registry.get_sample_value("capo_reserved_ip_info_omitted")
+    assert omitted == len(records) - len(shown)
+    # Nothing hidden is newer than anything shown.
+    newest_hidden = max((r.reserved_at for r in records if r.ip not in shown), default=None)
+    oldest_shown = min((r.reserved_at for r in records if r.ip in shown), default=None)
+    if newest_hidden is not None and oldest_shown is not None:
+        assert newest_hidden <= oldest_shown
+
+
+def test_a_limit_change_applies_at_the_next_scrape() -> None:
+    limit = [5]
     m = Metrics()
-    m.set_ip_info([IPInfo("10.0.0.1", "db", "db-0", "n1", "delete", 1.7e9)])
-    m.set_ip_info([IPInfo("10.0.0.2", "db", "db-1", "", "eviction", 1.8e9)])
+    m.watch_records(lambda: [make_record(f"10.0.0.{i}") for i in range(10)], lambda: limit[0])
+    assert len(info_samples(m)) == 5
+    limit[0] = 0
+    assert info_samples(m) == []
+    assert m.registry.get_sample_value("capo_reserved_ip_info_omitted") == 10
 
-    samples = exposition(m)["capo_reserved_ip_info"][1]
 
-    assert samples == [
-        (
-            "capo_reserved_ip_info",
-            {"ip": "10.0.0.2", "namespace": "db", "pod": "db-1", "node": "", "trigger": "eviction"},
-            1.8e9,
-        )
-    ]
+def test_without_a_store_nothing_is_held() -> None:
+    m = Metrics()
+    assert m.registry.get_sample_value("ip_reserve_count") == 0
+    assert info_samples(m) == []
 
 
 def test_each_metrics_object_has_its_own_registry() -> None:
     a, b = Metrics(), Metrics()
-    a.reserve_count.set(5)
-    assert b.registry.get_sample_value("ip_reserve_count") == 0
+    a.reserve_count_max.set(5)
+    assert b.registry.get_sample_value("ip_reserve_count_max") == 0
 
 
 def test_events_beyond_the_queue_are_dropped_and_counted() -> None:

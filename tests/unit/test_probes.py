@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
+from fakes import make_record
 from prometheus_client.parser import text_string_to_metric_families
 
 from capo_operator import probes
@@ -74,7 +75,8 @@ async def test_probes_answer_with_state_and_reason(servers: Servers) -> None:
 
 async def test_metrics_endpoint_serves_the_registry(servers: Servers) -> None:
     metrics = Metrics()
-    metrics.reserve_count.set(3)
+    records = [make_record(f"10.0.0.{i}") for i in range(3)]
+    metrics.watch_records(lambda: records, lambda: 1000)
     port = await servers.start(probes.metrics_app(metrics.registry))
 
     status, body, content_type = await get(f"http://127.0.0.1:{port}/metrics")
