@@ -394,19 +394,26 @@ class Informer(Generic[T]):
         kind, raw = self.codec.decode_event(line)
         if kind == "BOOKMARK":
             self.stats.bookmarks += 1
-            version = self.codec.decode_bookmark(raw)
-            if version:
-                self.resource_version = version
+            self._advance(self.codec.decode_identity(raw).resourceVersion)
             return
         if kind == "ERROR":
             status = self.codec.decode_status(raw)
             if status.code == 410:
                 raise _Expired(status.message)
             raise ApiError(status.code, status.reason, status.message)
-        item = self.codec.decode_item(raw)
+        if kind not in ("ADDED", "MODIFIED", "DELETED"):
+            logger.warning("ignoring %s watch event of unknown type %r", self.kind.resource, kind)
+            return
+        self.stats.events += 1
+        try:
+            item = self.codec.decode_item(raw)
+        except DecodeError as exc:
+            who = self.codec.decode_identity(raw)  # unreadable even so: the stream is broken
+            self._unreadable(object_key(who.namespace, who.name), exc)
+            self._advance(who.resourceVersion)
+            return
         meta = item.metadata
         key = object_key(meta.namespace, meta.name)
-        self.stats.events += 1
         if kind == "DELETED":
             old = self.store._remove(key)
             if old is not None:
@@ -415,27 +422,30 @@ class Informer(Generic[T]):
                 except ValueError:
                     last = old
                 self._notify_delete(last)
-        elif kind in ("ADDED", "MODIFIED"):
+        else:
             try:
                 obj = self.kind.convert(item)
             except ValueError as exc:
-                # Unreadable now: it leaves the cache, as if deleted (it cannot be trusted).
-                self.stats.skipped += 1
-                logger.warning("%s %s is unreadable now: %s", self.kind.resource, meta.name, exc)
-                old = self.store._remove(key)
-                if old is not None:
-                    self._notify_delete(old)
+                self._unreadable(key, exc)
             else:
                 old = self.store._put(key, meta.resourceVersion, obj)
                 if old is None:
                     self._notify_add(obj)
                 else:
                     self._notify_update(old, obj)
-        else:
-            logger.warning("ignoring %s watch event of unknown type %r", self.kind.resource, kind)
-            return
-        if meta.resourceVersion:
-            self.resource_version = meta.resourceVersion
+        self._advance(meta.resourceVersion)
+
+    def _advance(self, version: str) -> None:
+        if version:
+            self.resource_version = version
+
+    def _unreadable(self, key: str, error: Exception) -> None:
+        # It leaves the cache, as if deleted: its last readable state cannot be trusted any more.
+        self.stats.skipped += 1
+        logger.warning("%s %s is unreadable now: %s", self.kind.resource, key, error)
+        old = self.store._remove(key)
+        if old is not None:
+            self._notify_delete(old)
 
     async def _resync_loop(self) -> None:
         assert self.resync_period is not None

@@ -120,8 +120,16 @@ class Status(msgspec.Struct, frozen=True):
     details: StatusDetails | None = None
 
 
-class BookmarkItem(msgspec.Struct, frozen=True):
-    metadata: ObjectMeta = ObjectMeta()
+class IdentityMeta(msgspec.Struct, frozen=True):
+    name: str = ""
+    namespace: str = ""
+    resourceVersion: str = ""
+
+
+class IdentityItem(msgspec.Struct, frozen=True):
+    """Just who an object is (for bookmarks, and objects whose other fields cannot be read)."""
+
+    metadata: IdentityMeta = IdentityMeta()
 
 
 # -- conversions to the operator's values ------------------------------------------------------
@@ -238,7 +246,7 @@ class Codec(Generic[T]):
         self._raw_list = msgspec.json.Decoder(ItemList[msgspec.Raw])
         self._item = msgspec.json.Decoder(kind.item_type)
         self._event = msgspec.json.Decoder(RawEvent)
-        self._bookmark = msgspec.json.Decoder(BookmarkItem)
+        self._identity = msgspec.json.Decoder(IdentityItem)
         self._status = msgspec.json.Decoder(Status)
 
     def decode_list(self, data: bytes) -> tuple[ListMeta, list[Any]]:
@@ -272,11 +280,13 @@ class Codec(Generic[T]):
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise DecodeError(f"unreadable {self.kind.resource}: {exc}") from exc
 
-    def decode_bookmark(self, raw: msgspec.Raw | bytes) -> str:
+    def decode_identity(self, raw: msgspec.Raw | bytes) -> IdentityMeta:
+        """namespace, name and resourceVersion only (a bookmark, or an object that failed
+        `decode_item`)."""
         try:
-            return str(self._bookmark.decode(raw).metadata.resourceVersion)
+            return self._identity.decode(raw).metadata
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise DecodeError(f"unreadable bookmark: {exc}") from exc
+            raise DecodeError(f"unreadable {self.kind.resource} metadata: {exc}") from exc
 
     def decode_status(self, raw: msgspec.Raw | bytes) -> Status:
         try:

@@ -1,0 +1,90 @@
+"""Property: whatever happens on the server, and whenever the informer must relist, its store ends
+equal to the server's state, its indexes agree with the objects, and the handlers' view (replaying
+add/update/delete) equals the store."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fakes import eventually
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from informer_fakes import FakeKube, pod
+
+from capo_operator.kube import POD_IP_INDEX, Backoff, live_pod_ips, pod_informer
+from capo_operator.policy import PodFacts
+
+NAMES = st.sampled_from(["a", "b", "c", "d", "e"])
+IPS = st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1"])
+PHASES = st.sampled_from(["Running", "Running", "Failed", "Succeeded"])
+
+operations = st.one_of(
+    st.tuples(st.just("put"), NAMES, IPS, PHASES),
+    st.tuples(st.just("delete"), NAMES),
+    st.tuples(st.just("put_silently"), NAMES, IPS, PHASES),  # then compacted: only a relist sees it
+    st.tuples(st.just("delete_silently"), NAMES),
+    st.tuples(st.just("drop")),  # stream broken: resume from the last resourceVersion
+    st.tuples(st.just("compact")),  # history gone: 410, relist
+    st.tuples(st.just("bookmark")),
+)
+
+
+def apply(kube: FakeKube, op: tuple[Any, ...]) -> None:
+    kind = op[0]
+    if kind in ("put", "put_silently"):
+        body = pod(op[1], ips=(op[2],), phase=op[3])
+        kube.put(body) if kind == "put" else kube.put_silently(body)
+    elif kind in ("delete", "delete_silently") and f"ns/{op[1]}" in kube.objects:
+        kube.delete(f"ns/{op[1]}") if kind == "delete" else kube.delete_silently(f"ns/{op[1]}")
+    elif kind == "drop":
+        kube.drop_watches()
+    elif kind == "compact":
+        kube.compact()
+        kube.drop_watches()
+    elif kind == "bookmark":
+        kube.bookmark()
+
+
+async def scenario(initial: list[tuple[Any, ...]], later: list[tuple[Any, ...]]) -> None:
+    kube = FakeKube(history=50)
+    for op in initial:
+        apply(kube, op)
+    informer = pod_informer(
+        kube, page_size=2, backoff=Backoff(initial=0.001, maximum=0.005), resync_period=None
+    )
+    seen: dict[str, PodFacts] = {}  # what a handler that mirrors the events believes
+    informer.add_handlers(
+        on_add=lambda p: seen.__setitem__(f"{p.namespace}/{p.name}", p),
+        on_update=lambda old, new: seen.__setitem__(f"{new.namespace}/{new.name}", new),
+        on_delete=lambda p: seen.pop(f"{p.namespace}/{p.name}"),
+    )
+    task = asyncio.create_task(informer.run())
+    try:
+        await asyncio.wait_for(informer.synced.wait(), 5)
+        for op in later:
+            apply(kube, op)
+            await asyncio.sleep(0)
+        # A silent change is only noticed by a relist: end every scenario with a compaction.
+        apply(kube, ("compact",))
+        await eventually(lambda: informer.resource_version == str(kube.rv) and kube.watching > 0, within=5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    expected = {key: PodFacts.from_pod(obj) for key, obj in kube.objects.items()}
+    assert {key: informer.store.get(key) for key in informer.store} == expected
+    assert seen == expected
+    holders: dict[str, set[str]] = {}
+    for facts in expected.values():
+        for ip in live_pod_ips(facts):
+            holders.setdefault(ip, set()).add(facts.name)
+    assert {ip: {p.name for p in informer.store.by_index(POD_IP_INDEX, ip)} for ip in holders} == holders
+    assert set(informer.store.index_values(POD_IP_INDEX)) == set(holders)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(operations, max_size=8), st.lists(operations, max_size=25))
+def test_store_converges_to_server_state(
+    initial: list[tuple[Any, ...]], later: list[tuple[Any, ...]]
+) -> None:
+    asyncio.run(scenario(initial, later))
