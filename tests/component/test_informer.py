@@ -74,6 +74,10 @@ class Watched:
         await asyncio.gather(self.task, return_exceptions=True)
 
 
+def pod_watches(cluster: Cluster) -> int:
+    return sum(1 for w in cluster.emu.cluster.http.watchers if "/pods?" in w.path)
+
+
 def server_pods(cluster: Cluster) -> dict[str, dict[str, Any]]:
     bucket = cluster.emu.cluster.store.bucket(("", "pods"))
     return {name: obj for (_ns, name), obj in bucket.objects.items()}
@@ -105,6 +109,7 @@ async def test_a_dropped_watch_resumes_and_misses_nothing(cluster: Cluster) -> N
     control = cluster.emu.control
     try:
         await asyncio.wait_for(watched.informer.synced.wait(), 10)
+        await eventually(lambda: pod_watches(cluster) == 1)
         # The watch is broken, and new watches fail for a while: changes pile up meanwhile.
         failing = await control.add_fault("api", method="GET", path=POD_WATCH, status=503)
         await control.add_fault("api", path=POD_WATCH, drop_watch=True, times=1)
@@ -126,7 +131,7 @@ async def test_410_after_a_long_gap_relists_and_emits_the_deletions(cluster: Clu
     control = cluster.emu.control
     try:
         await asyncio.wait_for(watched.informer.synced.wait(), 10)
-        await eventually(lambda: len(watched.names()) == 10)
+        await eventually(lambda: len(watched.names()) == 10 and pod_watches(cluster) == 1)
         failing = await control.add_fault("api", method="GET", path=POD_WATCH, status=503)
         await control.add_fault("api", path=POD_WATCH, drop_watch=True, times=1)
         await delete_pods(cluster.api, ["g1", "g2", "g3"])
