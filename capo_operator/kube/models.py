@@ -9,6 +9,7 @@ docs/performance.md has the comparison with json/orjson + dicts that chose msgsp
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -135,6 +136,10 @@ class IdentityItem(msgspec.Struct, frozen=True):
 # -- conversions to the operator's values ------------------------------------------------------
 
 
+# The same few thousand IP strings come back in every event of their pods: parse each once.
+_ip_of = functools.lru_cache(maxsize=65536)(ip_of)
+
+
 def _canonical_ips(status: PodStatus) -> tuple[str, ...]:
     # Same rule as PodFacts.from_pod: podIPs then podIP, canonical, deduplicated, invalid dropped.
     candidates = [item.ip for item in status.podIPs or ()]
@@ -143,7 +148,7 @@ def _canonical_ips(status: PodStatus) -> tuple[str, ...]:
     ips: list[str] = []
     for candidate in candidates:
         try:
-            ip = ip_of(candidate)
+            ip = _ip_of(candidate)
         except AddressError:
             continue
         if ip not in ips:
