@@ -1,4 +1,4 @@
-"""Paginated lists (limit/continue) and resourceVersion/resourceVersionMatch, as kube-apiserver serves them."""
+"""Paginated lists (limit/continue) and resourceVersion(Match), as kube-apiserver serves them."""
 
 from __future__ import annotations
 
@@ -141,4 +141,5 @@ async def test_continue_with_resource_version_is_400(http: Http) -> None:
     _, first, _ = await http.get(f"{CMS}?limit=1")
     token = first["metadata"]["continue"]
     status, body, _ = await http.get(f"{CMS}?limit=1&continue={token}&resourceVersion=1")
-    assert status == 400 and body["message"] == "specifying resource version is not allowed when using continue"
+    assert status == 400
+    assert body["message"] == "specifying resource version is not allowed when using continue"
