@@ -63,7 +63,7 @@ class Store(Generic[T]):
     """
 
     def __init__(self, indexers: Mapping[str, IndexFunc[T]] | None = None) -> None:
-        self._items: dict[str, tuple[str, T]] = {}  # key -> (resourceVersion, object)
+        self._items: dict[str, tuple[str, str, T]] = {}  # key -> (resourceVersion, uid, object)
         self._indexers: dict[str, IndexFunc[T]] = dict(indexers or {})
         self._indices: dict[str, dict[str, set[str]]] = {name: {} for name in self._indexers}
 
@@ -78,7 +78,7 @@ class Store(Generic[T]):
 
     def get(self, key: str) -> T | None:
         entry = self._items.get(key)
-        return None if entry is None else entry[1]
+        return None if entry is None else entry[2]
 
     def get_by_name(self, namespace: str, name: str) -> T | None:
         return self.get(object_key(namespace, name))
@@ -87,18 +87,22 @@ class Store(Generic[T]):
         entry = self._items.get(key)
         return None if entry is None else entry[0]
 
+    def uid(self, key: str) -> str | None:
+        entry = self._items.get(key)
+        return None if entry is None else entry[1]
+
     def keys(self) -> list[str]:
         return list(self._items)
 
     def values(self) -> list[T]:
-        return [entry[1] for entry in self._items.values()]
+        return [entry[2] for entry in self._items.values()]
 
     def by_index(self, index: str, value: str) -> list[T]:
         """The objects found under `value` in `index` (KeyError for an unknown index)."""
         keys = self._indices[index].get(value)
         if not keys:
             return []
-        return [self._items[key][1] for key in keys]
+        return [self._items[key][2] for key in keys]
 
     def index_values(self, index: str) -> list[str]:
         """Every value present in `index` (e.g. every IP held by a live pod)."""
@@ -111,10 +115,10 @@ class Store(Generic[T]):
             logger.exception("index function %r failed; the object is left out of that index", index)
             return set()
 
-    def _put(self, key: str, rv: str, obj: T) -> T | None:
+    def _put(self, key: str, rv: str, uid: str, obj: T) -> T | None:
         entry = self._items.get(key)
-        old = None if entry is None else entry[1]
-        self._items[key] = (rv, obj)
+        old = None if entry is None else entry[2]
+        self._items[key] = (rv, uid, obj)
         for index, values in self._indices.items():
             before = self._index_values_of(index, old) if old is not None else set()
             after = self._index_values_of(index, obj)
@@ -129,9 +133,9 @@ class Store(Generic[T]):
         if entry is None:
             return None
         for index, values in self._indices.items():
-            for value in self._index_values_of(index, entry[1]):
+            for value in self._index_values_of(index, entry[2]):
                 self._unindex(values, value, key)
-        return entry[1]
+        return entry[2]
 
     @staticmethod
     def _unindex(values: dict[str, set[str]], value: str, key: str) -> None:
@@ -294,7 +298,7 @@ class Informer(Generic[T]):
         restarts = 0
         version = ""
         while True:
-            fresh: dict[str, tuple[str, T]] = {}
+            fresh: dict[str, tuple[str, str, T]] = {}
             token = ""
             try:
                 while True:
@@ -325,7 +329,7 @@ class Informer(Generic[T]):
             self.synced.set()
             logger.info("%s synced: %d objects", self.kind.resource, len(self.store))
 
-    def _convert_into(self, into: dict[str, tuple[str, T]], items: list[Any]) -> None:
+    def _convert_into(self, into: dict[str, tuple[str, str, T]], items: list[Any]) -> None:
         convert = self.kind.convert
         for item in items:
             meta = item.metadata
@@ -335,25 +339,27 @@ class Informer(Generic[T]):
                 self.stats.skipped += 1
                 logger.warning("skipping %s %s: %s", self.kind.resource, meta.name, exc)
                 continue
-            into[object_key(meta.namespace, meta.name)] = (meta.resourceVersion, obj)
+            into[object_key(meta.namespace, meta.name)] = (meta.resourceVersion, meta.uid, obj)
 
-    async def _replace(self, fresh: dict[str, tuple[str, T]]) -> None:
-        """Make the store equal to a fresh list: deletions first (so an IP moving from a vanished
-        pod to a new one is never held twice), then additions and updates."""
+    async def _replace(self, fresh: dict[str, tuple[str, str, T]]) -> None:
+        """Make the store equal to a fresh list. Deletions come first (so an IP moving from a
+        vanished pod to a new one is never held twice); an object replaced by another of the same
+        name (a StatefulSet pod recreated in the gap: another uid) is a deletion plus an addition,
+        not an update. Then additions and updates; unchanged resourceVersions are silent."""
         store = self.store
         done = 0
-        for key in [key for key in store if key not in fresh]:
+        gone = [key for key in store if key not in fresh or store.uid(key) != fresh[key][1]]
+        for key in gone:
             old = store._remove(key)
             if old is not None:
                 self._notify_delete(old)
             done += 1
             if done % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-        for key, (rv, obj) in fresh.items():
-            known = store.resource_version(key)
-            if known == rv:
+        for key, (rv, uid, obj) in fresh.items():
+            if store.resource_version(key) == rv:
                 continue
-            old = store._put(key, rv, obj)
+            old = store._put(key, rv, uid, obj)
             if old is None:
                 self._notify_add(obj)
             else:
@@ -428,7 +434,11 @@ class Informer(Generic[T]):
             except ValueError as exc:
                 self._unreadable(key, exc)
             else:
-                old = self.store._put(key, meta.resourceVersion, obj)
+                known = self.store.uid(key)
+                previous = self.store._remove(key) if known is not None and known != meta.uid else None
+                if previous is not None:  # another object under the same name: that one is gone
+                    self._notify_delete(previous)
+                old = self.store._put(key, meta.resourceVersion, meta.uid, obj)
                 if old is None:
                     self._notify_add(obj)
                 else:

@@ -287,3 +287,22 @@ def test_backoff_grows_with_jitter_and_resets() -> None:
     assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True))
     backoff.reset()
     assert backoff.next() <= 1.0
+
+
+async def test_a_pod_recreated_in_the_gap_is_a_deletion_and_an_addition(
+    kube: FakeKube, running: tuple[Informer[PodFacts], Recorder]
+) -> None:
+    # A StatefulSet pod deleted and recreated under the same name while the informer was away:
+    # the old pod (uid) is gone, which the safety net must hear, not an "update".
+    informer, recorder = running
+    kube.put(pod("redis-0", ips=("10.0.0.1",), uid="old"))
+    await eventually(lambda: names(informer) == {"redis-0"})
+    await eventually(lambda: kube.watching == 1)
+    recorder.take()
+    kube.put_silently(pod("redis-0", ips=("10.0.0.2",), uid="new"))
+    await eventually(lambda: informer.store.uid("ns/redis-0") == "new")
+    assert recorder.take() == [("delete", "redis-0"), ("add", "redis-0")]
+    assert (
+        informer.store.by_index(UID_INDEX, "old") == []
+        and informer.store.by_index(POD_IP_INDEX, "10.0.0.1") == []
+    )

@@ -19,10 +19,12 @@ NAMES = st.sampled_from(["a", "b", "c", "d", "e"])
 IPS = st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1"])
 PHASES = st.sampled_from(["Running", "Running", "Failed", "Succeeded"])
 
+GENERATIONS = st.sampled_from(["1", "1", "2"])  # another uid: the pod was deleted and recreated
+
 operations = st.one_of(
-    st.tuples(st.just("put"), NAMES, IPS, PHASES),
+    st.tuples(st.just("put"), NAMES, IPS, PHASES, GENERATIONS),
     st.tuples(st.just("delete"), NAMES),
-    st.tuples(st.just("put_silently"), NAMES, IPS, PHASES),  # then compacted: only a relist sees it
+    st.tuples(st.just("put_silently"), NAMES, IPS, PHASES, GENERATIONS),  # compacted: only a relist sees it
     st.tuples(st.just("delete_silently"), NAMES),
     st.tuples(st.just("drop")),  # stream broken: resume from the last resourceVersion
     st.tuples(st.just("compact")),  # history gone: 410, relist
@@ -33,7 +35,7 @@ operations = st.one_of(
 def apply(kube: FakeKube, op: tuple[Any, ...]) -> None:
     kind = op[0]
     if kind in ("put", "put_silently"):
-        body = pod(op[1], ips=(op[2],), phase=op[3])
+        body = pod(op[1], ips=(op[2],), phase=op[3], uid=f"uid-{op[1]}-{op[4]}")
         kube.put(body) if kind == "put" else kube.put_silently(body)
     elif kind in ("delete", "delete_silently") and f"ns/{op[1]}" in kube.objects:
         kube.delete(f"ns/{op[1]}") if kind == "delete" else kube.delete_silently(f"ns/{op[1]}")
@@ -54,11 +56,20 @@ async def scenario(initial: list[tuple[Any, ...]], later: list[tuple[Any, ...]])
         kube, page_size=2, backoff=Backoff(initial=0.001, maximum=0.005), resync_period=None
     )
     seen: dict[str, PodFacts] = {}  # what a handler that mirrors the events believes
-    informer.add_handlers(
-        on_add=lambda p: seen.__setitem__(f"{p.namespace}/{p.name}", p),
-        on_update=lambda old, new: seen.__setitem__(f"{new.namespace}/{new.name}", new),
-        on_delete=lambda p: seen.pop(f"{p.namespace}/{p.name}"),
-    )
+
+    def on_add(p: PodFacts) -> None:
+        assert f"{p.namespace}/{p.name}" not in seen
+        seen[f"{p.namespace}/{p.name}"] = p
+
+    def on_update(old: PodFacts, new: PodFacts) -> None:
+        assert old.uid == new.uid and seen[f"{new.namespace}/{new.name}"] == old  # same pod, changed
+        seen[f"{new.namespace}/{new.name}"] = new
+
+    def on_delete(p: PodFacts) -> None:
+        assert seen.pop(f"{p.namespace}/{p.name}").uid == p.uid
+
+    informer.add_handlers(on_add=on_add, on_update=on_update, on_delete=on_delete)
+    errors_before = 0
     task = asyncio.create_task(informer.run())
     try:
         await asyncio.wait_for(informer.synced.wait(), 5)
@@ -74,6 +85,7 @@ async def scenario(initial: list[tuple[Any, ...]], later: list[tuple[Any, ...]])
     expected = {key: PodFacts.from_pod(obj) for key, obj in kube.objects.items()}
     assert {key: informer.store.get(key) for key in informer.store} == expected
     assert seen == expected
+    assert informer.stats.handler_errors == errors_before  # the handlers' assertions held
     holders: dict[str, set[str]] = {}
     for facts in expected.values():
         for ip in live_pod_ips(facts):
