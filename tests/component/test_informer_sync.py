@@ -14,6 +14,7 @@ from kubernetes.aio import client
 from capo_operator.kube import (
     POD_IP_INDEX,
     RECORD_POD_UID_INDEX,
+    ApiError,
     Backoff,
     Informer,
     KubeTransport,
@@ -188,3 +189,24 @@ async def test_namespaces_and_records(cluster: Cluster) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_transport_reads_long_watch_lines_and_reports_api_errors(cluster: Cluster) -> None:
+    transport = KubeTransport(cluster.api)
+    watched = Watched(pod_informer(transport, resync_period=None))
+    try:
+        await asyncio.wait_for(watched.informer.synced.wait(), 10)
+        await eventually(lambda: pod_watches(cluster) == 1)
+        # Annotations may total 256 KiB: one watch line larger than aiohttp's readline limit.
+        big = manifest("big")
+        big["metadata"]["annotations"] = {"example.com/blob": "x" * 200_000, "capo.io/reserve": "true"}
+        await client.CoreV1Api(cluster.api).create_namespaced_pod(NAMESPACE, big)
+        await eventually(lambda: "big" in watched.names())
+        pod = watched.informer.store.get_by_name(NAMESPACE, "big")
+        assert pod is not None and pod.annotations == {"capo.io/reserve": "true"}
+        assert watched.informer.stats.errors == 0
+    finally:
+        await watched.stop()
+    with pytest.raises(ApiError) as caught:
+        await transport.get("/apis/capo.io/v1/nothings", {})
+    assert caught.value.status == 404 and caught.value.reason == "NotFound"
