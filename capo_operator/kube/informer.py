@@ -296,26 +296,13 @@ class Informer(Generic[T]):
     async def _list(self) -> None:
         """One complete, consistent LIST (all pages at one resourceVersion), then the diff."""
         restarts = 0
-        version = ""
         while True:
-            fresh: dict[str, tuple[str, str, T]] = {}
-            token = ""
             try:
-                while True:
-                    params = {**self._params(), "limit": str(self.page_size)}
-                    if token:
-                        params["continue"] = token
-                    data = await self.transport.get(self.kind.path, params)
-                    meta, items = self.codec.decode_list(data)
-                    self._convert_into(fresh, items)
-                    token = meta.continue_
-                    if not token:
-                        version = meta.resourceVersion
-                        break
+                fresh, version = await self._list_pages()
             except ApiError as exc:
                 # Pages of one list all come from one snapshot; when the server no longer has it,
                 # the only consistent answer is a new list from the first page.
-                if not (exc.expired and token) or restarts >= self.max_list_restarts:
+                if not (exc.expired and exc.during_continue) or restarts >= self.max_list_restarts:
                     raise
                 restarts += 1
                 self.stats.list_restarts += 1
@@ -328,6 +315,40 @@ class Informer(Generic[T]):
         if not self.synced.is_set():
             self.synced.set()
             logger.info("%s synced: %d objects", self.kind.resource, len(self.store))
+
+    async def _list_pages(self) -> tuple[dict[str, tuple[str, str, T]], str]:
+        """Every page of one list: (key -> (resourceVersion, uid, object), the list's version).
+        The next page is requested before this one is converted, so that the server prepares it
+        while we work."""
+        fresh: dict[str, tuple[str, str, T]] = {}
+        pending: asyncio.Task[bytes] | None = None
+        try:
+            data = await self._page("")
+            while True:
+                meta, items = self.codec.decode_list(data)
+                if meta.continue_:
+                    pending = asyncio.ensure_future(self._page(meta.continue_))
+                    await asyncio.sleep(0)  # let the request go out
+                self._convert_into(fresh, items)
+                if pending is None:
+                    return fresh, meta.resourceVersion
+                data = await pending
+                pending = None
+        finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending
+
+    async def _page(self, token: str) -> bytes:
+        params = {**self._params(), "limit": str(self.page_size)}
+        if token:
+            params["continue"] = token
+        try:
+            return await self.transport.get(self.kind.path, params)
+        except ApiError as exc:
+            exc.during_continue = bool(token)
+            raise
 
     def _convert_into(self, into: dict[str, tuple[str, str, T]], items: list[Any]) -> None:
         convert = self.kind.convert

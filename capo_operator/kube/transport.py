@@ -30,6 +30,7 @@ class ApiError(Exception):
         self.message = message
         self.retry_after = retry_after
         self.continue_token = ""  # set on a 410 for an expired continue token
+        self.during_continue = False  # the request carried a continue token
 
     @classmethod
     def from_body(cls, status: int, body: bytes, retry_after: str | None = None) -> ApiError:

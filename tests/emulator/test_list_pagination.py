@@ -143,3 +143,19 @@ async def test_continue_with_resource_version_is_400(http: Http) -> None:
     status, body, _ = await http.get(f"{CMS}?limit=1&continue={token}&resourceVersion=1")
     assert status == 400
     assert body["message"] == "specifying resource version is not allowed when using continue"
+
+
+async def test_a_watch_from_a_paginated_lists_version_sees_every_later_change(http: Http) -> None:
+    for i in range(3):
+        await http.post(CMS, cm(f"h{i}"))
+    _, first, _ = await http.get(f"{CMS}?limit=2")
+    await http.post(CMS, cm("h3"))  # after the list's snapshot, before its last page
+    _, rest, _ = await http.get(f"{CMS}?limit=2&continue={first['metadata']['continue']}")
+    assert names(rest) == ["h2"]
+    await http.delete(f"{CMS}/h0")
+    rv = first["metadata"]["resourceVersion"]
+    events = await http.watch(f"{CMS}?watch=true&resourceVersion={rv}&timeoutSeconds=1")
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
+        ("ADDED", "h3"),
+        ("DELETED", "h0"),
+    ]

@@ -259,7 +259,7 @@ async def test_unreadable_objects_are_skipped(kube: FakeKube) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
-@pytest.mark.parametrize("after", [0, 1, 2, 3, 5, 8, 13])
+@pytest.mark.parametrize("after", [0, 1, 2, 3, 4, 5, 6, 8, 13, 21])
 async def test_cancellation_at_any_moment_is_clean(kube: FakeKube, after: int) -> None:
     for i in range(5):
         kube.put(pod(f"p{i}"))
@@ -271,6 +271,8 @@ async def test_cancellation_at_any_moment_is_clean(kube: FakeKube, after: int) -
     results = await asyncio.gather(task, return_exceptions=True)
     assert isinstance(results[0], asyncio.CancelledError)
     assert kube.watching == 0  # the stream was closed
+    await asyncio.sleep(0)
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []  # nothing left behind
 
 
 def test_bad_options_are_refused(kube: FakeKube) -> None:
