@@ -323,14 +323,20 @@ class Api:
             if not token:
                 raise E.ApiError(410, "The resourceVersion for the provided list is too old.") from exc
             return self._expired_continue(start)
-        begin = bisect.bisect_right(snapshot, start, key=lambda item: item[0]) if start is not None else 0
+        ns = t.namespace
+        if start is not None:
+            begin = bisect.bisect_right(snapshot, start, key=lambda item: item[0])
+        else:  # keys are sorted by namespace first: a namespace's objects are one run
+            begin = bisect.bisect_left(snapshot, (ns, ""), key=lambda item: item[0]) if ns is not None else 0
         selective = bool(labels) or bool(fields)
         items: list[Obj] = []
         next_key: tuple[str, str] | None = None
         index = begin
         for index in range(begin, len(snapshot)):
             ident, obj = snapshot[index]
-            if t.namespace is not None and ident[0] != t.namespace:
+            if ns is not None and ident[0] != ns:
+                if ident[0] > ns:
+                    break
                 continue
             if selective and not (
                 matches(labels, (obj.get("metadata") or {}).get("labels")) and fields_match(fields, obj)
@@ -342,8 +348,9 @@ class Api:
                 break
         body = self._list_body(t.rt, items, at)
         if next_key is not None and index + 1 < len(snapshot):
-            if t.namespace is not None:
-                rest = sum(1 for ident, _ in snapshot[index + 1 :] if ident[0] == t.namespace)
+            if ns is not None:
+                end = bisect.bisect_left(snapshot, (ns + "\x00", ""), key=lambda item: item[0])
+                rest = max(0, end - index - 1)
             else:
                 rest = len(snapshot) - index - 1
             if rest:

@@ -84,6 +84,11 @@ async def test_cluster_wide_pages_span_namespaces(http: Http) -> None:
     got, _ = await read_all(http, ALL_CMS, 2)
     assert sorted(n for n in got if n[0] in "do") == ["d0", "d1", "d2", "o0", "o1", "o2"]
     assert len(got) == len(set(got))
+    # One namespace pages alone, with its own remaining count.
+    got, metas = await read_all(http, "/api/v1/namespaces/other/configmaps", 2)
+    assert got == ["o0", "o1", "o2"] and [m.get("remainingItemCount") for m in metas] == [1, None]
+    got, metas = await read_all(http, "/api/v1/namespaces/other/configmaps", 3)
+    assert got == ["o0", "o1", "o2"] and len(metas) == 1 and "continue" not in metas[0]
 
 
 async def test_expired_continue_is_410_with_an_inconsistent_token() -> None:
