@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-emulator test-integration lint format bench clean
+.PHONY: demo test test-unit test-emulator test-integration lint format bench bench-informer clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ format: $(STAMP)
 ## bench: webhook throughput and latency (prints JSON and a table)
 bench: $(STAMP)
 	$(BIN)/python bench/webhook.py
+
+## bench-informer: informer decoders, watch events/s, initial sync/CPU/RSS with 5k/10k/20k pods (~10 min)
+bench-informer: $(STAMP)
+	$(BIN)/python bench/informer.py --json bench/results/informer.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info

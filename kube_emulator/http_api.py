@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import bisect
 import contextlib
 import json
 import logging
@@ -18,8 +21,8 @@ from . import errors as E
 from .context import RequestContext, UserInfo
 from .faults import fault_error
 from .resources import ResourceType
-from .selectors import parse_field_selector, parse_label_selector
-from .store import Obj, Watcher
+from .selectors import fields_match, matches, parse_field_selector, parse_label_selector
+from .store import Obj, TooOld, Watcher
 
 if TYPE_CHECKING:
     from .server import Cluster
@@ -287,7 +290,7 @@ class Api:
     def _show(self, rt: ResourceType, obj: Obj) -> Obj:
         return self.cluster.api.present(rt, obj)
 
-    def _list_body(self, rt: ResourceType, items: list[Obj]) -> Obj:
+    def _list_body(self, rt: ResourceType, items: list[Obj], rv: int | None = None) -> Obj:
         builtin = rt.crd_name is None
         shown = []
         for obj in items:
@@ -299,7 +302,7 @@ class Api:
         return {
             "kind": f"{rt.kind}List",
             "apiVersion": rt.api_version,
-            "metadata": {"resourceVersion": str(self.cluster.store.rv)},
+            "metadata": {"resourceVersion": str(self.cluster.store.rv if rv is None else rv)},
             "items": shown,
         }
 
@@ -307,13 +310,109 @@ class Api:
         q = request.query
         labels = parse_label_selector(q.get("labelSelector"))
         fields = parse_field_selector(q.get("fieldSelector"), t.rt.group, t.rt.plural)
+        limit = 0
         if "limit" in q:
             try:
-                int(q["limit"])
+                limit = int(q["limit"])
             except ValueError as exc:
                 raise E.bad_request("limit must be an integer") from exc
-        items = self.cluster.api.list(t.rt, t.namespace, labels, fields)
-        return json_response(self._list_body(t.rt, items))
+        token = q.get("continue") or ""
+        rv_text = q.get("resourceVersion") or ""
+        match = q.get("resourceVersionMatch") or ""
+        at = self._list_version(token, rv_text, match)
+        start: tuple[str, str] | None = None
+        if token:
+            at, start = _decode_continue(token)
+        store = self.cluster.store
+        try:
+            at, snapshot = store.snapshot(t.rt.key, None if at is None or at < 0 else at)
+        except TooOld as exc:
+            if not token:
+                raise E.ApiError(410, "The resourceVersion for the provided list is too old.") from exc
+            return self._expired_continue(start)
+        ns = t.namespace
+        if start is not None:
+            begin = bisect.bisect_right(snapshot, start, key=lambda item: item[0])
+        else:  # keys are sorted by namespace first: a namespace's objects are one run
+            begin = bisect.bisect_left(snapshot, (ns, ""), key=lambda item: item[0]) if ns is not None else 0
+        selective = bool(labels) or bool(fields)
+        items: list[Obj] = []
+        next_key: tuple[str, str] | None = None
+        index = begin
+        for index in range(begin, len(snapshot)):
+            ident, obj = snapshot[index]
+            if ns is not None and ident[0] != ns:
+                if ident[0] > ns:
+                    break
+                continue
+            if selective and not (
+                matches(labels, (obj.get("metadata") or {}).get("labels")) and fields_match(fields, obj)
+            ):
+                continue
+            items.append(obj)
+            if limit > 0 and len(items) >= limit:
+                next_key = ident
+                break
+        body = self._list_body(t.rt, items, at)
+        if next_key is not None and index + 1 < len(snapshot):
+            if ns is not None:
+                end = bisect.bisect_left(snapshot, (ns + "\x00", ""), key=lambda item: item[0])
+                rest = max(0, end - index - 1)
+            else:
+                rest = len(snapshot) - index - 1
+            if rest:
+                # The real server sets a token whenever keys remain (even if the selector will filter
+                # them all out), and counts what remains only when no selector applies.
+                body["metadata"]["continue"] = _encode_continue(at, next_key)
+                if not selective:
+                    body["metadata"]["remainingItemCount"] = rest
+        return json_response(body)
+
+    def _list_version(self, token: str, rv_text: str, match: str) -> int | None:
+        """The resourceVersion a list reads at (None: the newest), from resourceVersion(Match)."""
+        if match and match not in ("Exact", "NotOlderThan"):
+            raise E.bad_request(f'Unsupported value: "{match}": supported values: "Exact", "NotOlderThan"')
+        if match and not rv_text:
+            raise E.bad_request("resourceVersionMatch is forbidden unless resourceVersion is provided")
+        if token:
+            if rv_text:
+                raise E.bad_request("specifying resource version is not allowed when using continue")
+            return None
+        if not rv_text:
+            return None  # the newest state (a consistent read)
+        try:
+            rv = int(rv_text)
+        except ValueError as exc:
+            raise E.bad_request(f"invalid resource version: {rv_text}") from exc
+        if rv > self.cluster.store.rv:
+            raise E.ApiError(
+                504,
+                f"Timeout: Too large resource version: {rv}, current: {self.cluster.store.rv}",
+                reason="Timeout",
+                details={
+                    "causes": [
+                        {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}
+                    ],
+                    "retryAfterSeconds": 1,
+                },
+            )
+        if match == "Exact":
+            return rv
+        return None  # "0" (any) and NotOlderThan: the newest state is always recent enough
+
+    def _expired_continue(self, start: tuple[str, str] | None) -> web.Response:
+        status = E.ApiError(
+            410,
+            "The provided continue parameter is too old to display a consistent list result. You can "
+            "start a new list without the continue parameter, or use the continue token in this response "
+            "to retrieve the remainder of the results. Continuing with the provided token results in an "
+            "inconsistent list - objects that were created, modified, or deleted between the time the "
+            "first chunk was returned and now may show up in the list.",
+            reason="Expired",
+        ).status()
+        if start is not None:
+            status.setdefault("metadata", {})["continue"] = _encode_continue(-1, start)
+        return json_response(status, 410)
 
     async def _watch(self, request: web.Request, t: Target) -> web.StreamResponse:
         q = request.query
@@ -407,3 +506,22 @@ class Api:
     def close_all_watches(self) -> None:
         for watcher in list(self.watchers):
             watcher.close()
+
+
+def _encode_continue(rv: int, start: tuple[str, str]) -> str:
+    """An opaque token like the real server's: base64 of the version and the last key returned.
+    rv -1 continues from the newest state (the token handed out with an expired-continue 410)."""
+    raw = json.dumps({"v": "meta.k8s.io/v1", "rv": rv, "start": list(start)}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def _decode_continue(token: str) -> tuple[int | None, tuple[str, str]]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode() + b"=" * (-len(token) % 4)))
+        rv, start = data["rv"], data["start"]
+        if data.get("v") != "meta.k8s.io/v1" or not isinstance(rv, int) or len(start) != 2:
+            raise ValueError("unknown token version")
+        ns, name = str(start[0]), str(start[1])
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise E.bad_request(f"continue key is not valid: {exc}") from exc
+    return (None if rv < 0 else rv), (ns, name)

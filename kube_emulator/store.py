@@ -75,6 +75,20 @@ class Bucket:
     history: deque[WatchEvent] = field(default_factory=deque)
     floor: int = 0  # every event with rv > floor is still in history
     watchers: set[Watcher] = field(default_factory=set)
+    # Sorted states at a resourceVersion, reused by the pages of one paginated list.
+    snapshots: dict[int, builtins.list[tuple[tuple[str, str], Obj]]] = field(default_factory=dict)
+
+
+class TooOld(Exception):
+    """The requested state is older than the bucket's history (the real server: compacted)."""
+
+    def __init__(self, requested: int, oldest: int) -> None:
+        super().__init__(f"too old resource version: {requested} ({oldest})")
+        self.requested = requested
+        self.oldest = oldest
+
+
+SNAPSHOTS_KEPT = 4
 
 
 Listener = Callable[[Key, WatchEvent], None]
@@ -101,6 +115,39 @@ class Store:
         if namespace is None:
             return [objs[k] for k in sorted(objs)]
         return [objs[k] for k in sorted(objs) if k[0] == namespace]
+
+    def snapshot(
+        self, key: Key, rv: int | None = None
+    ) -> tuple[int, builtins.list[tuple[tuple[str, str], Obj]]]:
+        """Every object of a type as it was at ``rv`` (None: now), sorted by (namespace, name).
+
+        Rebuilt from the current objects by undoing the newer events of the bucket's history, as
+        etcd serves a read at an older revision; TooOld when ``rv`` is older than that history.
+        Stored objects are never mutated in place (every write stores a new dict), so the
+        snapshot can share them.
+        """
+        b = self.bucket(key)
+        at = self.rv if rv is None or rv > self.rv else rv
+        if at < b.floor:
+            raise TooOld(at, b.floor + 1)
+        cached = b.snapshots.get(at)
+        if cached is not None:
+            return at, cached
+        objects = dict(b.objects)
+        for event in reversed(b.history):
+            if event.rv <= at:
+                break
+            meta = event.obj["metadata"]
+            ident = (meta.get("namespace") or "", meta["name"])
+            if event.type == "ADDED":
+                objects.pop(ident, None)
+            elif event.old is not None:
+                objects[ident] = event.old
+        items = sorted(objects.items(), key=lambda item: item[0])
+        b.snapshots[at] = items
+        while len(b.snapshots) > SNAPSHOTS_KEPT:
+            del b.snapshots[next(iter(b.snapshots))]
+        return at, items
 
     def put(self, key: Key, obj: Obj) -> Obj:
         """Store ``obj`` (owned by the store from now on) with a new resourceVersion."""
