@@ -9,7 +9,7 @@ import pytest
 
 from kube_emulator.testing import Emulator
 
-from .conftest import Http
+from .conftest import Http, admin_ssl
 
 CMS = "/api/v1/namespaces/default/configmaps"
 ALL_CMS = "/api/v1/configmaps"
@@ -93,7 +93,7 @@ async def test_cluster_wide_pages_span_namespaces(http: Http) -> None:
 
 async def test_expired_continue_is_410_with_an_inconsistent_token() -> None:
     async with Emulator(watch_history=3) as emu, aiohttp.ClientSession() as session:
-        http = Http(emu.url, session)
+        http = Http(emu.url, session, admin_ssl(emu))
         for i in range(4):
             await http.post(CMS, cm(f"e{i}"))
         _, first, _ = await http.get(f"{CMS}?limit=2")
@@ -111,7 +111,7 @@ async def test_expired_continue_is_410_with_an_inconsistent_token() -> None:
 
 async def test_resource_version_match_exact_and_too_old() -> None:
     async with Emulator(watch_history=3) as emu, aiohttp.ClientSession() as session:
-        http = Http(emu.url, session)
+        http = Http(emu.url, session, admin_ssl(emu))
         _, a, _ = await http.post(CMS, cm("a"))
         await http.post(CMS, cm("b"))
         rv = a["metadata"]["resourceVersion"]
