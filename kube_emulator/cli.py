@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 
+from .apiserver import check_write_latency
 from .server import CALICO_MODES, CALICO_VARIANTS, EmulatorServer, Options
 
 
@@ -30,7 +31,18 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument("--watch-history", type=int, default=2000)
     p.add_argument("--bookmark-interval", type=float, default=5.0)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--write-latency",
+        type=float,
+        default=0.0,
+        help="seconds every write waits for its commit, like etcd's fsync (default 0); writes to one "
+        "object are serialized. Also settable at run time: POST /_emulator/write-latency",
+    )
     a = p.parse_args(argv)
+    try:
+        check_write_latency(a.write_latency)
+    except ValueError as exc:
+        p.error(str(exc))
     return Options(
         host=a.host,
         port=a.port,
@@ -44,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         bookmark_interval=a.bookmark_interval,
         kubeconfig_out=a.kubeconfig_out,
         log_level=a.log_level,
+        write_latency=a.write_latency,
     )
 
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from . import control
 from .admission import Admission, ServiceMap
 from .allocator import Allocator
-from .apiserver import ApiServer
+from .apiserver import ApiServer, check_write_latency
 from .context import RequestContext
 from .controllers import Controllers
 from .faults import Faults
@@ -47,6 +47,7 @@ class Options:
     bookmark_interval: float = 5.0
     kubeconfig_out: str | None = None
     log_level: str = "info"
+    write_latency: float = 0.0  # seconds each write waits for its "etcd commit"; see ApiServer
 
 
 def calico_crd_files(mode: str, variant: str) -> list[Path]:
@@ -78,6 +79,7 @@ class Cluster:
         self.services = ServiceMap()
         self.admission = Admission(self.store, self.faults, self.services)
         self.api = ApiServer(self.registry, self.store, self.admission)
+        self.api.write_latency = check_write_latency(options.write_latency)
         cidrs = [options.pod_cidr] + ([options.pod_cidr_v6] if options.pod_cidr_v6 else [])
         self.allocator = Allocator(self.store, cidrs)
         self.kubelet = Kubelet(self)

@@ -162,6 +162,14 @@ class EmulatorControl:
     async def clear_admission_log(self) -> None:
         await self._call("DELETE", "/_emulator/admission-log")
 
+    async def set_write_latency(self, seconds: float) -> None:
+        """Every write waits this long for its commit (writes to one object one after another)."""
+        await self._call("POST", "/_emulator/write-latency", {"seconds": seconds})
+
+    async def write_latency(self) -> float:
+        data = await self._call("GET", "/_emulator/write-latency")
+        return float(data["seconds"])
+
 
 class EmulatorControlSync:
     """Blocking client of the ``/_emulator/`` control endpoints (same methods as EmulatorControl)."""
@@ -244,6 +252,12 @@ class EmulatorControlSync:
     def clear_admission_log(self) -> None:
         self._call("DELETE", "/_emulator/admission-log")
 
+    def set_write_latency(self, seconds: float) -> None:
+        self._call("POST", "/_emulator/write-latency", {"seconds": seconds})
+
+    def write_latency(self) -> float:
+        return float(self._call("GET", "/_emulator/write-latency")["seconds"])
+
 
 class Emulator:
     """The emulator in the current event loop (async context manager)."""
@@ -311,6 +325,8 @@ class EmulatorProcess:
             str(o.bookmark_interval),
             "--log-level",
             o.log_level,
+            "--write-latency",
+            str(o.write_latency),
         ]
         if o.pod_cidr_v6:
             argv += ["--pod-cidr-v6", o.pod_cidr_v6]
