@@ -65,14 +65,16 @@ class FakeCalico(_Failures):
         self.group = CalicoGroup.CRD
         self.name = "capo-reserved-ips"
         self.append_times: list[float] = []
+        self.details: list[dict[str, str]] = []  # the pending details each append carried
 
     async def ensure(self) -> None:
         self.journal.append(("calico.ensure", None))
         self.check("ensure")
 
-    async def append(self, ips: Iterable[str]) -> None:
+    async def append(self, ips: Iterable[str], details: Mapping[str, str] | None = None) -> None:
         ips = tuple(ips)
         self.journal.append(("calico.append", ips))
+        self.details.append(dict(details or {}))
         if self.gate is not None:
             await self.gate.wait()
         self.check("append")
@@ -102,6 +104,7 @@ class FakeRecords(_Failures):
         self.journal = journal if journal is not None else Journal()
         self.items: dict[str, Record] = {}
         self.index = index
+        self.gate: asyncio.Event | None = None  # when set, `create` waits for it
 
     def _sync(self, name: str) -> None:
         if self.index is None:
@@ -118,6 +121,8 @@ class FakeRecords(_Failures):
 
     async def create(self, record: Record) -> bool:
         self.journal.append(("records.create", record.name))
+        if self.gate is not None:
+            await self.gate.wait()
         self.check("create")
         if record.name in self.items:
             return False
