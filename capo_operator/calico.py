@@ -78,6 +78,11 @@ class Snapshot:
     pending: Mapping[str, Record] = field(default_factory=dict)
     pending_invalid: Mapping[str, str] = field(default_factory=dict)
 
+    @property
+    def pending_keys(self) -> tuple[str, ...]:
+        """The annotation keys of the readable pending records."""
+        return tuple(pending.key(ip) for ip in self.pending)
+
 
 def _status_message(exc: k8s.ApiException) -> str:
     try:

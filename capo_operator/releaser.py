@@ -12,7 +12,9 @@ from datetime import UTC, datetime, timedelta
 
 from kubernetes.aio import client as k8s
 
-from capo_operator import planner, policy
+from capo_operator import pending, planner, policy
+from capo_operator.addresses import record_name
+from capo_operator.calico import Snapshot
 from capo_operator.durations import format_duration
 from capo_operator.events import ObjectRef
 from capo_operator.ledger import Ledger, LedgerEntry, reconcile
@@ -262,7 +264,8 @@ class Releaser:
             except Exception:
                 rt.metrics.calico_write_errors.labels(operation="append").inc()
                 raise
-        await self._adopt(drift.without_record, now)
+        await self._adopt(drift.without_record, now, snapshot)
+        await self._clear_pending(snapshot, records)
         await self._save_ledger()
 
     async def _retime(self, records: dict[str, Record], reserve_time: timedelta) -> None:
@@ -312,27 +315,58 @@ class Releaser:
         if pod is not None:
             rt.events.post(ObjectRef("Pod", pod.name, pod.namespace, pod.uid), "IPReleased", message)
 
-    async def _adopt(self, orphans: frozenset[str], now: datetime) -> None:
-        """Invariant 2: a Calico entry without a record gets a record (trigger recovered), never dropped.
-        Only after it is seen in two passes: the webhook writes Calico a moment before the record."""
+    async def _adopt(self, orphans: frozenset[str], now: datetime, snapshot: Snapshot) -> None:
+        """Invariant 2: a Calico entry without a record gets a record, never dropped. With the
+        details its append carried (pending.py: the pod, owner, trigger, hold and the real reservation
+        time) when they are there and readable; else as "recovered", its clock starting now. Only after
+        it is seen in two passes: the record normally follows the Calico write within moments."""
         self._orphan_passes = {ip: self._orphan_passes.get(ip, 0) + 1 for ip in orphans}
         hold = self.rt.config.ip_reserve_time
         for ip, passes in self._orphan_passes.items():
             if passes < ORPHAN_CONFIRM_PASSES:
                 continue
-            record = Record(
-                ip=ip,
-                pod=None,
-                owner=None,
-                trigger="recovered",
-                reserved_at=now,
-                expires_at=now + hold,
-                hold=hold,
-                policy=f"ipReserveTime={format_duration(hold)}",
-            )
+            record = snapshot.pending.get(ip)
+            if record is None:
+                unreadable = snapshot.pending_invalid.get(pending.key(ip))
+                if unreadable:
+                    logger.warning(
+                        "pending details of %s are unreadable (%s): adopting it as recovered", ip, unreadable
+                    )
+                record = Record(
+                    ip=ip,
+                    pod=None,
+                    owner=None,
+                    trigger="recovered",
+                    reserved_at=now,
+                    expires_at=now + hold,
+                    hold=hold,
+                    policy=f"ipReserveTime={format_duration(hold)}",
+                )
             if await self.rt.records.create(record):
-                self.rt.metrics.reservations.labels(trigger="recovered").inc()
-                logger.info("adopted Calico entry %s without a record (recovered)", ip)
+                self.rt.metrics.reservations.labels(trigger=record.trigger).inc()
+                if record.pod is None:
+                    logger.info("adopted Calico entry %s without a record (recovered)", ip)
+                else:
+                    logger.info(
+                        "adopted Calico entry %s of pod %s/%s (%s, reserved at %s) from its pending details",
+                        ip,
+                        record.pod.namespace,
+                        record.pod.name,
+                        record.trigger,
+                        record.reserved_at.isoformat(),
+                    )
+
+    async def _clear_pending(self, snapshot: Snapshot, records: dict[str, Record]) -> None:
+        """Remove, in one write, the pending annotations whose record exists (or whose IP is no
+        longer reserved): they are only needed until then, and the object's annotations are bounded."""
+        reserved = {record_name(ip) for ip in snapshot.ips}
+        keys = [
+            key
+            for key in (*snapshot.pending_keys, *snapshot.pending_invalid)
+            if key[len(pending.PREFIX) :] in records or key[len(pending.PREFIX) :] not in reserved
+        ]
+        if keys:
+            await self.rt.calico.clear_pending(keys)
 
 
 def _terminating(rt: Runtime, namespace: str) -> bool:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from capo_operator import pending
 from capo_operator.addresses import ip_of, record_name
 from capo_operator.calico import CalicoError, CalicoGroup, Snapshot
 from capo_operator.config import Config
@@ -66,6 +67,7 @@ class FakeCalico(_Failures):
         self.name = "capo-reserved-ips"
         self.append_times: list[float] = []
         self.details: list[dict[str, str]] = []  # the pending details each append carried
+        self.annotations: dict[str, str] = {}  # the object's pending annotations
 
     async def ensure(self) -> None:
         self.journal.append(("calico.ensure", None))
@@ -80,6 +82,8 @@ class FakeCalico(_Failures):
         self.check("append")
         self.append_times.append(asyncio.get_running_loop().time())
         self.ips.update(ip_of(ip) for ip in ips)
+        for ip, value in (details or {}).items():
+            self.annotations[pending.key(ip)] = value
 
     async def remove(self, ips: Iterable[str]) -> frozenset[str]:
         ips = tuple(ips)
@@ -87,12 +91,28 @@ class FakeCalico(_Failures):
         self.check("remove")
         removed = frozenset(ip_of(ip) for ip in ips) & self.ips
         self.ips -= removed
+        for ip in removed:
+            self.annotations.pop(pending.key(ip), None)
         return removed
+
+    async def clear_pending(self, keys: Iterable[str]) -> None:
+        keys = tuple(sorted(keys))
+        self.journal.append(("calico.clear_pending", keys))
+        self.check("clear_pending")
+        for key in keys:
+            self.annotations.pop(key, None)
 
     async def read(self) -> Snapshot:
         self.journal.append(("calico.read", None))
         self.check("read")
-        return Snapshot(ips=frozenset(self.ips), malformed=(), resource_version="1")
+        records, invalid = pending.read(self.annotations)
+        return Snapshot(
+            ips=frozenset(self.ips),
+            malformed=(),
+            resource_version="1",
+            pending=records,
+            pending_invalid=invalid,
+        )
 
 
 class FakeRecords(_Failures):
