@@ -393,6 +393,10 @@ async def run(
                 await asyncio.wait_for(operator_task, 15)
             except (asyncio.CancelledError, Exception) as exc:
                 logger.debug("Kopf stopped with %r", exc)
+        # Records still on their way get a moment; what is left, the leader adopts from Calico.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(reserver.follower.flush(), 2)
+        reserver.follower.stop()
         with contextlib.suppress(Exception):
             await events.drain()
         for runner in runners:
