@@ -158,6 +158,16 @@ async def mark(kube: Kube, namespace: str) -> int:
     return int(resp.body["metadata"]["resourceVersion"])
 
 
+async def handler_time(op: OperatorProcess | None) -> tuple[float, float]:
+    if op is None:
+        return 0.0, 0.0
+    metrics = await op.metrics()
+    name = "capo_webhook_duration_seconds"
+    return metrics.value(f"{name}_sum", operation="delete"), metrics.value(
+        f"{name}_count", operation="delete"
+    )
+
+
 async def create_pods(cluster: Cluster, namespace: str, prefix: str, count: int) -> list[dict[str, Any]]:
     gate = asyncio.Semaphore(16)
 
@@ -203,15 +213,17 @@ async def phase(
     mode: str,
     count: int,
     clients: int,
-    check_reserved: bool,
+    op: OperatorProcess | None,
 ) -> dict[str, Any]:
     pods = await create_pods(cluster, namespace, label, count)
     await asyncio.sleep(1.0)  # the operator's pod cache has seen them (as it has in a real cluster)
+    handler_before = await handler_time(op)
     before = await mark(cluster.kube, namespace)
     started = time.perf_counter()
     latencies, versions, warnings = await delete_pods(cluster.kube, pods, clients)
     elapsed = time.perf_counter() - started
     after = await mark(cluster.kube, namespace)
+    handler_after = await handler_time(op)
     result: dict[str, Any] = {
         "mode": mode,
         "deletions": count,
@@ -222,7 +234,10 @@ async def phase(
         "deletions_per_s": round(count / elapsed, 1),
         "admission_warnings": len(warnings),
     }
-    if check_reserved:
+    if op is not None:
+        calls = handler_after[1] - handler_before[1]
+        # Time inside the operator's review (decision + the awaited write), from its own histogram.
+        result["handler_mean_ms"] = round((handler_after[0] - handler_before[0]) / max(calls, 1) * 1000, 2)
         await asyncio.sleep(0.3)  # the watch delivers the last versions
         late = []
         for pod in pods:
@@ -306,7 +321,7 @@ async def one_run(
                                 mode,
                                 count,
                                 clients,
-                                op is not None,
+                                op,
                             )
                             row.update(run=run, write_latency_ms=latency * 1000, config=config)
                             rows.append(row)
@@ -342,6 +357,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             summary["ips"] = runs[0]["ips"]
             summary["all_reserved_before_answer"] = all(r["reserved_before_answer"] for r in runs)
             summary["admission_warnings"] = sum(r["admission_warnings"] for r in runs)
+            summary["handler_mean_ms"] = statistics.median(r["handler_mean_ms"] for r in runs)
         out.append(summary)
     for summary in out:
         base = next(

@@ -15,7 +15,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from . import errors as E
 from . import schema as S
@@ -455,7 +455,7 @@ class ApiServer:
             else:
                 new.pop("status", None)
             return new
-        new = copy.deepcopy(incoming)
+        new = cast(Obj, S.copy_json(incoming))
         meta = _meta(new)
         cur_meta = current["metadata"]
         for fixed in (
