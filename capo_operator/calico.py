@@ -20,7 +20,7 @@ import ipaddress
 import json
 import logging
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -490,9 +490,12 @@ class GroupCommit:
     MAX_BATCH IPs each). Every waiter learns the outcome of the write that carried its IPs: success,
     or that write's error (a failed batch fails each of its waiters; none succeeds silently)."""
 
-    def __init__(self, store: Appender, *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, store: Appender, *, max_batch: int = MAX_BATCH, on_error: Callable[[], None] = lambda: None
+    ) -> None:
         self.store = store
         self.max_batch = max_batch
+        self.on_error = on_error  # once per failed write (not per waiter)
         self._queue: list[_Waiter] = []
         self._writer: asyncio.Task[None] | None = None
         self.writes = 0  # patches sent (for metrics and tests)
@@ -536,6 +539,8 @@ class GroupCommit:
             try:
                 await self.store.append([ip_of(c) for c in cidrs], details)
             except BaseException as exc:
+                if isinstance(exc, Exception):
+                    self.on_error()
                 for waiter in batch:
                     if not waiter.done.done():
                         waiter.done.set_exception(_batch_error(exc))

@@ -366,7 +366,10 @@ class Releaser:
             if key[len(pending.PREFIX) :] in records or key[len(pending.PREFIX) :] not in reserved
         ]
         if keys:
-            await self.rt.calico.clear_pending(keys)
+            try:
+                await self.rt.calico.clear_pending(keys)
+            except Exception as exc:  # only housekeeping: the next pass tries again
+                logger.warning("could not clear %d pending record annotations: %s", len(keys), exc)
 
 
 def _terminating(rt: Runtime, namespace: str) -> bool:

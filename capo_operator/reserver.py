@@ -69,7 +69,9 @@ class Reserver:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.calico = calico
-        self.commit = GroupCommit(calico)
+        self.commit = GroupCommit(
+            calico, on_error=lambda: metrics.calico_write_errors.labels(operation="append").inc()
+        )
         self.records = records
         self.events = events
         self.metrics = metrics
@@ -85,11 +87,8 @@ class Reserver:
         exists is left as it is: the first reservation's clock stands."""
         now = self.clock()
         wanted = [new_record(pod, ip, hold, trigger, now) for ip in ips]
-        try:
-            await self.commit.append(ips, {r.ip: pending.encode(r) for r in wanted})
-        except Exception:
-            self.metrics.calico_write_errors.labels(operation="append").inc()
-            raise
+        # A failed write is counted once by the group commit, however many reservations it carried.
+        await self.commit.append(ips, {r.ip: pending.encode(r) for r in wanted})
         if records_later:
             self.follower.submit(pod, wanted)
             return Reserved(ips=ips, created=())

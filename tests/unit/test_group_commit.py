@@ -175,3 +175,21 @@ async def test_the_follower_is_bounded(h: Harness, monkeypatch: pytest.MonkeyPat
     h.records.gate.set()
     await h.rt.reserver.follower.flush()
     assert set(h.records.items) == {"10.0.0.1", "10.0.0.2"}
+
+
+async def test_a_failed_write_is_counted_once_however_many_it_carried(h: Harness) -> None:
+    h.calico.gate = asyncio.Event()
+    pods = [make_pod(name=f"db-{i}", uid=f"u-{i}", ips=(f"10.0.0.{i + 1}",)) for i in range(4)]
+    first = asyncio.ensure_future(h.rt.reserver.reserve(pods[0], pods[0].ips, HOLD, "delete"))
+    await eventually(lambda: len(h.calico.details) == 1)
+    rest = [asyncio.ensure_future(h.rt.reserver.reserve(p, p.ips, HOLD, "delete")) for p in pods[1:]]
+    await eventually(lambda: h.rt.reserver.commit.waiting == 3)
+    h.calico.fail("append", times=1)  # the first write fails, the batch of the other three succeeds
+    h.calico.gate.set()
+
+    results = await asyncio.gather(first, *rest, return_exceptions=True)
+
+    assert isinstance(results[0], CalicoError)
+    created = [r.created for r in results[1:] if not isinstance(r, BaseException)]
+    assert created == [("10.0.0.2",), ("10.0.0.3",), ("10.0.0.4",)]
+    assert h.sample("capo_calico_write_errors_total", operation="append") == 1

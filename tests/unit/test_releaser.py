@@ -242,6 +242,20 @@ async def test_pending_details_without_their_entry_are_cleared_and_nothing_is_ad
     assert h.records.items == {}
 
 
+async def test_a_failed_clearing_does_not_stop_the_pass(h: Harness) -> None:
+    h.calico.annotations[pending.key("10.0.0.8")] = "garbage"
+    h.calico.fail("clear_pending", CalicoError("HTTP 500", 500))
+    ledger = FakeLedger()
+    h.add_pod(make_pod(ips=("10.0.0.1",)))
+    r = releaser(h, ledger)
+
+    await r.pass_once()  # no exception
+
+    assert ledger.saves, "the ledger was still saved"
+    await r.pass_once()
+    assert h.calico.annotations == {}  # the next pass cleared it
+
+
 async def test_nothing_to_clear_costs_no_write(h: Harness) -> None:
     h.add_record(make_record("10.0.0.1"))
     r = releaser(h)
