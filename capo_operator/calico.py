@@ -496,6 +496,7 @@ class GroupCommit:
         self.store = store
         self.max_batch = max_batch
         self.on_error = on_error  # once per failed write (not per waiter)
+        self.last_activity = 0.0  # monotonic time of the last append call or finished write
         self._queue: list[_Waiter] = []
         self._writer: asyncio.Task[None] | None = None
         self.writes = 0  # patches sent (for metrics and tests)
@@ -504,11 +505,18 @@ class GroupCommit:
     def waiting(self) -> int:
         return len(self._queue)
 
+    @property
+    def busy(self) -> bool:
+        """A write is in flight or waiting."""
+        return bool(self._queue) or (self._writer is not None and not self._writer.done())
+
     async def append(self, ips: Iterable[str], details: Mapping[str, str] | None = None) -> None:
         cidrs = host_cidrs(ips)  # a bad IP fails its own caller, never the batch it would join
         if not cidrs:
             return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.last_activity = loop.time()
+        done: asyncio.Future[None] = loop.create_future()
         # A caller that stops waiting (deadline, cancellation) must not leave an unread exception.
         done.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._queue.append(_Waiter(cidrs, dict(details or {}), done))
@@ -538,6 +546,7 @@ class GroupCommit:
             self.writes += 1
             try:
                 await self.store.append([ip_of(c) for c in cidrs], details)
+                self.last_activity = asyncio.get_running_loop().time()
             except BaseException as exc:
                 if isinstance(exc, Exception):
                     self.on_error()

@@ -29,6 +29,10 @@ FOLLOW_LIMIT = 10_000  # records waiting to be written; beyond it the leader ado
 FOLLOW_CONCURRENCY = 8
 FOLLOW_ATTEMPTS = 8
 FOLLOW_MAX_BACKOFF = 30.0
+# During a burst of reviews (a drain) the records wait: the event loop answers reviews first. They
+# are written once appends have been quiet this long, or when the oldest has waited FOLLOW_MAX_DELAY.
+FOLLOW_QUIET = 0.1
+FOLLOW_MAX_DELAY = 2.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class _Job:
     pod: PodFacts
     records: list[Record]
     attempts: int = 0
+    queued_at: float = 0.0
 
 
 class Reserver:
@@ -135,7 +140,8 @@ class Reserver:
 
 
 class RecordFollower:
-    """Creates the records of reservations already in Calico, off the webhook's answer path.
+    """Creates the records of reservations already in Calico, off the webhook's answer path, in
+    the lulls between appends (at most FOLLOW_MAX_DELAY later).
 
     Bounded (FOLLOW_LIMIT records waiting), deduplicated by record name (the first reservation
     stands), retried with jittered backoff (FOLLOW_ATTEMPTS), FOLLOW_CONCURRENCY at a time. What it
@@ -171,14 +177,29 @@ class RecordFollower:
         self._queue(_Job(pod, fresh))
 
     def _queue(self, job: _Job) -> None:
+        job.queued_at = asyncio.get_running_loop().time()
         self._jobs.append(job)
         self._idle.clear()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name="record-follower")
 
+    async def _wait_for_a_lull(self) -> None:
+        """Reviews first: wait while appends keep coming, at most until the oldest job is due."""
+        loop = asyncio.get_running_loop()
+        commit = self.reserver.commit
+        while self._jobs:
+            now = loop.time()
+            quiet_for = now - commit.last_activity
+            overdue = now - self._jobs[0].queued_at >= FOLLOW_MAX_DELAY
+            if overdue or (not commit.busy and quiet_for >= FOLLOW_QUIET):
+                return
+            wait = max(FOLLOW_QUIET - quiet_for, 0.01)
+            await asyncio.sleep(min(wait, FOLLOW_MAX_DELAY - (now - self._jobs[0].queued_at)))
+
     async def _work(self) -> None:
         try:
             while self._jobs:
+                await self._wait_for_a_lull()
                 batch, self._jobs = self._jobs[:FOLLOW_CONCURRENCY], self._jobs[FOLLOW_CONCURRENCY:]
                 await asyncio.gather(*(self._one(job) for job in batch))
         finally:

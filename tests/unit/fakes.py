@@ -389,7 +389,8 @@ def make_harness(
         reserver=reserver,
         metrics=metrics,
         leading=lambda: holder["rt"].leading,
-        reserved_before=lambda uid: uid in holder["rt"].reserved_uids,
+        # A record was seen for it, or this replica's webhook wrote its IPs (records follow).
+        reserved_before=lambda uid: uid in holder["rt"].reserved_uids or uid in holder["rt"].recent,
     )
     rt = Runtime(
         options=options(),

@@ -24,9 +24,14 @@ def h() -> Harness:
     return h
 
 
-async def review(h: Harness, pod: PodFacts, *, operation: str = "delete", dry_run: bool = False) -> list[str]:
+async def review(
+    h: Harness, pod: PodFacts, *, operation: str = "delete", dry_run: bool = False, settle: bool = True
+) -> list[str]:
+    """One review; with `settle`, also wait for the records that follow it in the background."""
     warnings: list[str] = []
     await admission.review(h.rt, pod, operation=operation, dry_run=dry_run, warnings=warnings)
+    if settle:
+        await h.rt.reserver.follower.flush()
     return warnings
 
 
@@ -87,7 +92,7 @@ async def test_the_answer_waits_for_the_calico_write_only(h: Harness) -> None:
     h.records.gate = asyncio.Event()  # record creation hangs
     pod = h.add_pod(make_pod(ips=("10.0.0.1",)))
 
-    warnings = await asyncio.wait_for(review(h, pod), 2.0)
+    warnings = await asyncio.wait_for(review(h, pod, settle=False), 2.0)
 
     assert warnings == [] and outcome(h, "reserved") == 1
     assert h.calico.ips == {"10.0.0.1"}

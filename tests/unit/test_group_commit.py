@@ -193,3 +193,29 @@ async def test_a_failed_write_is_counted_once_however_many_it_carried(h: Harness
     created = [r.created for r in results[1:] if not isinstance(r, BaseException)]
     assert created == [("10.0.0.2",), ("10.0.0.3",), ("10.0.0.4",)]
     assert h.sample("capo_calico_write_errors_total", operation="append") == 1
+
+
+async def test_records_wait_for_a_lull_in_the_appends(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reserver_module, "FOLLOW_QUIET", 0.2)
+    monkeypatch.setattr(reserver_module, "FOLLOW_MAX_DELAY", 5.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for i in range(5):  # a burst: an append every 50 ms
+        pod = make_pod(name=f"db-{i}", uid=f"u-{i}", ips=(f"10.0.0.{i + 1}",))
+        await h.rt.reserver.reserve(pod, pod.ips, HOLD, "delete", records_later=True)
+        assert h.records.items == {}, "a record was written while appends kept coming"
+        await asyncio.sleep(0.05)
+    await h.rt.reserver.follower.flush()
+    assert len(h.records.items) == 5
+    assert loop.time() - started >= 0.2 + 4 * 0.05
+
+
+async def test_records_are_written_by_the_max_delay_even_without_a_lull(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reserver_module, "FOLLOW_QUIET", 10.0)
+    monkeypatch.setattr(reserver_module, "FOLLOW_MAX_DELAY", 0.1)
+    pod = make_pod(ips=("10.0.0.1",))
+    await h.rt.reserver.reserve(pod, pod.ips, HOLD, "delete", records_later=True)
+    await asyncio.wait_for(h.rt.reserver.follower.flush(), 2)
+    assert "10.0.0.1" in h.records.items
