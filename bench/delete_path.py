@@ -168,6 +168,17 @@ async def handler_time(op: OperatorProcess | None) -> tuple[float, float]:
     )
 
 
+async def review_outcomes(op: OperatorProcess | None) -> dict[str, float]:
+    """The operator's review outcomes so far (reserved, skipped:<reason>, error, ...)."""
+    if op is None:
+        return {}
+    metrics = await op.metrics()
+    out = dict(metrics.by_label("capo_webhook_requests_total", "outcome"))
+    for reason, value in metrics.by_label("capo_webhook_skips_total", "reason").items():
+        out[f"skipped:{reason}"] = value
+    return out
+
+
 async def create_pods(cluster: Cluster, namespace: str, prefix: str, count: int) -> list[dict[str, Any]]:
     gate = asyncio.Semaphore(16)
 
@@ -218,6 +229,8 @@ async def phase(
     pods = await create_pods(cluster, namespace, label, count)
     await asyncio.sleep(1.0)  # the operator's pod cache has seen them (as it has in a real cluster)
     handler_before = await handler_time(op)
+    outcomes_before = await review_outcomes(op)
+    cluster.control.clear_admission_log()
     before = await mark(cluster.kube, namespace)
     started = time.perf_counter()
     latencies, versions, warnings = await delete_pods(cluster.kube, pods, clients)
@@ -234,6 +247,12 @@ async def phase(
         "deletions_per_s": round(count / elapsed, 1),
         "admission_warnings": len(warnings),
     }
+    # How the emulator's calls to the webhook ended ("ignored": failed, let through by failurePolicy).
+    webhook_calls: dict[str, int] = {}
+    for entry in cluster.control.admission_log():
+        key = entry["outcome"] if entry["outcome"] != "ignored" else f"ignored: {entry['message'][:80]}"
+        webhook_calls[key] = webhook_calls.get(key, 0) + 1
+    result["webhook_calls"] = webhook_calls
     if op is not None:
         calls = handler_after[1] - handler_before[1]
         # Time inside the operator's review (decision + the awaited write), from its own histogram.
@@ -247,10 +266,13 @@ async def phase(
                 if at is None or at > rv:
                     late.append(ip)
         writes, appends = watch.writes_between(before, after)
+        outcomes = await review_outcomes(op)
         result.update(
             ips=sum(len(pod_ips(p)) for p in pods),
             reserved_before_answer=not late,
             not_reserved_before_answer=len(late),
+            late_ips=late[:20],
+            review_outcomes={k: v - outcomes_before.get(k, 0) for k, v in outcomes.items()},
             calico_writes=writes,
             calico_append_writes=appends,
         )
