@@ -171,6 +171,13 @@ class Releaser:
             recorded_ips={r.ip for r in views.records()},
         )
         by_uid = {pod.uid: pod for pod in pods}
+        pending_records: dict[str, Record] = {}
+        if result.to_reserve:
+            try:
+                snapshot = await self.rt.calico.read()
+                pending_records = {ip: r for ip, r in snapshot.pending.items() if ip in snapshot.ips}
+            except Exception as exc:  # then the vanished pods are reserved anew, as before
+                logger.warning("could not read the IPReservation for pending records: %s", exc)
         for entry in result.lost:
             self.rt.metrics.reservations_lost.inc()
             message = (
@@ -182,6 +189,17 @@ class Releaser:
                 ObjectRef("Pod", entry.name, entry.namespace, entry.uid), "IPLost", message, warning=True
             )
         for entry in result.to_reserve:
+            adopted = pending_records.get(entry.ip)
+            if adopted is not None:
+                # The webhook reserved it and the process died before its record: its details win
+                # over a new reservation (trigger, hold and the real reservation time).
+                try:
+                    if await self.rt.records.create(adopted):
+                        self.rt.metrics.reservations.labels(trigger=adopted.trigger).inc()
+                        logger.info("adopted Calico entry %s from its pending details", entry.ip)
+                    continue
+                except Exception as exc:
+                    logger.warning("could not adopt %s from its pending details: %s", entry.ip, exc)
             known = by_uid.get(entry.uid)
             trigger = policy.terminal_trigger(known) if known is not None and known.terminal else "safety-net"
             facts = known or _facts_from_entry(entry)

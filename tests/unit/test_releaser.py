@@ -588,6 +588,29 @@ async def test_vanished_pod_with_a_free_ip_is_reserved_from_the_ledger(h: Harnes
     assert h.sample("capo_safety_net_catches_total", trigger="safety-net") == 1
 
 
+async def test_a_ledger_entry_whose_reservation_carried_details_is_adopted_from_them(h: Harness) -> None:
+    # The webhook's write landed, then every replica died before the record: the ledger still lists
+    # the pod, and the Calico entry carries the details.
+    reserved_at = NOW - timedelta(minutes=7)
+    h.rt.reserver.clock = lambda: reserved_at
+    await reserve_then_crash(h)
+    appends = len(h.journal.ops("calico.append"))
+    ledger = FakeLedger({"10.0.0.9": entry("10.0.0.9", "u-3")})
+
+    await releaser(h, ledger).recover_from_ledger()
+
+    rec = h.records.items["10.0.0.9"]
+    assert (rec.trigger, rec.reserved_at, rec.policy) == (
+        "eviction",
+        reserved_at,
+        "annotation capo.io/reserve-time=2h",
+    )
+    assert rec.pod == PodRef(namespace="db", name="db-3", uid="u-3", node="node-2")
+    assert len(h.journal.ops("calico.append")) == appends  # no new reservation
+    assert h.sample("capo_safety_net_catches_total", trigger="safety-net") == 0
+    assert h.sample("capo_reservations_total", trigger="eviction") == 1
+
+
 async def test_vanished_pod_whose_ip_another_pod_holds_is_reported_lost(h: Harness) -> None:
     h.add_pod(make_pod(name="newcomer", uid="new-uid", ips=("10.0.0.1",)))
     ledger = FakeLedger({"10.0.0.1": entry("10.0.0.1", "gone-uid")})
