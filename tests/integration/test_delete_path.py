@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from capo_testkit import Harness, eventually, pod_ip
+from capo_testkit.kube import path_for
 
 PENDING = "pending.capo.io/"
 
@@ -49,3 +52,53 @@ async def test_a_crash_before_the_record_is_adopted_with_the_pods_details(capo: 
 
     await eventually(pending, lambda keys: keys == [], within=20, what="the pending details to be cleared")
     assert ip in await c.reserved_ips()
+
+
+@pytest.mark.emulator_only
+@pytest.mark.parametrize(
+    "cluster_options",
+    [{"calico_variant": v} for v in ("latest", "v3.32.1", "v3.31")],
+    ids=["latest", "v3.32.1", "v3.31"],
+)
+async def test_a_drain_burst_shares_calico_writes_and_reserves_before_each_answer(
+    capo: Harness, cluster_options: dict[str, Any]
+) -> None:
+    c = capo.cluster
+    await capo.start_operators(1, reserve_time="10m")
+    ns = await c.create_namespace("apps")
+    pods = [await c.create_pod(ns, f"redis-{i}") for i in range(32)]
+    await c.control.set_write_latency(0.005)
+    group, version = c.calico_group
+    writes: list[int] = []
+
+    async def count_writes() -> None:
+        path = path_for(group, version, "ipreservations")
+        rv = (await c.kube.call("GET", path)).body["metadata"]["resourceVersion"]
+        async for event in c.kube.watch(path, resource_version=rv):
+            if event["object"]["metadata"]["name"] == c.reservation_name:
+                writes.append(int(event["object"]["metadata"]["resourceVersion"]))
+
+    watcher = asyncio.create_task(count_writes())
+    missing: list[str] = []
+    queue = list(pods)
+
+    async def client() -> None:
+        while queue:
+            pod = queue.pop()
+            name = pod["metadata"]["name"]
+            resp = await c.kube.delete(f"/api/v1/namespaces/{ns}/pods/{name}", grace_period=0)
+            assert resp.status == 200 and resp.warnings == [], (name, resp.warnings)
+            if pod_ip(pod) not in await c.reserved_ips():  # read right after the answer
+                missing.append(pod_ip(pod))
+
+    try:
+        await asyncio.gather(*(client() for _ in range(16)))
+        await asyncio.sleep(0.3)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    assert missing == [], f"not in the IPReservation when their deletion was answered: {missing}"
+    assert 0 < len(writes) <= 16, f"{len(writes)} IPReservation writes for 32 concurrent reservations"
+    records = await capo.wait_reserved(*(pod_ip(p) for p in pods), within=20)
+    assert {r["spec"]["trigger"] for r in records.values()} == {"delete"}
+    await capo.wait_metric("capo_webhook_requests_total", 32, operation="delete", outcome="reserved")
