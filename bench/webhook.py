@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ class MemoryCalico:
     async def ensure(self) -> None:
         return None
 
-    async def append(self, ips: Iterable[str]) -> None:
+    async def append(self, ips: Iterable[str], details: Mapping[str, str] | None = None) -> None:
         self.entries.update(host_cidr(ip) for ip in ips)
 
     async def remove(self, ips: Iterable[str]) -> frozenset[str]:

@@ -90,7 +90,10 @@ async def review(
             warnings.append(decision.hold.warning)
         trigger = "eviction" if operation == "eviction" else "delete"
         deadline = rt.config.webhook_deadline.total_seconds()
-        write = asyncio.ensure_future(rt.reserver.reserve(pod, decision.ips, decision.hold, trigger))
+        # One write is awaited, the Calico append (shared with concurrent reviews); the records follow.
+        write = asyncio.ensure_future(
+            rt.reserver.reserve(pod, decision.ips, decision.hold, trigger, records_later=True)
+        )
         # Past the deadline nobody awaits it: consume its outcome (the safety net has the retry).
         write.add_done_callback(lambda done: done.cancelled() or done.exception())
         try:

@@ -293,6 +293,7 @@ async def _run(
     one_shots: list[asyncio.Task[Any]] = []
     runners: list[web.AppRunner] = []
     events: EventRecorder | None = None
+    reserver: Reserver | None = None
     operator_task: asyncio.Task[None] | None = None
     stop_kopf = asyncio.Event()
     try:
@@ -333,7 +334,8 @@ async def _run(
             reserver=reserver,
             metrics=metrics,
             leading=lambda: holder["rt"].leading,
-            reserved_before=lambda uid: uid in holder["rt"].reserved_uids,
+            # A record was seen for it, or this replica's webhook wrote its IPs (records follow).
+            reserved_before=lambda uid: uid in holder["rt"].reserved_uids or uid in holder["rt"].recent,
         )
         rt = Runtime(
             options=options,
@@ -466,6 +468,11 @@ async def _run(
                 await asyncio.wait_for(operator_task, 15)
             except (asyncio.CancelledError, Exception) as exc:
                 logger.debug("Kopf stopped with %r", exc)
+        if reserver is not None:
+            # Records still on their way get a moment; what is left, the leader adopts from Calico.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(reserver.follower.flush(), 2)
+            reserver.follower.stop()
         if events is not None:
             with contextlib.suppress(Exception):
                 await events.drain()

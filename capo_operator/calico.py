@@ -2,6 +2,9 @@
 
 Appends are one JSON patch with no read (the hot path of the webhook); removals are
 read-modify-write with the resourceVersion, retried on conflict, so a concurrent append is never lost.
+An append may carry, in the same patch, one `pending.capo.io/<name>` annotation per IP: what its
+ReservedIP record will say, until the record exists (see pending.py). `GroupCommit` coalesces the
+appends that arrive while a write is in flight into the next single patch.
 
 Entries as Calico's Go code parses them (`ParseCIDROrIP`): a CIDR or a bare IP. We only ever write
 host CIDRs; bare IPs (written by Capo) are read as valid and rewritten as host CIDRs on the next
@@ -16,20 +19,28 @@ import enum
 import json
 import logging
 import random
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, cast
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
 
 from kubernetes.aio import client as k8s
 
+from capo_operator import pending
 from capo_operator.addresses import AddressError, host_cidr, ip_of, parse_calico_entry
+from capo_operator.records import Record
 
 logger = logging.getLogger(__name__)
 
 PLURAL = "ipreservations"
 KIND = "IPReservation"
 JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
 MAX_ATTEMPTS = 12  # read-modify-write attempts before giving up on conflicts
+# Kept on the object so that /metadata/annotations always exists: a JSON patch can then add a
+# pending annotation without a read (adding below a missing map fails the whole patch).
+MANAGED_BY = "capo.io/managed-by"
+MANAGED_BY_VALUE = "capo-operator"
+MAX_BATCH = 256  # IPs in one group-commit patch (a drain of a large node writes a few patches)
 
 
 class CalicoGroup(enum.StrEnum):
@@ -63,6 +74,15 @@ class Snapshot:
     networks: tuple[str, ...] = ()
     # Canonical IPs written as bare IPs (Capo's format; the operator always writes host CIDRs).
     bare: frozenset[str] = frozenset()
+    # Records that appends announced and that may not exist yet, by IP (pending.py), and the pending
+    # annotations that could not be read (key -> reason): those entries are adopted as "recovered".
+    pending: Mapping[str, Record] = field(default_factory=dict)
+    pending_invalid: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def pending_keys(self) -> tuple[str, ...]:
+        """The annotation keys of the readable pending records."""
+        return tuple(pending.key(ip) for ip in self.pending)
 
 
 def _status_message(exc: k8s.ApiException) -> str:
@@ -180,6 +200,18 @@ class CalicoStore:
         self.name = name
         self.group = group
         self._custom = k8s.CustomObjectsApi(api)
+        # Bytes of pending annotations on the object as our last write or read saw it: bounds what
+        # the next append adds (the object's annotations may hold 256 KiB in all).
+        self.pending_bytes = 0
+
+    def _saw(self, obj: Any) -> None:
+        if isinstance(obj, Mapping):
+            annotations = (obj.get("metadata") or {}).get("annotations") or {}
+            self.pending_bytes = sum(
+                pending.size(k, v)
+                for k, v in annotations.items()
+                if isinstance(k, str) and isinstance(v, str) and pending.is_key(k)
+            )
 
     # -- low-level calls -------------------------------------------------------------------------
 
@@ -187,7 +219,7 @@ class CalicoStore:
         return {
             "apiVersion": self.group.api_version,
             "kind": KIND,
-            "metadata": {"name": self.name},
+            "metadata": {"name": self.name, "annotations": {MANAGED_BY: MANAGED_BY_VALUE}},
             "spec": {"reservedCIDRs": cidrs},
         }
 
@@ -203,13 +235,18 @@ class CalicoStore:
             if exc.status == 404:
                 return None
             raise _error(f"reading IPReservation {self.name}", exc) from exc
+        self._saw(obj)
         return obj
 
-    async def _create(self, cidrs: list[str]) -> bool:
+    async def _create(self, cidrs: list[str], details: Mapping[str, str] | None = None) -> bool:
         """False when the object already exists."""
+        body = self._body(cidrs)
+        body["metadata"]["annotations"].update(self._annotations(cidrs, details, self.pending_bytes))
         try:
-            await self._custom.create_cluster_custom_object(
-                self.group.value, self.group.version, PLURAL, self._body(cidrs)
+            self._saw(
+                await self._custom.create_cluster_custom_object(
+                    self.group.value, self.group.version, PLURAL, body
+                )
             )
         except k8s.ApiException as exc:
             if exc.status == 409:
@@ -218,13 +255,20 @@ class CalicoStore:
         logger.info("created IPReservation %s (%s)", self.name, self.group.api_version)
         return True
 
-    async def _replace(self, obj: dict[str, Any], cidrs: list[str]) -> bool:
-        """resourceVersion-checked update of the entries; False on a conflict (or a vanished object)."""
+    async def _replace(
+        self, obj: dict[str, Any], cidrs: list[str], annotations: dict[str, str] | None = None
+    ) -> bool:
+        """resourceVersion-checked update of the entries (and, if given, of the whole annotation
+        map); False on a conflict (or a vanished object)."""
         body = dict(obj)
         body["spec"] = {**(obj.get("spec") or {}), "reservedCIDRs": cidrs}
+        if annotations is not None:
+            body["metadata"] = {**(obj.get("metadata") or {}), "annotations": annotations}
         try:
-            await self._custom.replace_cluster_custom_object(
-                self.group.value, self.group.version, PLURAL, self.name, body
+            self._saw(
+                await self._custom.replace_cluster_custom_object(
+                    self.group.value, self.group.version, PLURAL, self.name, body
+                )
             )
         except k8s.ApiException as exc:
             if exc.status in (404, 409):
@@ -239,61 +283,122 @@ class CalicoStore:
 
     # -- the contract --------------------------------------------------------------------------------
 
-    async def ensure(self) -> None:
-        """Create the object with `reservedCIDRs: []` if absent (AlreadyExists is success)."""
-        if await self._get() is None:
-            await self._create([])
+    def _annotations(self, cidrs: list[str], details: Mapping[str, str] | None, used: int) -> dict[str, str]:
+        """Pending annotations for the IPs of `cidrs` that have details, within the byte budget (the
+        rest is reserved without them: adopted as "recovered" if its record never comes)."""
+        out: dict[str, str] = {}
+        if not details:
+            return out
+        for cidr in cidrs:
+            ip = ip_of(cidr)
+            value = details.get(ip)
+            if value is None:
+                continue
+            name = pending.key(ip)
+            cost = pending.size(name, value)
+            if used + cost > pending.BUDGET_BYTES:
+                logger.warning(
+                    "pending record annotations of IPReservation %s are full: %s reserved without its "
+                    "details (its record still follows)",
+                    self.name,
+                    ip,
+                )
+                continue
+            used += cost
+            out[name] = value
+        return out
 
-    async def append(self, ips: Iterable[str]) -> None:
+    async def ensure(self) -> None:
+        """Create the object with `reservedCIDRs: []` if absent (AlreadyExists is success), and make
+        sure it carries the `capo.io/managed-by` annotation (so appends can add annotations blindly)."""
+        obj = await self._get()
+        if obj is None and await self._create([]):
+            return
+        obj = obj or await self._get()
+        annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+        if obj is not None and annotations.get(MANAGED_BY) != MANAGED_BY_VALUE:
+            await self._merge({"metadata": {"annotations": {MANAGED_BY: MANAGED_BY_VALUE}}}, "marking")
+
+    async def _merge(self, patch: dict[str, Any], action: str) -> None:
+        try:
+            self._saw(
+                await self._custom.patch_cluster_custom_object(
+                    self.group.value, self.group.version, PLURAL, self.name, patch, _content_type=MERGE_PATCH
+                )
+            )
+        except k8s.ApiException as exc:
+            if exc.status == 404:
+                return
+            raise _error(f"{action} IPReservation {self.name}", exc) from exc
+
+    async def clear_pending(self, keys: Iterable[str]) -> None:
+        """Remove these pending annotations in one merge patch (an absent one is no error). Only for
+        entries whose record exists, or whose IP is no longer reserved. Raises CalicoError."""
+        wanted = sorted({k for k in keys if pending.is_key(k)})
+        if wanted:
+            await self._merge(
+                {"metadata": {"annotations": dict.fromkeys(wanted)}}, "clearing pending records of"
+            )
+
+    async def append(self, ips: Iterable[str], details: Mapping[str, str] | None = None) -> None:
         """Add host CIDRs for `ips` (validated with addresses.host_cidr before anything is sent).
-        One JSON patch of `add /spec/reservedCIDRs/-` ops; an entry already present is success
+        One JSON patch of `add /spec/reservedCIDRs/-` ops, plus one `add` of a pending annotation per
+        IP in `details` (canonical IP -> pending.encode(record)); an entry already present is success
         (Calico 3.32 rejects duplicates with 422: then read, add only the missing ones with a
         resourceVersion-checked update). Creates the object if absent; copes with a missing
         `spec.reservedCIDRs` (calico-apiserver omits empty lists). Raises CalicoError."""
-        cidrs: list[str] = []
-        for ip in ips:
-            try:
-                cidr = host_cidr(ip)
-            except AddressError as exc:
-                raise CalicoError(f"refusing to reserve {ip!r}: {exc}") from exc
-            if cidr not in cidrs:
-                cidrs.append(cidr)
+        cidrs = host_cidrs(ips)
         if not cidrs:
             return
-        patch = [{"op": "add", "path": "/spec/reservedCIDRs/-", "value": c} for c in cidrs]
+        patch: list[dict[str, Any]] = [
+            {"op": "add", "path": "/spec/reservedCIDRs/-", "value": c} for c in cidrs
+        ]
+        for name, value in self._annotations(cidrs, details, self.pending_bytes).items():
+            patch.append({"op": "add", "path": "/metadata/annotations/" + _pointer(name), "value": value})
         try:
-            await self._custom.patch_cluster_custom_object(
-                self.group.value, self.group.version, PLURAL, self.name, patch, _content_type=JSON_PATCH
+            self._saw(
+                await self._custom.patch_cluster_custom_object(
+                    self.group.value, self.group.version, PLURAL, self.name, patch, _content_type=JSON_PATCH
+                )
             )
             return
         except k8s.ApiException as exc:
             if exc.status == 404:
-                if await self._create(cidrs):
+                if await self._create(cidrs, details):
                     return
                 # Someone created it between our patch and our create: fall through to the checked path.
             elif exc.status not in (400, 409, 422):
                 raise _error(f"appending to IPReservation {self.name}", exc) from exc
-            # 422: a duplicate under list-type set, a missing list ("path not found"), or a legacy bare
-            # IP that a strict CRD no longer accepts; 400 is how some servers report the missing path.
+            # 422: a duplicate under list-type set, a missing list or annotation map ("path not
+            # found"), a legacy bare IP that a strict CRD no longer accepts, or annotations over the
+            # size limit; 400 is how some servers report the missing path.
             logger.debug("JSON-patch append failed (HTTP %s), using a checked update", exc.status)
-        await self._append_checked(cidrs)
+        await self._append_checked(cidrs, details)
 
-    async def _append_checked(self, cidrs: list[str]) -> None:
+    async def _append_checked(self, cidrs: list[str], details: Mapping[str, str] | None = None) -> None:
         for attempt in range(MAX_ATTEMPTS):
             obj = await self._get()
             if obj is None:
-                if await self._create(cidrs):
+                if await self._create(cidrs, details):
                     return
                 continue
             parsed = _parse(_entries(obj))
             present = set(parsed.ips)
             missing = [c for c in cidrs if ip_of(c) not in present]
-            if not missing and parsed.normal and isinstance(_entries(obj), list):
+            current = dict((obj.get("metadata") or {}).get("annotations") or {})
+            wanted = {
+                k: v
+                for k, v in self._annotations(cidrs, details, self.pending_bytes).items()
+                if k not in current  # the first reservation's details stand
+            }
+            marked = current.get(MANAGED_BY) == MANAGED_BY_VALUE
+            if not missing and not wanted and marked and parsed.normal and isinstance(_entries(obj), list):
                 return
             if parsed.malformed:
                 logger.warning("dropping malformed IPReservation entries %s", parsed.malformed)
             new = [host_cidr(ip) for ip in parsed.ips] + parsed.networks + missing
-            if await self._replace(obj, new):
+            annotations = {**current, **wanted, MANAGED_BY: MANAGED_BY_VALUE}
+            if await self._replace(obj, new, annotations):
                 return
             await self._backoff(attempt)
         raise CalicoError(
@@ -323,7 +428,14 @@ class CalicoStore:
             if parsed.malformed:
                 logger.warning("dropping malformed IPReservation entries %s", parsed.malformed)
             keep = [host_cidr(ip) for ip in parsed.ips if ip not in targets] + parsed.networks
-            if await self._replace(obj, keep):
+            # The pending details of a released IP go in the same write (they would outlive it).
+            kept_keys = {pending.key(ip) for ip in parsed.ips if ip not in targets}
+            annotations = {
+                k: v
+                for k, v in ((obj.get("metadata") or {}).get("annotations") or {}).items()
+                if not pending.is_key(k) or k in kept_keys
+            }
+            if await self._replace(obj, keep, annotations):
                 return removed
             await self._backoff(attempt)
         raise CalicoError(
@@ -337,10 +449,131 @@ class CalicoStore:
         if obj is None:
             return Snapshot(ips=frozenset(), malformed=(), resource_version=None)
         parsed = _parse(_entries(obj))
+        records, invalid = pending.read((obj.get("metadata") or {}).get("annotations"))
         return Snapshot(
             ips=frozenset(parsed.ips),
             malformed=tuple(parsed.malformed),
             resource_version=(obj.get("metadata") or {}).get("resourceVersion"),
             networks=tuple(parsed.networks),
             bare=parsed.bare,
+            pending=records,
+            pending_invalid=invalid,
         )
+
+
+def host_cidrs(ips: Iterable[str]) -> list[str]:
+    """Validated canonical host CIDRs of `ips`, deduplicated, order kept. CalicoError for a bad one."""
+    cidrs: list[str] = []
+    for ip in ips:
+        try:
+            cidr = host_cidr(ip)
+        except AddressError as exc:
+            raise CalicoError(f"refusing to reserve {ip!r}: {exc}") from exc
+        if cidr not in cidrs:
+            cidrs.append(cidr)
+    return cidrs
+
+
+def _pointer(name: str) -> str:
+    """A JSON-pointer token (RFC 6901): '~' and '/' escaped."""
+    return name.replace("~", "~0").replace("/", "~1")
+
+
+class Appender(Protocol):
+    async def append(self, ips: Iterable[str], details: Mapping[str, str] | None = None) -> None: ...
+
+
+@dataclass
+class _Waiter:
+    cidrs: list[str]
+    details: Mapping[str, str]
+    done: asyncio.Future[None]
+
+
+class GroupCommit:
+    """Group commit in front of `CalicoStore.append`: the first append is written at once; appends
+    that arrive while a write is in flight wait and go together in the next single patch (at most
+    MAX_BATCH IPs each). Every waiter learns the outcome of the write that carried its IPs: success,
+    or that write's error (a failed batch fails each of its waiters; none succeeds silently)."""
+
+    def __init__(
+        self, store: Appender, *, max_batch: int = MAX_BATCH, on_error: Callable[[], None] = lambda: None
+    ) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self.on_error = on_error  # once per failed write (not per waiter)
+        self.last_activity = 0.0  # monotonic time of the last append call or finished write
+        self._queue: list[_Waiter] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.writes = 0  # patches sent (for metrics and tests)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy(self) -> bool:
+        """A write is in flight or waiting."""
+        return bool(self._queue) or (self._writer is not None and not self._writer.done())
+
+    async def append(self, ips: Iterable[str], details: Mapping[str, str] | None = None) -> None:
+        cidrs = host_cidrs(ips)  # a bad IP fails its own caller, never the batch it would join
+        if not cidrs:
+            return
+        loop = asyncio.get_running_loop()
+        self.last_activity = loop.time()
+        done: asyncio.Future[None] = loop.create_future()
+        # A caller that stops waiting (deadline, cancellation) must not leave an unread exception.
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._queue.append(_Waiter(cidrs, dict(details or {}), done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_all(), name="calico-group-commit")
+        # shield: a cancelled caller leaves its IPs in the batch (they are reserved all the same).
+        await asyncio.shield(done)
+
+    def _take(self) -> list[_Waiter]:
+        batch: list[_Waiter] = []
+        count = 0
+        while self._queue and (not batch or count + len(self._queue[0].cidrs) <= self.max_batch):
+            waiter = self._queue.pop(0)
+            batch.append(waiter)
+            count += len(waiter.cidrs)
+        return batch
+
+    async def _write_all(self) -> None:
+        while self._queue:
+            batch = self._take()
+            cidrs: list[str] = []
+            details: dict[str, str] = {}
+            for waiter in batch:
+                cidrs.extend(c for c in waiter.cidrs if c not in cidrs)
+                for ip, value in waiter.details.items():
+                    details.setdefault(ip, value)  # the first reservation's details stand
+            self.writes += 1
+            try:
+                await self.store.append([ip_of(c) for c in cidrs], details)
+                self.last_activity = asyncio.get_running_loop().time()
+            except BaseException as exc:
+                if isinstance(exc, Exception):
+                    self.on_error()
+                for waiter in batch:
+                    if not waiter.done.done():
+                        waiter.done.set_exception(_batch_error(exc))
+                if not isinstance(exc, Exception):
+                    for waiter in self._queue:  # cancelled: the process is stopping
+                        if not waiter.done.done():
+                            waiter.done.set_exception(_batch_error(exc))
+                    self._queue.clear()
+                    raise
+            else:
+                for waiter in batch:
+                    if not waiter.done.done():
+                        waiter.done.set_result(None)
+
+
+def _batch_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, CalicoError):
+        return CalicoError(str(exc), status=exc.status)  # one instance per waiter
+    if isinstance(exc, Exception):
+        return CalicoError(f"appending to the IPReservation failed: {exc}")
+    return CalicoError("the Calico write was cancelled (the operator is stopping)")

@@ -14,7 +14,9 @@ from typing import TypeVar
 
 from kubernetes.aio import client as k8s
 
-from capo_operator import planner, policy
+from capo_operator import pending, planner, policy
+from capo_operator.addresses import record_name
+from capo_operator.calico import Snapshot
 from capo_operator.durations import format_duration
 from capo_operator.events import ObjectRef
 from capo_operator.ledger import Ledger, LedgerEntry, reconcile
@@ -192,6 +194,13 @@ class Releaser:
             recorded_ips={r.ip for r in views.records()},
         )
         by_uid = {pod.uid: pod for pod in pods}
+        pending_records: dict[str, Record] = {}
+        if result.to_reserve:
+            try:
+                snapshot = await self.rt.calico.read()
+                pending_records = {ip: r for ip, r in snapshot.pending.items() if ip in snapshot.ips}
+            except Exception as exc:  # then the vanished pods are reserved anew, as before
+                logger.warning("could not read the IPReservation for pending records: %s", exc)
         for entry in result.lost:
             self.rt.metrics.reservations_lost.inc()
             message = (
@@ -203,6 +212,17 @@ class Releaser:
                 ObjectRef("Pod", entry.name, entry.namespace, entry.uid), "IPLost", message, warning=True
             )
         for entry in result.to_reserve:
+            adopted = pending_records.get(entry.ip)
+            if adopted is not None:
+                # The webhook reserved it and the process died before its record: its details win
+                # over a new reservation (trigger, hold and the real reservation time).
+                try:
+                    if await self.rt.records.create(adopted):
+                        self.rt.metrics.reservations.labels(trigger=adopted.trigger).inc()
+                        logger.info("adopted Calico entry %s from its pending details", entry.ip)
+                    continue
+                except Exception as exc:
+                    logger.warning("could not adopt %s from its pending details: %s", entry.ip, exc)
             known = by_uid.get(entry.uid)
             trigger = policy.terminal_trigger(known) if known is not None and known.terminal else "safety-net"
             facts = known or _facts_from_entry(entry)
@@ -307,7 +327,8 @@ class Releaser:
                     self._count_calico_error("append", rt.calico.append(sorted(drift.missing_in_calico))),
                     None,
                 )
-            await self._adopt(drift.without_record - removed, now, imported=snapshot.bare)
+            await self._adopt(drift.without_record - removed, now, snapshot)
+            await self._step("clear pending record details", self._clear_pending(snapshot, records), None)
             # After adoption: the cleaning rewrite also turns bare IPs into host CIDRs.
             await self._step("remove malformed entries", self._clean(snapshot.malformed), None)
         await self._step("save the ledger", self._save_ledger(), None)
@@ -477,31 +498,48 @@ class Releaser:
         await self._count_calico_error("remove", calico.remove(()))
         logger.info("removed malformed IPReservation entries %s", ", ".join(repr(e) for e in malformed))
 
-    async def _adopt(
-        self, orphans: frozenset[str], now: datetime, imported: frozenset[str] = frozenset()
-    ) -> None:
-        """Invariant 2: a Calico entry without a record gets a record (trigger recovered), never dropped.
-        Only after it is seen in two passes: the webhook writes Calico a moment before the record.
-        An entry written as a bare IP (Capo's format; the operator always writes host CIDRs) was
-        taken over from Capo: no webhook races it, it is adopted at once as `imported`."""
+    async def _adopt(self, orphans: frozenset[str], now: datetime, snapshot: Snapshot) -> None:
+        """Invariant 2: a Calico entry without a record gets a record, never dropped. With the
+        details its append carried (pending.py: the pod, owner, trigger, hold and the real reservation
+        time) when they are there and readable; else as "recovered", its clock starting now. Only after
+        it is seen in two passes: the record normally follows the Calico write within moments. An
+        entry written as a bare IP (Capo's format; the operator always writes host CIDRs) was taken
+        over from Capo: no webhook races it, it is adopted at once as `imported`."""
         self._orphan_passes = {ip: self._orphan_passes.get(ip, 0) + 1 for ip in orphans}
         hold = self.rt.config.ip_reserve_time
+        imported = snapshot.bare
 
         async def adopt(ip: str) -> None:
-            trigger = "imported" if ip in imported else "recovered"
-            record = Record(
-                ip=ip,
-                pod=None,
-                owner=None,
-                trigger=trigger,
-                reserved_at=now,
-                expires_at=now + hold,
-                hold=hold,
-                policy=f"ipReserveTime={format_duration(hold)}",
-            )
+            record = snapshot.pending.get(ip)
+            if record is None:
+                unreadable = snapshot.pending_invalid.get(pending.key(ip))
+                if unreadable:
+                    logger.warning(
+                        "pending details of %s are unreadable (%s): adopting it as recovered", ip, unreadable
+                    )
+                record = Record(
+                    ip=ip,
+                    pod=None,
+                    owner=None,
+                    trigger="imported" if ip in imported else "recovered",
+                    reserved_at=now,
+                    expires_at=now + hold,
+                    hold=hold,
+                    policy=f"ipReserveTime={format_duration(hold)}",
+                )
             if await self.rt.records.create(record):
-                self.rt.metrics.reservations.labels(trigger=trigger).inc()
-                logger.info("adopted Calico entry %s without a record (%s)", ip, trigger)
+                self.rt.metrics.reservations.labels(trigger=record.trigger).inc()
+                if record.pod is None:
+                    logger.info("adopted Calico entry %s without a record (%s)", ip, record.trigger)
+                else:
+                    logger.info(
+                        "adopted Calico entry %s of pod %s/%s (%s, reserved at %s) from its pending details",
+                        ip,
+                        record.pod.namespace,
+                        record.pod.name,
+                        record.trigger,
+                        record.reserved_at.isoformat(),
+                    )
 
         due = [
             ip
@@ -509,6 +547,19 @@ class Releaser:
             if passes >= ORPHAN_CONFIRM_PASSES or ip in imported
         ]
         await self._each(due, adopt, "adopt the Calico entry")
+
+    async def _clear_pending(self, snapshot: Snapshot, records: dict[str, Record]) -> None:
+        """Remove, in one write, the pending annotations whose record exists (or whose IP is no
+        longer reserved): they are only needed until then, and the object's annotations are bounded.
+        Only housekeeping: a failure is retried next pass."""
+        reserved = {record_name(ip) for ip in snapshot.ips}
+        keys = [
+            key
+            for key in (*snapshot.pending_keys, *snapshot.pending_invalid)
+            if key[len(pending.PREFIX) :] in records or key[len(pending.PREFIX) :] not in reserved
+        ]
+        if keys:
+            await self.rt.calico.clear_pending(keys)
 
 
 def _terminating(rt: Runtime, namespace: str) -> bool:

@@ -6,14 +6,16 @@ these too, so their writes are admitted, validated and watched exactly like a cl
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import contextlib
 import copy
 import logging
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from . import errors as E
 from . import rbac
@@ -23,7 +25,7 @@ from .context import RequestContext, now, rfc3339
 from .patching import apply_patch, check_patch_type
 from .resources import Registry, ResourceType, types_from_crd
 from .selectors import FieldSelector, Selector, fields_match, from_label_selector, matches
-from .store import Obj, Store
+from .store import Key, Obj, Store
 from .validation import validate_builtin, validate_metadata, validate_name
 
 log = logging.getLogger("kube_emulator.api")
@@ -71,6 +73,30 @@ class ApiServer:
         self.write_checks: list[Callable[[ResourceType, Obj, Obj | None, RequestContext], None]] = []
         # uids deleted with propagationPolicy Orphan: the garbage collector orphans their dependents.
         self.orphaning: set[str] = set()
+        # The cost that shapes write performance on a real server: each write waits for etcd's commit
+        # (fsync), and writes to one object follow each other (optimistic concurrency on its revision).
+        self.write_latency = 0.0
+        self._object_locks: dict[tuple[Key, str, str], tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def _one_writer(self, rt: ResourceType, namespace: str | None, name: str) -> AsyncIterator[None]:
+        """Writes to one object run one at a time; writes to different objects run side by side."""
+        ident = (rt.key, namespace or "", name)
+        lock, users = self._object_locks.get(ident) or (asyncio.Lock(), 0)
+        self._object_locks[ident] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._object_locks[ident]
+            if users <= 1:
+                del self._object_locks[ident]
+            else:
+                self._object_locks[ident] = (lock, users - 1)
+
+    async def _commit_cost(self) -> None:
+        if self.write_latency > 0:
+            await asyncio.sleep(self.write_latency)
 
     # Reading ---------------------------------------------------------------------------------
 
@@ -251,12 +277,16 @@ class ApiServer:
             ctx,
             {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"},
         )
-        if self.store.get(rt.key, namespace, name) is not None:
-            raise E.already_exists(rt.plural, rt.group, name)
-        self._check_namespace(rt, namespace, name, creating=True)
-        if ctx.dry_run:
-            return obj
-        stored = self.store.put(rt.key, obj)
+        async with self._one_writer(rt, namespace, name):
+            if self.store.get(rt.key, namespace, name) is not None:
+                raise E.already_exists(rt.plural, rt.group, name)
+            self._check_namespace(rt, namespace, name, creating=True)
+            if ctx.dry_run:
+                return obj
+            await self._commit_cost()
+            if self.store.get(rt.key, namespace, name) is not None:
+                raise E.already_exists(rt.plural, rt.group, name)
+            stored = self.store.put(rt.key, obj)
         if _is_crd(rt):
             self._register_crd(stored)
         return stored
@@ -325,6 +355,23 @@ class ApiServer:
     ) -> Obj:
         if subresource and subresource != "status":
             raise E.method_not_allowed()
+        # Admission runs inside too: the real server admits each attempt against the object it read.
+        async with self._one_writer(rt, namespace, name):
+            return await self._write_attempts(
+                rt, namespace, name, build, wanted_rv, ctx, subresource, patching
+            )
+
+    async def _write_attempts(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        build: Callable[[Obj], Obj],
+        wanted_rv: str | None,
+        ctx: RequestContext,
+        subresource: str,
+        patching: bool,
+    ) -> Obj:
         for _ in range(_MAX_RETRIES):
             current = self.store.get(rt.key, namespace, name)
             if current is None:
@@ -387,6 +434,11 @@ class ApiServer:
                 continue  # changed while admission ran: redo on the newest object, as the server retries
             if ctx.dry_run:
                 return new
+            await self._commit_cost()
+            if (self.store.get(rt.key, namespace, name) or {}).get("metadata", {}).get(
+                "resourceVersion"
+            ) != cur_rv:
+                continue  # an unserialized in-process writer (kubelet status) got in first
             new_meta = new["metadata"]
             if (
                 new_meta.get("deletionTimestamp")
@@ -412,7 +464,7 @@ class ApiServer:
             else:
                 new.pop("status", None)
             return new
-        new = copy.deepcopy(incoming)
+        new = cast(Obj, S.copy_json(incoming))
         meta = _meta(new)
         cur_meta = current["metadata"]
         for fixed in (
@@ -465,11 +517,15 @@ class ApiServer:
             await self._admit(
                 rt, "DELETE", "", namespace, "" if collection else name, None, current, ctx, delete_options
             )
+        if ctx.dry_run:
             current = self.get(rt, namespace, name)
             self._check_preconditions(rt, name, current, options)
-        if ctx.dry_run:
             return current, False
-        return self._delete_now(rt, namespace, name, current, options)
+        async with self._one_writer(rt, namespace, name):
+            await self._commit_cost()
+            current = self.get(rt, namespace, name)
+            self._check_preconditions(rt, name, current, options)
+            return self._delete_now(rt, namespace, name, current, options)
 
     def _check_preconditions(self, rt: ResourceType, name: str, current: Obj, options: Obj) -> None:
         pre = options.get("preconditions") or {}
@@ -620,8 +676,11 @@ class ApiServer:
         if ctx.dry_run:
             return E.success_status(201)
         # The eviction handler deletes the pod itself: no second admission for this delete.
-        self._check_preconditions(rt, name, pod, delete_options)
-        self._delete_now(rt, namespace, name, pod, delete_options)
+        async with self._one_writer(rt, namespace, name):
+            await self._commit_cost()
+            pod = self.get(rt, namespace, name)
+            self._check_preconditions(rt, name, pod, delete_options)
+            self._delete_now(rt, namespace, name, pod, delete_options)
         return E.success_status(201)
 
     def _check_disruption_budgets(self, pod: Obj) -> None:
@@ -680,6 +739,15 @@ class ApiServer:
             self.store.drop(rt.key)
         for hook in self.crd_hooks:
             hook()
+
+
+def check_write_latency(value: object) -> float:
+    """A write latency in seconds: a finite number from 0 to 10 (ValueError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"write latency must be a number of seconds, got {value!r}")
+    if not 0 <= value <= 10:  # also rejects NaN
+        raise ValueError(f"write latency must be between 0 and 10 seconds, got {value!r}")
+    return float(value)
 
 
 def orphan_requested(options: Obj) -> bool:

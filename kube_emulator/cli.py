@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 
+from .apiserver import check_write_latency
 from .server import CALICO_MODES, CALICO_VARIANTS, EmulatorServer, Options
 
 
@@ -36,7 +37,18 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="seconds a pod bound to a missing Node waits before PodGC force-deletes it (real: 40)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--write-latency",
+        type=float,
+        default=0.0,
+        help="seconds every write waits for its commit, like etcd's fsync (default 0); writes to one "
+        "object are serialized. Also settable at run time: POST /_emulator/write-latency",
+    )
     a = p.parse_args(argv)
+    try:
+        check_write_latency(a.write_latency)
+    except ValueError as exc:
+        p.error(str(exc))
     return Options(
         host=a.host,
         port=a.port,
@@ -51,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         kubeconfig_out=a.kubeconfig_out,
         log_level=a.log_level,
         podgc_orphan_delay=a.podgc_orphan_delay,
+        write_latency=a.write_latency,
     )
 
 

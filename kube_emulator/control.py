@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from . import errors as E
+from .apiserver import check_write_latency
 from .http_api import error_response, json_response
 
 if TYPE_CHECKING:
@@ -122,6 +123,16 @@ def add_routes(app: web.Application, cluster: Cluster) -> None:
             raise E.bad_request('expected {"namespace": "...", "name": "..."} naming a ServiceAccount')
         count = cluster.auth.expire_tokens(data["namespace"], data["name"])
         return json_response({"expired": count})
+    async def get_write_latency(request: web.Request) -> web.Response:
+        return json_response({"seconds": cluster.api.write_latency})
+
+    async def set_write_latency(request: web.Request) -> web.Response:
+        data = await body(request)
+        try:
+            cluster.api.write_latency = check_write_latency(data.get("seconds"))
+        except ValueError as exc:
+            raise E.bad_request(str(exc)) from exc
+        return json_response({"seconds": cluster.api.write_latency})
 
     routes = [
         web.post("/_emulator/serviceaccounts/expire-tokens", guarded(expire_tokens)),
@@ -136,5 +147,7 @@ def add_routes(app: web.Application, cluster: Cluster) -> None:
         web.get("/_emulator/allocator", guarded(allocator)),
         web.get("/_emulator/admission-log", guarded(admission_log)),
         web.delete("/_emulator/admission-log", guarded(clear_admission_log)),
+        web.get("/_emulator/write-latency", guarded(get_write_latency)),
+        web.post("/_emulator/write-latency", guarded(set_write_latency)),
     ]
     app.add_routes(routes)

@@ -14,6 +14,7 @@ from typing import Any
 import jsonpatch
 
 from .errors import ApiError, bad_request, unsupported_media_type
+from .schema import copy_json
 
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -60,7 +61,7 @@ def apply_patch(current: dict[str, Any], content_type: str, body: bytes, *, cust
         if not isinstance(patch, list):
             raise bad_request("json: cannot unmarshal object into Go value of type []handlers.jsonPatchOp")
         try:
-            result = jsonpatch.JsonPatch(patch).apply(copy.deepcopy(current), in_place=True)
+            result = jsonpatch.JsonPatch(patch).apply(copy_json(current), in_place=True)
         except jsonpatch.JsonPatchTestFailed as exc:
             raise ApiError(
                 422,

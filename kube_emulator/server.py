@@ -17,7 +17,7 @@ from aiohttp import web
 from . import control, rbac, tls
 from .admission import Admission, ServiceMap
 from .allocator import Allocator
-from .apiserver import ApiServer
+from .apiserver import ApiServer, check_write_latency
 from .auth import Auth
 from .context import RequestContext, UserInfo
 from .controllers import Controllers
@@ -51,6 +51,7 @@ class Options:
     log_level: str = "info"
     # kube-controller-manager's PodGC quarantine for pods bound to a missing Node (real: 40 s).
     podgc_orphan_delay: float = 40.0
+    write_latency: float = 0.0  # seconds each write waits for its "etcd commit"; see ApiServer
 
 
 def calico_crd_files(mode: str, variant: str) -> list[Path]:
@@ -82,6 +83,7 @@ class Cluster:
         self.services = ServiceMap()
         self.admission = Admission(self.store, self.faults, self.services)
         self.api = ApiServer(self.registry, self.store, self.admission)
+        self.api.write_latency = check_write_latency(options.write_latency)
         cidrs = [options.pod_cidr] + ([options.pod_cidr_v6] if options.pod_cidr_v6 else [])
         self.allocator = Allocator(self.store, cidrs)
         self.kubelet = Kubelet(self)

@@ -198,6 +198,13 @@ class EmulatorControl:
             "POST", "/_emulator/serviceaccounts/expire-tokens", {"namespace": namespace, "name": name}
         )
         return int(data["expired"])
+    async def set_write_latency(self, seconds: float) -> None:
+        """Every write waits this long for its commit (writes to one object one after another)."""
+        await self._call("POST", "/_emulator/write-latency", {"seconds": seconds})
+
+    async def write_latency(self) -> float:
+        data = await self._call("GET", "/_emulator/write-latency")
+        return float(data["seconds"])
 
 
 class EmulatorControlSync:
@@ -287,6 +294,11 @@ class EmulatorControlSync:
             "POST", "/_emulator/serviceaccounts/expire-tokens", {"namespace": namespace, "name": name}
         )
         return int(data["expired"])
+    def set_write_latency(self, seconds: float) -> None:
+        self._call("POST", "/_emulator/write-latency", {"seconds": seconds})
+
+    def write_latency(self) -> float:
+        return float(self._call("GET", "/_emulator/write-latency")["seconds"])
 
 
 class Emulator:
@@ -360,6 +372,8 @@ class EmulatorProcess:
             o.log_level,
             "--podgc-orphan-delay",
             str(o.podgc_orphan_delay),
+            "--write-latency",
+            str(o.write_latency),
         ]
         if o.pod_cidr_v6:
             argv += ["--pod-cidr-v6", o.pod_cidr_v6]

@@ -258,3 +258,168 @@ async def test_forms_only_python_accepts_are_malformed_and_dropped(
     assert await store.remove([]) == frozenset()  # a cleaning rewrite
     assert await raw_entries(cluster, group) == ["10.0.0.7/32", "10.1.0.0/16", "10.1.2.3/8"]
     assert (await store.read()).malformed == ()
+
+
+# -- pending record details and group commit ---------------------------------------------------------
+
+
+def details_for(ips: list[str], trigger: str = "delete") -> dict[str, str]:
+    from datetime import UTC, datetime, timedelta
+
+    from capo_operator import pending
+    from capo_operator.records import PodRef, Record
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    return {
+        ip: pending.encode(
+            Record(
+                ip=ip,
+                pod=PodRef("db", f"db-{n}", f"uid-{n}", "node-1"),
+                owner=None,
+                trigger=trigger,
+                reserved_at=at,
+                expires_at=at + timedelta(minutes=40),
+                hold=timedelta(minutes=40),
+                policy="ipReserveTime=40m",
+            )
+        )
+        for n, ip in enumerate(ips)
+    }
+
+
+async def raw_annotations(cluster: Cluster, group: CalicoGroup) -> dict[str, str]:
+    obj = cast(
+        dict[str, Any],
+        await cluster.custom.get_cluster_custom_object(group.value, group.version, "ipreservations", NAME),
+    )
+    annotations: dict[str, str] = (obj.get("metadata") or {}).get("annotations") or {}
+    return annotations
+
+
+async def test_pending_details_travel_in_the_same_single_patch(cluster: Cluster, group: CalicoGroup) -> None:
+    store = CalicoStore(cluster.api, name=NAME, group=group)
+    await store.ensure()
+    cluster.calls.clear()
+
+    await store.append(["10.0.0.1", "fd00::1"], details_for(["10.0.0.1", "fd00::1"]))
+
+    assert [(m, s) for m, _, s in cluster.calls.log] == [("PATCH", 200)]
+    snap = await store.read()
+    assert snap.ips == {"10.0.0.1", "fd00::1"}
+    assert {ip: r.pod.name if r.pod else None for ip, r in snap.pending.items()} == {
+        "10.0.0.1": "db-0",
+        "fd00::1": "db-1",
+    }
+    annotations = await raw_annotations(cluster, group)
+    assert annotations["capo.io/managed-by"] == "capo-operator"
+    assert set(annotations) == {"capo.io/managed-by", "pending.capo.io/10.0.0.1", "pending.capo.io/fd00--1"}
+    assert store.pending_bytes == sum(
+        len(k) + len(v) for k, v in annotations.items() if k.startswith("pending")
+    )
+
+
+async def test_an_object_without_annotations_gets_them_on_the_checked_path(
+    cluster: Cluster, group: CalicoGroup
+) -> None:
+    await put_raw(cluster, group, {"reservedCIDRs": ["10.0.0.5/32"]})  # written before this version
+    store = CalicoStore(cluster.api, name=NAME, group=group)
+
+    await store.append(["10.0.0.6"], details_for(["10.0.0.6"]))
+
+    snap = await store.read()
+    assert snap.ips == {"10.0.0.5", "10.0.0.6"} and set(snap.pending) == {"10.0.0.6"}
+    cluster.calls.clear()
+    await store.append(["10.0.0.7"], details_for(["10.0.0.7"]))
+    assert [m for m, _, _ in cluster.calls.log] == ["PATCH"]  # the map exists now: one write again
+    assert set((await store.read()).pending) == {"10.0.0.6", "10.0.0.7"}
+
+
+async def test_ensure_marks_an_existing_object(cluster: Cluster, group: CalicoGroup) -> None:
+    await put_raw(cluster, group, {"reservedCIDRs": ["10.0.0.5/32"]})
+    store = CalicoStore(cluster.api, name=NAME, group=group)
+    await store.ensure()
+    assert (await raw_annotations(cluster, group)) == {"capo.io/managed-by": "capo-operator"}
+    assert await raw_entries(cluster, group) == ["10.0.0.5/32"]
+
+
+async def test_a_duplicate_keeps_the_details_of_the_new_entries(cluster: Cluster, group: CalicoGroup) -> None:
+    store = CalicoStore(cluster.api, name=NAME, group=group)
+    await store.append(["10.0.0.1"])
+    await store.append(["10.0.0.1", "10.0.0.2"], details_for(["10.0.0.1", "10.0.0.2"]))
+    snap = await store.read()
+    assert snap.ips == {"10.0.0.1", "10.0.0.2"}
+    assert "10.0.0.2" in snap.pending
+
+
+async def test_remove_drops_the_details_of_what_it_removes(cluster: Cluster, group: CalicoGroup) -> None:
+    store = CalicoStore(cluster.api, name=NAME, group=group)
+    await store.append(["10.0.0.1", "10.0.0.2"], details_for(["10.0.0.1", "10.0.0.2"]))
+    assert await store.remove(["10.0.0.1"]) == {"10.0.0.1"}
+    snap = await store.read()
+    assert set(snap.pending) == {"10.0.0.2"}
+    assert "capo.io/managed-by" in await raw_annotations(cluster, group)
+
+
+async def test_clear_pending_is_one_write_and_ignores_absent_keys(
+    cluster: Cluster, group: CalicoGroup
+) -> None:
+    store = CalicoStore(cluster.api, name=NAME, group=group)
+    await store.append(["10.0.0.1", "10.0.0.2"], details_for(["10.0.0.1", "10.0.0.2"]))
+    cluster.calls.clear()
+    await store.clear_pending(["pending.capo.io/10.0.0.1", "pending.capo.io/10.0.0.77", "capo.io/managed-by"])
+    assert [m for m, _, _ in cluster.calls.log] == ["PATCH"]
+    assert set(await raw_annotations(cluster, group)) == {"capo.io/managed-by", "pending.capo.io/10.0.0.2"}
+    assert (await store.read()).ips == {"10.0.0.1", "10.0.0.2"}  # entries untouched
+
+
+async def test_details_beyond_the_budget_are_left_out_not_the_reservation(
+    cluster: Cluster, group: CalicoGroup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from capo_operator import pending
+
+    ips = [f"10.0.0.{i}" for i in range(1, 6)]
+    details = details_for(ips)
+    one = len(pending.key(ips[0])) + len(details[ips[0]])
+    monkeypatch.setattr(pending, "BUDGET_BYTES", 2 * one + 5)
+    store = CalicoStore(cluster.api, name=NAME, group=group)
+    await store.append(ips[:1], {ips[0]: details[ips[0]]})
+    await store.append(ips[1:], {ip: details[ip] for ip in ips[1:]})
+    snap = await store.read()
+    assert snap.ips == set(ips)
+    assert set(snap.pending) == {"10.0.0.1", "10.0.0.2"}
+
+
+async def test_group_commit_under_write_latency_with_concurrent_removals(
+    cluster: Cluster, group: CalicoGroup
+) -> None:
+    """16 clients append through one GroupCommit while another replica removes: every append survives
+    with its details, every removal happens, and the appends need far fewer writes than callers."""
+    from capo_operator.calico import GroupCommit
+
+    remover_api, remover_calls = await cluster.new_api()
+    remover = CalicoStore(remover_api, name=NAME, group=group)
+    store = CalicoStore(cluster.api, name=NAME, group=group)
+    initial = [f"10.1.0.{i}" for i in range(1, 41)]
+    await store.append(initial)
+    await cluster.emu.control.set_write_latency(0.005)
+    commit = GroupCommit(store)
+    new = [f"10.2.{i // 200}.{i % 200 + 1}" for i in range(160)]
+    details = details_for(new)
+
+    async def client(k: int) -> None:
+        for ip in new[k::16]:
+            await commit.append([ip], {ip: details[ip]})
+
+    async def remove_all() -> set[str]:
+        removed: set[str] = set()
+        for i in range(0, len(initial), 4):
+            removed |= await remover.remove(initial[i : i + 4])
+        return removed
+
+    *_, removed = await asyncio.gather(*(client(k) for k in range(16)), remove_all())
+    snap = await store.read()
+    assert snap.ips == set(new)
+    assert set(snap.pending) == set(new)
+    assert removed == set(initial)
+    assert commit.writes <= len(new) // 4, f"{commit.writes} writes for {len(new)} appends"
+    assert remover_calls.count("PUT") >= len(initial) // 4

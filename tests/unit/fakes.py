@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from capo_operator import pending
 from capo_operator.addresses import ip_of, record_name
 from capo_operator.calico import CalicoError, CalicoGroup, Snapshot
 from capo_operator.config import Config
@@ -68,19 +69,24 @@ class FakeCalico(_Failures):
         self.append_times: list[float] = []
         self.malformed: list[str] = []  # entries Calico cannot parse (a rewrite drops them)
         self.bare: set[str] = set()  # IPs written as bare IPs (a rewrite makes them host CIDRs)
+        self.details: list[dict[str, str]] = []  # the pending details each append carried
+        self.annotations: dict[str, str] = {}  # the object's pending annotations
 
     async def ensure(self) -> None:
         self.journal.append(("calico.ensure", None))
         self.check("ensure")
 
-    async def append(self, ips: Iterable[str]) -> None:
+    async def append(self, ips: Iterable[str], details: Mapping[str, str] | None = None) -> None:
         ips = tuple(ips)
         self.journal.append(("calico.append", ips))
+        self.details.append(dict(details or {}))
         if self.gate is not None:
             await self.gate.wait()
         self.check("append")
         self.append_times.append(asyncio.get_running_loop().time())
         self.ips.update(ip_of(ip) for ip in ips)
+        for ip, value in (details or {}).items():
+            self.annotations[pending.key(ip)] = value
 
     async def remove(self, ips: Iterable[str]) -> frozenset[str]:
         ips = tuple(ips)
@@ -90,16 +96,28 @@ class FakeCalico(_Failures):
         self.ips -= removed
         self.malformed.clear()
         self.bare.clear()
+        for ip in removed:
+            self.annotations.pop(pending.key(ip), None)
         return removed
+
+    async def clear_pending(self, keys: Iterable[str]) -> None:
+        keys = tuple(sorted(keys))
+        self.journal.append(("calico.clear_pending", keys))
+        self.check("clear_pending")
+        for key in keys:
+            self.annotations.pop(key, None)
 
     async def read(self) -> Snapshot:
         self.journal.append(("calico.read", None))
         self.check("read")
+        records, invalid = pending.read(self.annotations)
         return Snapshot(
             ips=frozenset(self.ips),
             malformed=tuple(self.malformed),
             resource_version="1",
             bare=frozenset(self.bare & self.ips),
+            pending=records,
+            pending_invalid=invalid,
         )
 
 
@@ -113,6 +131,7 @@ class FakeRecords(_Failures):
         self.items: dict[str, Record] = {}
         self.index = index
         self.reservation = "capo-reserved-ips"
+        self.gate: asyncio.Event | None = None  # when set, `create` waits for it
 
     def _sync(self, name: str) -> None:
         if self.index is None:
@@ -129,6 +148,8 @@ class FakeRecords(_Failures):
 
     async def create(self, record: Record) -> bool:
         self.journal.append(("records.create", record.name))
+        if self.gate is not None:
+            await self.gate.wait()
         self.check("create")
         if record.name in self.items:
             return False
@@ -416,7 +437,8 @@ def make_harness(
         reserver=reserver,
         metrics=metrics,
         leading=lambda: holder["rt"].leading,
-        reserved_before=lambda uid: uid in holder["rt"].reserved_uids,
+        # A record was seen for it, or this replica's webhook wrote its IPs (records follow).
+        reserved_before=lambda uid: uid in holder["rt"].reserved_uids or uid in holder["rt"].recent,
     )
     rt = Runtime(
         options=options(),

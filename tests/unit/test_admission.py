@@ -24,9 +24,14 @@ def h() -> Harness:
     return h
 
 
-async def review(h: Harness, pod: PodFacts, *, operation: str = "delete", dry_run: bool = False) -> list[str]:
+async def review(
+    h: Harness, pod: PodFacts, *, operation: str = "delete", dry_run: bool = False, settle: bool = True
+) -> list[str]:
+    """One review; with `settle`, also wait for the records that follow it in the background."""
     warnings: list[str] = []
     await admission.review(h.rt, pod, operation=operation, dry_run=dry_run, warnings=warnings)
+    if settle:
+        await h.rt.reserver.follower.flush()
     return warnings
 
 
@@ -42,6 +47,7 @@ async def test_selected_pod_is_reserved_calico_first(h: Harness, operation: str,
     pod = h.add_pod(make_pod(ips=("10.0.0.1", "fd00::7")))
 
     warnings = await review(h, pod, operation=operation)
+    await h.rt.reserver.follower.flush()
 
     assert warnings == []
     assert h.journal.ops() == ["calico.append", "records.create", "records.create"]
@@ -70,6 +76,7 @@ async def test_selected_pod_is_reserved_calico_first(h: Harness, operation: str,
 async def test_repeated_review_of_same_pod_makes_no_store_call(h: Harness) -> None:
     pod = h.add_pod(make_pod())
     await review(h, pod)
+    await h.rt.reserver.follower.flush()
     calls = len(h.journal)
 
     for _ in range(3):  # the apiserver's retries and kubelet's final DELETE
@@ -79,6 +86,61 @@ async def test_repeated_review_of_same_pod_makes_no_store_call(h: Harness) -> No
     assert outcome(h, "repeated") == 3
     assert outcome(h, "reserved") == 1
     assert h.sample("capo_reservations_total", trigger="delete") == 1
+
+
+async def test_the_answer_waits_for_the_calico_write_only(h: Harness) -> None:
+    h.records.gate = asyncio.Event()  # record creation hangs
+    pod = h.add_pod(make_pod(ips=("10.0.0.1",)))
+
+    warnings = await asyncio.wait_for(review(h, pod, settle=False), 2.0)
+
+    assert warnings == [] and outcome(h, "reserved") == 1
+    assert h.calico.ips == {"10.0.0.1"}
+    assert h.records.items == {}
+    # The append carried what the record will say, so a crash now loses nothing.
+    (details,) = h.calico.details
+    assert set(details) == {"10.0.0.1"} and '"db-0"' in details["10.0.0.1"]
+    h.records.gate.set()
+    await h.rt.reserver.follower.flush()
+    assert h.records.items["10.0.0.1"].trigger == "delete"
+    assert h.sample("capo_reservations_total", trigger="delete") == 1
+
+
+async def test_concurrent_reviews_share_calico_writes(h: Harness) -> None:
+    h.calico.gate = asyncio.Event()  # the first write is in flight while the others arrive
+    pods = [h.add_pod(make_pod(name=f"db-{i}", uid=f"u-{i}", ips=(f"10.0.0.{i + 1}",))) for i in range(10)]
+
+    first = asyncio.ensure_future(review(h, pods[0]))
+    await eventually(lambda: len(h.journal) == 1)  # its write is in flight
+    others = asyncio.gather(*(review(h, p) for p in pods[1:]))
+    await eventually(lambda: h.rt.reserver.commit.waiting == 9)
+    h.calico.gate.set()
+    assert await first == [] and await others == [[]] * 9
+
+    appends = [ips for op, ips in h.journal if op == "calico.append"]
+    assert appends == [("10.0.0.1",), tuple(f"10.0.0.{i + 1}" for i in range(1, 10))]
+    assert outcome(h, "reserved") == 10
+    await h.rt.reserver.follower.flush()
+    assert len(h.records.items) == 10
+
+
+async def test_a_failed_shared_write_fails_every_review_it_carried(h: Harness) -> None:
+    h.calico.gate = asyncio.Event()
+    pods = [h.add_pod(make_pod(name=f"db-{i}", uid=f"u-{i}", ips=(f"10.0.0.{i + 1}",))) for i in range(4)]
+    first = asyncio.ensure_future(review(h, pods[0]))
+    await eventually(lambda: len(h.journal) == 1)
+    others = asyncio.gather(*(review(h, p) for p in pods[1:]))
+    await eventually(lambda: h.rt.reserver.commit.waiting == 3)
+    h.calico.fail("append", times=2)  # the first write and the batch of the other three
+    h.calico.gate.set()
+
+    results = [await first, *await others]
+    assert len([op for op, _ in h.journal if op == "calico.append"]) == 2
+
+    assert all(len(w) == 1 and "could not reserve IP" in w[0] for w in results)
+    assert outcome(h, "reserved") == 0
+    assert h.rt.safety_net.pending == 4  # every one of them retried in the background
+    assert not any(p.uid in h.rt.recent for p in pods)
 
 
 async def test_a_new_pod_with_the_same_name_is_not_a_repeat(h: Harness) -> None:

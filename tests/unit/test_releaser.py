@@ -21,10 +21,12 @@ from fakes import (
 )
 from kubernetes.aio import client as k8s
 
+from capo_operator import pending
 from capo_operator import releaser as releaser_module
+from capo_operator.calico import CalicoError
 from capo_operator.config import Config
 from capo_operator.ledger import LedgerEntry
-from capo_operator.policy import Owner
+from capo_operator.policy import Hold, Owner
 from capo_operator.records import PodRef
 from capo_operator.releaser import OwnerChecker, Releaser, alive_uids
 
@@ -146,6 +148,123 @@ async def test_an_orphan_that_gets_its_record_is_not_adopted(h: Harness) -> None
 
     assert h.records.items["10.0.0.9"].trigger == "delete"
     assert h.sample("capo_reservations_total", trigger="recovered") == 0
+
+
+# -- adoption with the details the Calico write carried ----------------------------------------------
+
+
+async def reserve_then_crash(h: Harness, pod_ips: tuple[str, ...] = ("10.0.0.9",)) -> None:
+    """The webhook's one write lands; the process dies before any record is written."""
+    import asyncio
+
+    h.records.gate = asyncio.Event()  # never opened: the records never come from this replica
+    pod = h.add_pod(make_pod(name="db-3", uid="u-3", ips=pod_ips, node="node-2"))
+    hold = Hold(timedelta(hours=2), "annotation capo.io/reserve-time=2h")
+    await h.rt.reserver.reserve(pod, pod.ips, hold, "eviction", records_later=True)
+    h.remove_pod(pod)
+    h.records.gate = None
+    h.rt.reserver.follower.stop()
+
+
+async def test_crash_after_the_calico_write_is_adopted_with_the_pods_details(h: Harness) -> None:
+    reserved_at = NOW - timedelta(minutes=3)
+    h.rt.reserver.clock = lambda: reserved_at
+    await reserve_then_crash(h, ("10.0.0.9", "fd00::9"))
+    r = releaser(h)
+
+    await r.pass_once()
+    await r.pass_once()
+
+    for ip, name in (("10.0.0.9", "10.0.0.9"), ("fd00::9", "fd00--9")):
+        rec = h.records.items[name]
+        assert rec.ip == ip
+        assert rec.trigger == "eviction"  # not "recovered"
+        assert rec.pod == PodRef(namespace="db", name="db-3", uid="u-3", node="node-2")
+        assert rec.owner is not None and rec.owner.kind == "StatefulSet"
+        assert rec.reserved_at == reserved_at  # the real reservation time, not the adoption's
+        assert rec.expires_at == reserved_at + timedelta(hours=2)
+        assert rec.policy == "annotation capo.io/reserve-time=2h"
+    assert h.sample("capo_reservations_total", trigger="eviction") == 2
+    assert h.sample("capo_reservations_total", trigger="recovered") == 0
+    # The details served their purpose: the next pass removes them in one write.
+    await r.pass_once()
+    assert h.calico.annotations == {}
+    assert len(h.journal.ops("calico.clear_pending")) == 1
+
+
+async def test_a_corrupt_pending_annotation_is_adopted_as_recovered(h: Harness) -> None:
+    h.calico.ips.add("10.0.0.9")
+    h.calico.annotations[pending.key("10.0.0.9")] = '[1,"10.0.0.9","db"'  # truncated
+    r = releaser(h)
+
+    await r.pass_once()
+    await r.pass_once()
+
+    rec = h.records.items["10.0.0.9"]
+    assert (rec.trigger, rec.pod, rec.reserved_at) == ("recovered", None, NOW)
+    await r.pass_once()
+    assert h.calico.annotations == {}  # its record exists now
+
+
+async def test_a_missing_pending_annotation_is_adopted_as_recovered(h: Harness) -> None:
+    await reserve_then_crash(h)
+    h.calico.annotations.clear()  # e.g. the budget was full, or a person edited the object
+    r = releaser(h)
+
+    await r.pass_once()
+    await r.pass_once()
+
+    assert h.records.items["10.0.0.9"].trigger == "recovered"
+    assert h.calico.ips == {"10.0.0.9"}
+
+
+async def test_a_record_written_by_a_standby_is_kept_and_its_details_cleared(h: Harness) -> None:
+    await reserve_then_crash(h)
+    standby_record = make_record("10.0.0.9", age=timedelta(seconds=1), trigger="eviction")
+    h.add_record(standby_record)
+    r = releaser(h)
+    creates = len(h.journal.ops("records.create"))
+
+    await r.pass_once()
+    await r.pass_once()
+
+    assert h.records.items["10.0.0.9"] == standby_record
+    assert len(h.journal.ops("records.create")) == creates  # the leader adopted nothing
+    assert h.calico.annotations == {}
+    assert h.sample("capo_reservations_total", trigger="eviction") == 0
+
+
+async def test_pending_details_without_their_entry_are_cleared_and_nothing_is_adopted(h: Harness) -> None:
+    h.calico.annotations[pending.key("10.0.0.8")] = "garbage"
+    r = releaser(h)
+
+    await r.pass_once()
+
+    assert h.calico.annotations == {}
+    assert h.records.items == {}
+
+
+async def test_a_failed_clearing_does_not_stop_the_pass(h: Harness) -> None:
+    h.calico.annotations[pending.key("10.0.0.8")] = "garbage"
+    h.calico.fail("clear_pending", CalicoError("HTTP 500", 500))
+    ledger = FakeLedger()
+    h.add_pod(make_pod(ips=("10.0.0.1",)))
+    r = releaser(h, ledger)
+
+    await r.pass_once()  # no exception
+
+    assert ledger.saves, "the ledger was still saved"
+    await r.pass_once()
+    assert h.calico.annotations == {}  # the next pass cleared it
+
+
+async def test_nothing_to_clear_costs_no_write(h: Harness) -> None:
+    h.add_record(make_record("10.0.0.1"))
+    r = releaser(h)
+
+    await r.pass_once()
+
+    assert h.journal.ops("calico.clear_pending") == []
 
 
 async def test_record_whose_ip_is_missing_from_calico_is_re_added(h: Harness) -> None:
@@ -468,6 +587,29 @@ async def test_vanished_pod_with_a_free_ip_is_reserved_from_the_ledger(h: Harnes
     assert rec.expires_at == NOW + HOLD
     assert h.calico.ips == {"10.0.0.1"}
     assert h.sample("capo_safety_net_catches_total", trigger="safety-net") == 1
+
+
+async def test_a_ledger_entry_whose_reservation_carried_details_is_adopted_from_them(h: Harness) -> None:
+    # The webhook's write landed, then every replica died before the record: the ledger still lists
+    # the pod, and the Calico entry carries the details.
+    reserved_at = NOW - timedelta(minutes=7)
+    h.rt.reserver.clock = lambda: reserved_at
+    await reserve_then_crash(h)
+    appends = len(h.journal.ops("calico.append"))
+    ledger = FakeLedger({"10.0.0.9": entry("10.0.0.9", "u-3")})
+
+    await releaser(h, ledger).recover_from_ledger()
+
+    rec = h.records.items["10.0.0.9"]
+    assert (rec.trigger, rec.reserved_at, rec.policy) == (
+        "eviction",
+        reserved_at,
+        "annotation capo.io/reserve-time=2h",
+    )
+    assert rec.pod == PodRef(namespace="db", name="db-3", uid="u-3", node="node-2")
+    assert len(h.journal.ops("calico.append")) == appends  # no new reservation
+    assert h.sample("capo_safety_net_catches_total", trigger="safety-net") == 0
+    assert h.sample("capo_reservations_total", trigger="eviction") == 1
 
 
 async def test_vanished_pod_whose_ip_another_pod_holds_is_reported_lost(h: Harness) -> None:

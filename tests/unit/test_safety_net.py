@@ -313,3 +313,24 @@ def test_terminal_uids_drop_the_oldest_when_every_pod_is_still_there() -> None:
     for i in range(500):
         seen.add(f"u{i}")
     assert len(seen) == 100 and "u499" in seen and "u0" not in seen
+
+
+async def test_a_pod_this_replicas_webhook_reserved_is_not_written_again(h: Harness, start: Runner) -> None:
+    # The webhook's Calico write succeeded; its records wait for a lull in the burst.
+    from capo_operator import admission
+
+    h.records.gate = asyncio.Event()
+    pod = h.add_pod(make_pod(uid="u-9", ips=("10.0.0.9",)))
+    await admission.review(h.rt, pod, operation="delete", dry_run=False, warnings=[])
+    appends = len(h.journal.ops("calico.append"))
+    start(h.safety_net)
+
+    h.remove_pod(pod)
+    h.safety_net.pod_gone(make_pod(uid="u-9", ips=("10.0.0.9",), deleting=True))
+
+    await eventually(lambda: h.safety_net.pending == 0)
+    await asyncio.sleep(0.02)
+    assert len(h.journal.ops("calico.append")) == appends  # no second write for it
+    h.records.gate.set()
+    await h.rt.reserver.follower.flush()
+    assert h.records.items["10.0.0.9"].trigger == "delete"
