@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ class JournalCalico:
     async def ensure(self) -> None:
         return None
 
-    async def append(self, ips: Iterable[str]) -> None:
+    async def append(self, ips: Iterable[str], details: Mapping[str, str] | None = None) -> None:
         ips = tuple(ips)
         self.writes.append(("append", ips))
         self.entries.update(host_cidr(ip) for ip in ips)
@@ -72,6 +72,8 @@ class JournalCalico:
 
 
 class JournalRecords:
+    reservation = "capo-reserved-ips"
+
     def __init__(self) -> None:
         self.writes: list[tuple[str, str]] = []
 
@@ -102,7 +104,10 @@ class Webhook:
     counter: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def writes(self) -> int:
-        return len(self.calico.writes) + len(self.records.writes)
+        """Calico writes: the only write a review makes. Records follow an append in the background
+        (a moment later, so an earlier example's record may land during a later one); none is ever
+        made without its append."""
+        return len(self.calico.writes)
 
     def post(self, path: str, body: bytes) -> tuple[int, dict[str, Any] | None, float]:
         request = urllib.request.Request(
