@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-emulator test-integration lint format bench bench-informer bench-delete clean
+.PHONY: demo test test-unit test-emulator test-integration test-real-rehearsal lint format bench bench-informer bench-delete clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test-emulator: $(STAMP)
 
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration
+
+## test-real-rehearsal: the integration suite in real-cluster mode, twice in a row on one API server
+test-real-rehearsal: $(STAMP)
+	$(BIN)/python hack/rehearse_real_cluster.py
 
 ## lint: ruff and mypy (strict)
 lint: $(STAMP)
