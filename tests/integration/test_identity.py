@@ -41,6 +41,18 @@ async def readyz(op: Any) -> tuple[int, str]:
     return answer
 
 
+async def webhook_listening(op: Any) -> None:
+    async def connects() -> bool:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", op.webhook_port)
+        except OSError:
+            return False
+        writer.close()
+        return True
+
+    await eventually(connects, bool, within=30, what="the webhook server to listen")
+
+
 async def log_contains(op: Any, *needles: str, within: float = 30) -> str:
     async def text() -> str:
         return str(op.log_text())
@@ -58,7 +70,8 @@ async def test_a_missing_critical_rule_is_named_keeps_the_replica_unready_and_it
     await capo.set_rbac(without_verb(capo.rbac, "reservedips", "create"))
     op = capo.add_operator()
     op.start()
-    await log_contains(op, "missing permission: critical:", "create reservedips.capo.io")
+    await log_contains(op, "missing permission: critical:", "create reservedips.capo.io", "caches synced")
+    await webhook_listening(op)  # started in full, only unready
     status, why = await readyz(op)
     assert status == 503 and "create reservedips.capo.io" in why, why
 
