@@ -172,16 +172,34 @@ def _digest_text(text: str) -> bytes:
     return hashlib.sha256(text.encode()).digest()
 
 
-async def take_over_signals(shutdown: asyncio.Event, views: Views) -> None:
-    """On a signal Kopf waits up to 5 s for every task in the loop before cancelling them, so the
-    Lease would be released late. Kopf installs its signal handlers as it starts, before its
-    watchers fill the caches; once they are synced ours replace them, so the process stops its own
-    loops first and then Kopf, via its stop flag."""
-    await views.synced.wait()
+async def take_over_signals(shutdown: asyncio.Event, kopf_started: asyncio.Event) -> None:
+    """Kopf installs its own signal handlers as it starts (they stop Kopf first, which then waits up
+    to 5 s for every task in the loop, so the Lease would be released late). As soon as Kopf has
+    started, ours replace them: the process stops its own loops first and then Kopf, via its stop
+    flag. Before that, `run()`'s own handlers cancel the start."""
+    await kopf_started.wait()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
             loop.add_signal_handler(sig, shutdown.set)
+
+
+class KopfShutdownNoise(logging.Filter):
+    """Once the process stops, Kopf closes its HTTP session while some of its own requests (API
+    discovery, a watch being opened) are still in flight, and logs each as an ERROR it will retry.
+    Those are the stop itself, not faults: they are dropped, and only while stopping."""
+
+    _MARKS = ("Connector is closed", "TCP closed", "Session is closed", "SSL closed")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopping = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.stopping or not record.name.startswith("kopf."):
+            return True
+        message = record.getMessage()
+        return not any(mark in message for mark in self._MARKS)
 
 
 def kopf_settings(config: Config, cert: Path, key: Path) -> kopf.OperatorSettings:
@@ -296,6 +314,10 @@ async def _run(
     reserver: Reserver | None = None
     operator_task: asyncio.Task[None] | None = None
     stop_kopf = asyncio.Event()
+    noise = KopfShutdownNoise()
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(noise)
     try:
         try:
             if calico is None:
@@ -432,6 +454,7 @@ async def _run(
             on_leader_change(True)
             spawn(releaser.lead(), "releaser")
 
+        kopf_started = asyncio.Event()  # Kopf raises it after its start-up (and its signal handlers)
         operator_task = asyncio.create_task(
             kopf.operator(
                 registry=kopf.get_default_registry(),
@@ -440,10 +463,11 @@ async def _run(
                 standalone=True,
                 clusterwide=True,
                 stop_flag=stop_kopf,
+                ready_flag=kopf_started,
             ),
             name="kopf",
         )
-        one_shots.append(asyncio.create_task(take_over_signals(rt.shutdown, views), name="signals"))
+        one_shots.append(asyncio.create_task(take_over_signals(rt.shutdown, kopf_started), name="signals"))
         shutdown = asyncio.create_task(rt.shutdown.wait(), name="shutdown-signal")
         one_shots.append(shutdown)
         serving.set()
@@ -456,6 +480,7 @@ async def _run(
             logger.info("stopping on signal")
         return 0
     finally:
+        noise.stopping = True
         # Our loops go first (the elector releases the Lease so a standby takes over at once),
         # then Kopf, which would otherwise wait for them.
         for task in [*reversed(tasks), *one_shots]:
@@ -479,3 +504,5 @@ async def _run(
         for runner in runners:
             await runner.cleanup()
         await api.close()
+        for handler in handlers:
+            handler.removeFilter(noise)
