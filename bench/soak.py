@@ -519,7 +519,8 @@ class Soak:
                 )
                 self.timeline.append((time.time(), f"crash {op.identity} (exit {op.proc.returncode})"))
                 async with self.config_lock:
-                    op.start()
+                    if not op.running:  # the end of the run may have restarted it meanwhile
+                        op.start()
 
     async def sample(self, until: float) -> None:
         """The allocator's view (control API): how contended the pool is."""
