@@ -21,6 +21,9 @@ class Fault:
     latency: float = 0.0
     times: int | None = None  # None = until removed
     drop_watch: bool = False
+    # On a watch request: answer 200 with one ERROR event carrying the status, the way
+    # kube-apiserver reports an expired resourceVersion (410) to a watch; other requests as usual.
+    watch_event: bool = False
     message: str = ""
     hits: int = field(default=0)
 
@@ -47,6 +50,7 @@ class Faults:
             latency=float(spec.get("latency") or 0.0),
             times=spec.get("times"),
             drop_watch=bool(spec.get("drop_watch")),
+            watch_event=bool(spec.get("watch_event")),
             message=str(spec.get("message") or ""),
         )
         for pattern in (fault.path, fault.webhook):

@@ -73,6 +73,16 @@ def _truthy(value: str | None) -> bool:
     return value is not None and value.lower() in ("true", "1")
 
 
+async def _error_event(request: web.Request, exc: E.ApiError) -> web.StreamResponse:
+    """A watch answered with 200 and a single ERROR event (how the real server reports a 410)."""
+    resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    await resp.write((dumps({"type": "ERROR", "object": exc.status()}) + "\n").encode())
+    await resp.write_eof()
+    return resp
+
+
 class Api:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
@@ -92,6 +102,8 @@ class Api:
                 await asyncio.sleep(fault.latency)
             if fault.status:
                 log.info("fault %s: %s %s -> %s", fault.id, request.method, target, fault.status)
+                if fault.watch_event and _truthy(request.query.get("watch")):
+                    return await _error_event(request, fault_error(fault))
                 return error_response(fault_error(fault))
         try:
             response = await handler(request)
@@ -435,10 +447,7 @@ class Api:
             store.start_watch(rt.key, watcher, since)
         except E.ApiError as exc:
             # The real server answers an expired watch with 200 and a single ERROR event.
-            await resp.prepare(request)
-            await resp.write((dumps({"type": "ERROR", "object": exc.status()}) + "\n").encode())
-            await resp.write_eof()
-            return resp
+            return await _error_event(request, exc)
         if send_initial:
             watcher.queue.put_nowait(("INITIAL_END", {}))
         self.watchers.add(watcher)

@@ -58,6 +58,7 @@ def _fault_spec(
     times: int | None,
     drop_watch: bool,
     message: str,
+    watch_event: bool = False,
 ) -> dict[str, Any]:
     return {
         "target": target,
@@ -69,6 +70,7 @@ def _fault_spec(
         "times": times,
         "drop_watch": drop_watch,
         "message": message,
+        "watch_event": watch_event,
     }
 
 
@@ -166,11 +168,14 @@ class EmulatorControl:
         times: int | None = None,
         drop_watch: bool = False,
         message: str = "",
+        watch_event: bool = False,
     ) -> int:
         data = await self._call(
             "POST",
             "/_emulator/faults",
-            _fault_spec(target, method, path, webhook, status, latency, times, drop_watch, message),
+            _fault_spec(
+                target, method, path, webhook, status, latency, times, drop_watch, message, watch_event
+            ),
         )
         return int(data["id"])
 
@@ -264,11 +269,14 @@ class EmulatorControlSync:
         times: int | None = None,
         drop_watch: bool = False,
         message: str = "",
+        watch_event: bool = False,
     ) -> int:
         data = self._call(
             "POST",
             "/_emulator/faults",
-            _fault_spec(target, method, path, webhook, status, latency, times, drop_watch, message),
+            _fault_spec(
+                target, method, path, webhook, status, latency, times, drop_watch, message, watch_event
+            ),
         )
         return int(data["id"])
 

@@ -129,3 +129,18 @@ async def test_drop_watch_fault_closes_streams(http: Http, emu: Emulator) -> Non
     assert await http.watch(f"{CMS}?watch=true", limit=5) == []  # a new watch is dropped shortly after
     assert asyncio.get_running_loop().time() - started < 2
     assert fault > 0
+
+
+async def test_watch_event_fault_answers_watches_as_the_real_server_reports_410(
+    http: Http, emu: Emulator
+) -> None:
+    await emu.control.add_fault(
+        "api", method="GET", path="/configmaps", status=410, times=2, watch_event=True
+    )
+    events = await http.watch(f"{CMS}?watch=true")
+    assert [e["type"] for e in events] == ["ERROR"]  # 200, then one ERROR event, then the end
+    assert events[0]["object"]["code"] == 410 and events[0]["object"]["reason"] == "Expired"
+    status, body, _ = await http.get(CMS)  # a request that is not a watch gets the plain status
+    assert status == 410 and body["code"] == 410
+    status, body, _ = await http.get(CMS)  # the fault was used up
+    assert status == 200 and body["kind"] == "ConfigMapList"
