@@ -24,6 +24,7 @@ NAMESPACE_VALUES = frozenset({"enabled", "enable"})
 RESERVE_ANNOTATION = "capo.io/reserve"
 RESERVE_TIME_ANNOTATION = "capo.io/reserve-time"
 RELEASING_ANNOTATION = "capo.io/releasing"
+DELETION_REQUESTED = "deletion-requested"  # a record with deletionTimestamp (kept by a finalizer)
 # The product's default selector (Capo semantics: any requirement matches).
 DEFAULT_SELECTOR_KEYS = ("statefulset.kubernetes.io/pod-name", "brokerId")
 _RELEASED = re.compile(r"^Released (?P<ip>\S+?)(?: of pod (?P<pod>\S+/\S+))? \((?P<reason>[a-z-]+)\)")
@@ -551,6 +552,10 @@ class Checker:
         releasing = _str_map(meta.get("annotations")).get(RELEASING_ANNOTATION)
         if releasing:
             hold.releasing = hold.releasing or releasing
+        elif meta.get("deletionTimestamp"):
+            # Deleted by someone while the finalizer waits for the leader: a release is requested
+            # now, and the entry may leave Calico before the record's final DELETED event.
+            hold.releasing = hold.releasing or DELETION_REQUESTED
         else:
             hold.expires_at = parse_time(spec.get("expiresAt"))
 
@@ -565,7 +570,7 @@ class Checker:
         self.closed.append(hold)
         self.stats["releases"] += 1
         manual = self._manual_during(hold)
-        if manual is not None and hold.releasing is None:
+        if manual is not None and hold.releasing in (None, DELETION_REQUESTED):
             self.stats["manual_releases"] += 1
             return
         self._judge_release(hold)

@@ -101,10 +101,14 @@ class Story:
         releasing: str | None = None,
         etype: str = "ADDED",
         name: str | None = None,
+        deleting_since: float | None = None,
     ) -> None:
         meta: dict[str, Any] = {"name": ip, "uid": f"rec-{ip}"}
         if releasing:
             meta["annotations"] = {"capo.io/releasing": releasing}
+        if deleting_since is not None:  # deleted, kept by the finalizer until the leader released it
+            meta["deletionTimestamp"] = iso(T0 + deleting_since)
+            meta["finalizers"] = ["capo.io/release"]
         spec = {
             "ip": ip,
             "pod": {"namespace": "apps", "name": name or uid, "uid": uid},
@@ -300,6 +304,22 @@ def test_a_manual_record_deletion_is_an_intended_early_release() -> None:
     s.record(7.01, "10.0.0.1", "redis-0", reserved_at=5, expires_at=25, etype="DELETED")
     s.calico(7.5)
     s.pod(8, "next", "10.0.0.1", etype="ADDED")
+    result = s.check()
+    assert counts(result) == {}
+    assert result["stats"]["manual_releases"] == 1
+
+
+def test_a_manual_deletion_kept_by_the_finalizer_is_released_before_the_record_goes() -> None:
+    """The record turns Terminating, the leader removes the entry (the IP may be handed out at once)
+    and only then drops the finalizer: a manual release, not a lost IP."""
+    s = Story()
+    s.pod(0, "redis-0", "10.0.0.1", etype="ADDED")
+    s.reserve_on_delete(5, "redis-0", "10.0.0.1")
+    s.manual.append(ManualDeletion("10.0.0.1", T0 + 7))
+    s.record(7.01, "10.0.0.1", "redis-0", reserved_at=5, expires_at=25, etype="MODIFIED", deleting_since=7)
+    s.calico(7.5)
+    s.pod(7.6, "next", "10.0.0.1", etype="ADDED")
+    s.record(7.7, "10.0.0.1", "redis-0", reserved_at=5, expires_at=25, etype="DELETED", deleting_since=7)
     result = s.check()
     assert counts(result) == {}
     assert result["stats"]["manual_releases"] == 1
