@@ -27,13 +27,13 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import aiohttp
 
-from capo_operator.kube.models import Codec, DecodeError, Kind
+from capo_operator.kube.models import Codec, DecodeError, Foreign, Kind
 from capo_operator.kube.transport import ApiError, Transport
 
 logger = logging.getLogger(__name__)
@@ -103,6 +103,10 @@ class Store(Generic[T]):
         if not keys:
             return []
         return [self._items[key][2] for key in keys]
+
+    def index_keys(self, index: str) -> Collection[str]:
+        """A live view of the values present in `index` (O(1) membership, no copy)."""
+        return self._indices[index].keys()
 
     def index_values(self, index: str) -> list[str]:
         """Every value present in `index` (e.g. every IP held by a live pod)."""
@@ -356,6 +360,8 @@ class Informer(Generic[T]):
             meta = item.metadata
             try:
                 obj = convert(item)
+            except Foreign:
+                continue
             except ValueError as exc:
                 self.stats.skipped += 1
                 logger.warning("skipping %s %s: %s", self.kind.resource, meta.name, exc)
@@ -452,6 +458,10 @@ class Informer(Generic[T]):
         else:
             try:
                 obj = self.kind.convert(item)
+            except Foreign:
+                gone = self.store._remove(key)  # relabelled away from us: no longer ours
+                if gone is not None:
+                    self._notify_delete(gone)
             except ValueError as exc:
                 self._unreadable(key, exc)
             else:

@@ -9,6 +9,7 @@ docs/performance.md has the comparison with json/orjson + dicts that chose msgsp
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import msgspec
 
 from capo_operator.addresses import AddressError, ip_of
 from capo_operator.policy import NAMESPACE_LABEL, NAMESPACE_LABEL_VALUES, NamespaceFacts, Owner, PodFacts
-from capo_operator.records import GROUP, PLURAL, VERSION, Record, RecordError
+from capo_operator.records import GROUP, PLURAL, VERSION, Record, RecordError, belongs_to
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -29,6 +30,11 @@ KEPT_ANNOTATION_PREFIX = "capo.io/"
 
 class DecodeError(ValueError):
     """An object (or a whole response) that cannot be read as the expected kind."""
+
+
+class Foreign(ValueError):
+    """A readable object that is not ours to cache (another installation's record): the informer
+    leaves it out quietly, and drops it if it was cached."""
 
 
 # -- wire shapes (only what is read; unknown fields are skipped by the decoder) ---------------
@@ -51,6 +57,7 @@ class ObjectMeta(msgspec.Struct, frozen=True):
     annotations: dict[str, str] | None = None
     ownerReferences: list[OwnerReference] | None = None
     deletionTimestamp: str | None = None
+    finalizers: list[str] | None = None
 
 
 class PodIP(msgspec.Struct, frozen=True):
@@ -198,6 +205,9 @@ def record(item: RecordItem) -> Record:
             "name": meta.name,
             "annotations": meta.annotations or {},
             "resourceVersion": meta.resourceVersion or None,
+            # The releaser acts on these: our finalizer, and a person's deletion of the record.
+            "finalizers": meta.finalizers or [],
+            "deletionTimestamp": meta.deletionTimestamp,
         },
         "spec": item.spec,
     }
@@ -240,6 +250,18 @@ class Kind(Generic[T]):
 PODS: Kind[PodFacts] = Kind("", "v1", "pods", True, PodItem, pod_facts)
 NAMESPACES: Kind[NamespaceFacts] = Kind("", "v1", "namespaces", False, NamespaceItem, namespace_facts)
 RECORDS: Kind[Record] = Kind(GROUP, VERSION, PLURAL, False, RecordItem, record)
+
+
+def records_of(reservation: str) -> Kind[Record]:
+    """The records of one installation (`records.belongs_to`): a label selector cannot say
+    "label absent or equal to the default", so the others are left out at decoding."""
+
+    def convert(item: RecordItem) -> Record:
+        if not belongs_to(item.metadata.labels, reservation):
+            raise Foreign(f"another installation's record (reservation {reservation!r} is ours)")
+        return record(item)
+
+    return dataclasses.replace(RECORDS, convert=convert)
 
 
 class Codec(Generic[T]):

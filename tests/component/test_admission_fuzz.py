@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from kubernetes.aio import client, config
 
 from capo_operator import reviews
-from capo_operator.addresses import host_cidr, ip_of
+from capo_operator.addresses import host_cidr, ip_of, record_name
 from capo_operator.calico import CalicoGroup, Snapshot
 from capo_operator.config import parse_config
 from capo_operator.records import Record
@@ -56,7 +56,7 @@ class JournalCalico:
     async def ensure(self) -> None:
         return None
 
-    async def append(self, ips: Iterable[str]) -> None:
+    async def append(self, ips: Iterable[str], details: Mapping[str, str] | None = None) -> None:
         ips = tuple(ips)
         self.writes.append(("append", ips))
         self.entries.update(host_cidr(ip) for ip in ips)
@@ -103,6 +103,12 @@ class Webhook:
 
     def writes(self) -> int:
         return len(self.calico.writes) + len(self.records.writes)
+
+    def wait_record(self, ip: str, within: float = 10.0) -> None:
+        deadline = time.monotonic() + within
+        while ("create", record_name(ip)) not in self.records.writes:
+            assert time.monotonic() < deadline, f"no record written for {ip}"
+            time.sleep(0.005)
 
     def post(self, path: str, body: bytes) -> tuple[int, dict[str, Any] | None, float]:
         request = urllib.request.Request(
@@ -376,6 +382,7 @@ def test_a_malformed_review_is_answered_in_time_and_writes_nothing(
     assert status == 200 and answer is not None and answer["response"]["allowed"] is True
     ip = review["request"]["oldObject"]["status"]["podIP"]
     assert ("append", (ip,)) in webhook.calico.writes
+    webhook.wait_record(ip)  # records follow the answer: let this one land before the next count
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -442,6 +449,7 @@ def test_a_large_but_real_pod_is_still_reserved(webhook: Webhook) -> None:
     assert status == 200 and answer is not None and answer["response"]["allowed"] is True
     ip = review["request"]["oldObject"]["status"]["podIP"]
     assert ("append", (ip,)) in webhook.calico.writes
+    webhook.wait_record(ip)  # records follow the answer: let this one land before the next count
     assert ip_of(host_cidr(ip)) == ip
 
 
