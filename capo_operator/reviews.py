@@ -69,7 +69,8 @@ def check_review(data: Any) -> Mapping[str, Any]:
     request = _field(data, "request", "", dict, required=True)
     _field(request, "uid", "request", str, required=True)
     for name in ("kind", "requestKind"):
-        kind = _field(request, name, "request", dict)
+        # `kind` is not optional in an AdmissionRequest (requestKind is).
+        kind = _field(request, name, "request", dict, required=name == "kind")
         for key in ("group", "version", "kind"):
             _field(kind or {}, key, f"request.{name}", str)
     for name in ("resource", "requestResource"):

@@ -68,6 +68,10 @@ class Views:
     def pods(self) -> Iterator[PodFacts]:
         return iter(self._pods.values())
 
+    def generation(self) -> tuple[int, int, int, int]:
+        """Changes whenever a pod or a namespace changes (what the ledger is derived from)."""
+        return (id(self._pods), self._pods.version, id(self._namespaces), self._namespaces.version)
+
     def pod_count(self) -> int:
         return len(self._pods)
 

@@ -66,6 +66,8 @@ class Store(Generic[T]):
         self._items: dict[str, tuple[str, str, T]] = {}  # key -> (resourceVersion, uid, object)
         self._indexers: dict[str, IndexFunc[T]] = dict(indexers or {})
         self._indices: dict[str, dict[str, set[str]]] = {name: {} for name in self._indexers}
+        # Bumped by every change: readers cache what they derive from the store until it moves.
+        self.version = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -123,6 +125,7 @@ class Store(Generic[T]):
         entry = self._items.get(key)
         old = None if entry is None else entry[2]
         self._items[key] = (rv, uid, obj)
+        self.version += 1
         for index, values in self._indices.items():
             before = self._index_values_of(index, old) if old is not None else set()
             after = self._index_values_of(index, obj)
@@ -136,6 +139,7 @@ class Store(Generic[T]):
         entry = self._items.pop(key, None)
         if entry is None:
             return None
+        self.version += 1
         for index, values in self._indices.items():
             for value in self._index_values_of(index, entry[2]):
                 self._unindex(values, value, key)

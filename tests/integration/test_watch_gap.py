@@ -3,6 +3,8 @@ changed meanwhile is found by listing again and diffing, and handled like the wa
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from capo_testkit import Harness, pod_ip
@@ -44,3 +46,13 @@ async def test_deletions_in_a_watch_gap_are_reserved_and_leave_no_ghost(capo: Ha
     await c.delete_pod(ns, "web-0")
     record = (await capo.wait_reserved(reused_ip, within=15))[reused_ip]
     assert (record["spec"]["trigger"], record["spec"]["pod"]["name"]) == ("delete", "web-0")
+
+
+@pytest.mark.emulator_only
+async def test_kopf_opens_no_watch_only_the_three_informers_do(capo: Harness) -> None:
+    c = capo.cluster
+    [op] = await capo.start_operators(1)
+    await asyncio.sleep(1)  # Kopf's tasks have all started by now
+    paths = sorted(w.path.split("?")[0] for w in c.emulator.cluster.http.watchers)
+    assert paths == ["/api/v1/namespaces", "/api/v1/pods", "/apis/capo.io/v1/reservedips"], paths
+    assert "Not enough permissions" not in op.log_text()
