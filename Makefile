@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-emulator test-integration lint format bench bench-informer bench-delete clean
+.PHONY: demo test test-unit test-emulator test-integration lint format bench bench-informer bench-delete bench-scale clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ bench-informer: $(STAMP)
 ## bench-delete: pod-delete latency with no webhook, a zero-work webhook and the operator, at 2 and 5 ms per write
 bench-delete: $(STAMP)
 	$(BIN)/python bench/delete_path.py --json bench/results/delete-path.json
+
+## bench-scale: the operator process with 5k/10k/20k pods (10k records at 20k): ready time, RSS, CPU, events/s (~15 min)
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py --json bench/results/scale.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info

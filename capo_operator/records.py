@@ -116,7 +116,7 @@ class Record:
     finalizers: tuple[str, ...] = (FINALIZER,)  # records made before finalizers existed have none
     deleting: bool = False  # metadata.deletionTimestamp is set: release now (reason manual)
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
         return record_name(self.ip)
 

@@ -65,7 +65,9 @@ class Store(Generic[T]):
     def __init__(self, indexers: Mapping[str, IndexFunc[T]] | None = None) -> None:
         self._items: dict[str, tuple[str, str, T]] = {}  # key -> (resourceVersion, uid, object)
         self._indexers: dict[str, IndexFunc[T]] = dict(indexers or {})
-        self._indices: dict[str, dict[str, set[str]]] = {name: {} for name in self._indexers}
+        # value -> the key holding it, or a set of keys when several do: nearly every value (a
+        # uid, a live IP) has one holder, and a set per value was most of the index's memory.
+        self._indices: dict[str, dict[str, str | set[str]]] = {name: {} for name in self._indexers}
         # Bumped by every change: readers cache what they derive from the store until it moves.
         self.version = 0
 
@@ -104,6 +106,8 @@ class Store(Generic[T]):
         keys = self._indices[index].get(value)
         if not keys:
             return []
+        if isinstance(keys, str):
+            return [self._items[keys][2]]
         return [self._items[key][2] for key in keys]
 
     def index_keys(self, index: str) -> Collection[str]:
@@ -132,7 +136,7 @@ class Store(Generic[T]):
             for value in before - after:
                 self._unindex(values, value, key)
             for value in after - before:
-                values.setdefault(value, set()).add(key)
+                self._index(values, value, key)
         return old
 
     def _remove(self, key: str) -> T | None:
@@ -146,12 +150,30 @@ class Store(Generic[T]):
         return entry[2]
 
     @staticmethod
-    def _unindex(values: dict[str, set[str]], value: str, key: str) -> None:
+    def _index(values: dict[str, str | set[str]], value: str, key: str) -> None:
         keys = values.get(value)
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
+        if keys is None:
+            values[value] = key
+        elif isinstance(keys, str):
+            if keys != key:
+                values[value] = {keys, key}
+        else:
+            keys.add(key)
+
+    @staticmethod
+    def _unindex(values: dict[str, str | set[str]], value: str, key: str) -> None:
+        keys = values.get(value)
+        if keys is None:
+            return
+        if isinstance(keys, str):
+            if keys == key:
                 del values[value]
+            return
+        keys.discard(key)
+        if len(keys) == 1:
+            values[value] = next(iter(keys))
+        elif not keys:
+            del values[value]
 
 
 @dataclass

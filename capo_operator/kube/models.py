@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -143,6 +144,8 @@ class IdentityItem(msgspec.Struct, frozen=True):
 # -- conversions to the operator's values ------------------------------------------------------
 
 
+_intern = sys.intern
+
 # The same few thousand IP strings come back in every event of their pods: parse each once.
 _ip_of = functools.lru_cache(maxsize=65536)(ip_of)
 
@@ -169,19 +172,29 @@ def pod_facts(item: PodItem) -> PodFacts:
     owner = None
     for ref in meta.ownerReferences or ():
         if ref.controller is True:
-            owner = Owner(api_version=ref.apiVersion, kind=ref.kind, name=ref.name, uid=ref.uid)
+            owner = Owner(
+                api_version=_intern(ref.apiVersion),
+                kind=_intern(ref.kind),
+                name=_intern(ref.name),
+                uid=_intern(ref.uid),
+            )
             break
-    annotations = {k: v for k, v in (meta.annotations or {}).items() if k.startswith(KEPT_ANNOTATION_PREFIX)}
+    annotations = {
+        _intern(k): v for k, v in (meta.annotations or {}).items() if k.startswith(KEPT_ANNOTATION_PREFIX)
+    }
+    # The decoder makes a new string for every occurrence; pods share namespaces, nodes, owners
+    # and most label keys and values, so one copy each keeps the pod cache small.
+    labels = {_intern(k): _intern(v) for k, v in meta.labels.items()} if meta.labels else {}
     return PodFacts(
-        namespace=meta.namespace,
+        namespace=_intern(meta.namespace),
         name=meta.name,
         uid=meta.uid,
-        node=spec.nodeName or None,
-        labels=meta.labels or {},
+        node=_intern(spec.nodeName) if spec.nodeName else None,
+        labels=labels,
         annotations=annotations,
         ips=_canonical_ips(status),
         host_network=spec.hostNetwork is True,
-        phase=status.phase,
+        phase=_intern(status.phase) if status.phase else None,
         reason=status.reason,
         deleting=meta.deletionTimestamp is not None,
         owner=owner,
