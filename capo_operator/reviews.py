@@ -69,8 +69,7 @@ def check_review(data: Any) -> Mapping[str, Any]:
     request = _field(data, "request", "", dict, required=True)
     _field(request, "uid", "request", str, required=True)
     for name in ("kind", "requestKind"):
-        # `kind` is not optional in an AdmissionRequest (requestKind is).
-        kind = _field(request, name, "request", dict, required=name == "kind")
+        kind = _field(request, name, "request", dict)
         for key in ("group", "version", "kind"):
             _field(kind or {}, key, f"request.{name}", str)
     for name in ("resource", "requestResource"):

@@ -271,7 +271,7 @@ PATHS: dict[tuple[str | int, ...], tuple[str, ...]] = {
     (): (OBJ,),
     ("request",): (OBJ,),
     ("request", "uid"): (STR,),
-    ("request", "kind"): (OBJ,),
+    ("request", "kind"): (OBJ, NULL),  # the check treats an absent kind as unknown, not malformed
     ("request", "resource"): (OBJ,),
     ("request", "resource", "resource"): (STR,),
     ("request", "resource", "version"): (STR,),
