@@ -119,8 +119,16 @@ def test_ip_holders_leave_out_the_pod_itself() -> None:
 
     assert views.ip_holders(("10.0.0.1",), except_uid="u0") == {}
     assert views.ip_holders(("10.0.0.1", "10.0.0.5")) == {"10.0.0.1": "u0"}
-    h.add_holder("10.0.0.1", "newcomer")  # old pod still listed, a new one got the IP as well
+    newcomer = h.add_holder("10.0.0.1", "newcomer")  # old pod still listed, a new one got the IP too
     assert views.ip_holders(("10.0.0.1",), except_uid="u0") == {"10.0.0.1": "newcomer"}
+
+    # The old pod leaves: the newcomer alone holds the IP; then nobody does.
+    h.remove_pod(make_pod(uid="u0", ips=("10.0.0.1",)))
+    assert views.ip_holders(("10.0.0.1",)) == {"10.0.0.1": "newcomer"}
+    assert views.all_ip_holders() == {"10.0.0.1": "newcomer"}
+    h.remove_pod(newcomer)
+    assert views.ip_holders(("10.0.0.1",)) == {} and views.all_ip_holders() == {}
+    assert "u0" not in views.pod_uids() and "newcomer" not in views.pod_uids()
 
 
 # -- Runtime ----------------------------------------------------------------------------------
