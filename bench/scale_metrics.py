@@ -5,7 +5,7 @@ Old and new side by side in one run (same machine, same load):
   here as the baseline; the new way is `capo_operator.metrics` (computed at scrape time, per-IP
   info bounded to `metrics.ipInfoLimit`, default 1000). A scrape is `generate_latest` of the
   operator's whole registry, what the `/metrics` handler returns.
-- per record event: the record watch handler, plus (old) the rebuild of every record's series.
+- per record event: the record informer's handler, plus (old) the rebuild of every record's series.
 - ledger: format 1 (one JSON ConfigMap) against format 2 (sharded, compressed), for dual-stack
   StatefulSet pods with random uids: encode, decode, stored bytes, shards, and the bytes written
   when one pod is replaced.
@@ -29,22 +29,19 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import kopf
 from prometheus_client import generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from capo_operator import handlers
 from capo_operator import ledger as L
 from capo_operator.ledger import LedgerEntry
 from capo_operator.metrics import Metrics
 from capo_operator.policy import Owner
 from capo_operator.records import PodRef, Record
+from capo_operator.watchers import Watchers
 
-# Kopf's decorator types the handler as its own callable protocol; call the function as Kopf does.
-record_event: Any = handlers.record_event
 RECORD_COUNTS = (5_000, 10_000, 20_000)
 LEDGER_PODS = (5_000, 10_000, 20_000, 50_000)
 
@@ -159,11 +156,12 @@ def metrics_at(n: int, runs: int) -> dict[str, Any]:
     old_body = generate_latest(old.registry)
     old_scrape = median_ms(lambda: generate_latest(old.registry), runs)
 
-    body = kopf.Body({"metadata": {"name": "10-0-0-1"}, "spec": {"ip": "10.0.0.1", "pod": {"uid": "u"}}})
-    memo = record_event_memo(records)
+    # The record informer's update handler, on a watchers object holding just the runtime it reads.
+    watchers: Any = SimpleNamespace(rt=record_event_memo(records))
+    record = records[0]
 
     def new_event() -> None:
-        record_event(event={"type": "MODIFIED", "object": {}}, body=body, memo=memo)
+        Watchers.record_seen(watchers, record)
 
     def old_event() -> None:
         new_event()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import hashlib
 import logging
 import signal
@@ -25,6 +24,7 @@ from capo_operator.certs import BuiltinCertificates, ReloadingWebhookServer, cer
 from capo_operator.config import Config, ConfigError, parse_config
 from capo_operator.credentials import Credentials, CredentialsError, Source
 from capo_operator.events import EventRecorder, ObjectRef
+from capo_operator.kube import KubeTransport
 from capo_operator.leader import LeaseElector
 from capo_operator.ledger import NAME as LEDGER_NAME
 from capo_operator.ledger import Ledger
@@ -34,6 +34,7 @@ from capo_operator.releaser import Releaser
 from capo_operator.reserver import Reserver
 from capo_operator.runtime import Options, Runtime, Views
 from capo_operator.safety_net import SafetyNet
+from capo_operator.watchers import Watchers
 
 logger = logging.getLogger(__name__)
 
@@ -158,16 +159,6 @@ async def watch_config_map(
                 await stream.close()
 
 
-async def freeze_heap_after_sync(views: Views) -> None:
-    """Move what is alive once the caches are filled (mostly Kopf's pod index) out of the garbage
-    collector's reach: full collections over it paused the event loop for 50-280 ms, which showed
-    up as webhook latency spikes (bench/webhook.py)."""
-    await views.synced.wait()
-    gc.collect()
-    gc.freeze()
-    logger.debug("froze %d objects after the caches synced", gc.get_freeze_count())
-
-
 def _digest_text(text: str) -> bytes:
     return hashlib.sha256(text.encode()).digest()
 
@@ -215,6 +206,9 @@ def kopf_settings(config: Config, cert: Path, key: Path) -> kopf.OperatorSetting
     )
     settings.admission.managed = None  # the webhook configuration ships with the manifests
     settings.posting.enabled = False  # our own Events say more than Kopf's per-handler ones
+    # Kopf only serves admission (the caches are our informers): it needs the resources found at
+    # start-up, not a watch on CustomResourceDefinitions for ones that appear later.
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
@@ -375,7 +369,9 @@ async def _run(
         )
         rt.missing_permissions = missing_permissions
         holder["rt"] = rt
-        metrics.watch_records(views.records, lambda: rt.config.metrics_ip_info_limit)
+        watchers = Watchers(rt, KubeTransport(api))
+        metrics.watch_records(watchers.records.store.values, lambda: rt.config.metrics_ip_info_limit)
+        metrics.watch_informers(watchers.stats)
 
         def spawn(coro: Coroutine[Any, Any, Any], name: str) -> None:
             tasks.append(asyncio.create_task(coro, name=name))
@@ -414,7 +410,7 @@ async def _run(
         runners.append(await probes.serve(probes.metrics_app(metrics.registry), config.metrics_bind_address))
         spawn(events.run(), "events")
         spawn(credentials.run(), "credentials")
-        one_shots.append(asyncio.create_task(freeze_heap_after_sync(views), name="gc-freeze"))
+        spawn(watchers.run(), "informers")
         spawn(safety_net.run(lambda: rt.config), "safety-net")
         try:
             loaded_text = options.config_path.read_text()

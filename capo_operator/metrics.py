@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from capo_operator import __version__
 
 if TYPE_CHECKING:
+    from capo_operator.kube.informer import InformerStats
     from capo_operator.records import Record
 
 RELEASE_REASONS = ("expired", "cap", "manual", "owner-deleted", "namespace-deleted")
@@ -131,6 +132,58 @@ class RecordsCollector(Collector):
         yield omitted
 
 
+@dataclass(frozen=True)
+class InformerState:
+    resource: str
+    objects: int
+    synced: bool
+    stats: InformerStats
+
+
+# InformerStats field -> (exposed counter name without _total, help).
+_INFORMER_COUNTERS = {
+    "lists": ("capo_informer_lists", "Complete LISTs of a resource: the first one and every relist"),
+    "expired": (
+        "capo_informer_relists",
+        "Relists forced by 410 Gone: a watch gap the API server could not replay",
+    ),
+    "watches": ("capo_informer_watches", "WATCH requests made"),
+    "events": ("capo_informer_events", "Watch events applied (bookmarks excluded)"),
+    "errors": ("capo_informer_errors", "Failed LIST/WATCH attempts, each followed by a backoff"),
+    "skipped": ("capo_informer_skipped", "Objects left out of the cache because they could not be read"),
+    "handler_errors": ("capo_informer_handler_errors", "Informer handler calls that raised"),
+}
+
+
+class InformersCollector(Collector):
+    """The informers' own statistics, read at scrape time (no bookkeeping on the event path)."""
+
+    def __init__(self, states: Callable[[], Iterable[InformerState]] = lambda: ()) -> None:
+        self.states = states
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families(())
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(list(self.states()))
+
+    @staticmethod
+    def _families(states: Iterable[InformerState]) -> Iterator[Metric]:
+        states = list(states)
+        objects = Metric("capo_informer_objects", "Objects in the informer's cache, by resource", "gauge")
+        synced = Metric("capo_informer_synced", "1 once the informer's first list is complete", "gauge")
+        for s in states:
+            objects.add_sample("capo_informer_objects", {"resource": s.resource}, float(s.objects))
+            synced.add_sample("capo_informer_synced", {"resource": s.resource}, float(s.synced))
+        yield objects
+        yield synced
+        for attr, (name, doc) in _INFORMER_COUNTERS.items():
+            family = Metric(name, doc, "counter")
+            for s in states:
+                family.add_sample(name + "_total", {"resource": s.resource}, float(getattr(s.stats, attr)))
+            yield family
+
+
 @dataclass
 class Metrics:
     registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
@@ -142,6 +195,8 @@ class Metrics:
         # Capo's names.
         self.held = RecordsCollector()
         r.register(self.held)
+        self.informers = InformersCollector()
+        r.register(self.informers)
         self.reserve_count_max = Gauge("ip_reserve_count_max", "The ipReserveMaxCount cap", registry=r)
         self.evictions = _PlainCounter(
             "ip_reserve_evictions_count",
@@ -254,6 +309,10 @@ class Metrics:
         """Where the held-IP metrics are read from at each scrape (the records cache, the config)."""
         self.held.records = records
         self.held.info_limit = info_limit
+
+    def watch_informers(self, states: Callable[[], Iterable[InformerState]]) -> None:
+        """Where the informer metrics are read from at each scrape."""
+        self.informers.states = states
 
     def exposed_names(self) -> frozenset[str]:
         """Every series name this registry can expose, used or not yet (for checking dashboards and rules)."""

@@ -30,7 +30,7 @@ class Skip(enum.StrEnum):
     IP_REUSED = "ip-held-by-other-pod"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Owner:
     api_version: str
     kind: str
@@ -64,7 +64,7 @@ def _canonical_ips(candidates: list[object]) -> tuple[str, ...]:
     return tuple(ips)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per cached pod (20,000 and more)
 class PodFacts:
     namespace: str
     name: str

@@ -9,6 +9,7 @@ documented as "not an error".
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -86,7 +87,10 @@ def parse_time(text: Any, field: str) -> datetime:
 
 
 def _truncate(moment: datetime) -> datetime:
-    return parse_time(format_time(moment), "time")
+    """The moment as written and read back (`format_time`: UTC, whole seconds)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).replace(microsecond=0)
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ class Record:
     finalizers: tuple[str, ...] = (FINALIZER,)  # records made before finalizers existed have none
     deleting: bool = False  # metadata.deletionTimestamp is set: release now (reason manual)
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
         return record_name(self.ip)
 
@@ -236,6 +240,11 @@ class Record:
         return [f for f in self.finalizers if f != FINALIZER]
 
     def view(self) -> RecordView:
+        return self._view
+
+    @functools.cached_property
+    def _view(self) -> RecordView:
+        # Once per cached record (a changed record is a new object): every pass plans over all.
         return RecordView(
             name=self.name,
             ip=self.ip,

@@ -1,18 +1,20 @@
-"""The per-process state handed to Kopf as `memo`, and the read-only views of Kopf's indices."""
+"""The per-process state handed to Kopf as `memo`, and the read-only views of the informers' caches."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 from capo_operator.config import Config
+from capo_operator.kube import POD_INDEXERS, POD_IP_INDEX, RECORD_INDEXERS, UID_INDEX, Store
 from capo_operator.metrics import Metrics
 from capo_operator.policy import NamespaceFacts, PodFacts
+from capo_operator.records import Record
 
 if TYPE_CHECKING:
     from kubernetes.aio import client as k8s
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     from capo_operator.calico import CalicoStore
     from capo_operator.credentials import Credentials
     from capo_operator.events import EventRecorder
-    from capo_operator.records import Record, RecordStore
+    from capo_operator.records import RecordStore
     from capo_operator.reserver import Reserver
     from capo_operator.safety_net import SafetyNet
 
@@ -44,71 +46,71 @@ class Options:
     log_level: str = "info"
 
 
-class StoreLike(Protocol):
-    """Kopf's index store: the values that one key collected from one or more objects."""
-
-    def __iter__(self) -> Iterator[Any]: ...
-
-    def __len__(self) -> int: ...
-
-
 class Views:
-    """Read-only views over Kopf's live indices (captured once the indices are populated)."""
+    """Read-only views over the informers' stores (pods, namespaces, this installation's records),
+    shared by the webhook, the safety net and the releaser. The stores are updated in place by the
+    informers (`capo_operator.watchers`); `synced` is set once all three have listed."""
 
     def __init__(self) -> None:
-        self._pods: Mapping[Any, StoreLike] = {}
-        self._ips: Mapping[Any, StoreLike] = {}
-        self._namespaces: Mapping[Any, StoreLike] = {}
-        self._records: Mapping[Any, StoreLike] = {}
+        self._pods: Store[PodFacts] = Store(POD_INDEXERS)
+        self._namespaces: Store[NamespaceFacts] = Store()
+        self._records: Store[Record] = Store(RECORD_INDEXERS)
         self.synced = asyncio.Event()
 
-    def attach(self, *, pods: Any, ips: Any, namespaces: Any, records: Any) -> None:
-        # Kopf's Index objects are updated in place, so keeping references gives a live view.
-        self._pods, self._ips, self._namespaces, self._records = pods, ips, namespaces, records
-        self.synced.set()
-
-    @staticmethod
-    def _first(store: StoreLike | None) -> Any:
-        if store is None:
-            return None
-        for value in store:
-            return value
-        return None
+    def attach(
+        self, *, pods: Store[PodFacts], namespaces: Store[NamespaceFacts], records: Store[Record]
+    ) -> None:
+        self._pods, self._namespaces, self._records = pods, namespaces, records
 
     def pod(self, namespace: str, name: str) -> PodFacts | None:
-        value: PodFacts | None = self._first(self._pods.get((namespace, name)))
-        return value
+        return self._pods.get_by_name(namespace, name)
 
     def pods(self) -> Iterator[PodFacts]:
-        for store in list(self._pods.values()):
-            yield from store
+        return iter(self._pods.values())
+
+    def generation(self) -> tuple[int, int, int, int]:
+        """Changes whenever a pod or a namespace changes (what the ledger is derived from)."""
+        return (id(self._pods), self._pods.version, id(self._namespaces), self._namespaces.version)
+
+    def pod_count(self) -> int:
+        return len(self._pods)
+
+    def pod_uids(self) -> Collection[str]:
+        """The uids of the pods present (a live view)."""
+        return self._pods.index_keys(UID_INDEX)
 
     def namespace(self, name: str) -> NamespaceFacts | None:
-        value: NamespaceFacts | None = self._first(self._namespaces.get(name))
-        return value
+        return self._namespaces.get(name)
 
     def namespace_names(self) -> frozenset[str]:
-        return frozenset(self._namespaces.keys())
+        return frozenset(self._namespaces)
 
     def ip_holders(self, ips: tuple[str, ...], *, except_uid: str | None = None) -> dict[str, str]:
         """IP -> uid of another live pod holding it now."""
         holders: dict[str, str] = {}
         for ip in ips:
-            for uid in self._ips.get(ip, ()):
-                if uid != except_uid:
-                    holders[ip] = uid
+            for pod in self._pods.by_index(POD_IP_INDEX, ip):
+                if pod.uid != except_uid:
+                    holders[ip] = pod.uid
                     break
         return holders
 
     def all_ip_holders(self) -> dict[str, str]:
-        return {ip: uid for ip, store in list(self._ips.items()) for uid in store}
+        store = self._pods
+        holders: dict[str, str] = {}
+        for ip in store.index_values(POD_IP_INDEX):
+            for pod in store.by_index(POD_IP_INDEX, ip):
+                holders[ip] = pod.uid
+        return holders
 
     def records(self) -> list[Record]:
-        return [record for store in list(self._records.values()) for record in store]
+        return self._records.values()
 
     def record(self, name: str) -> Record | None:
-        value: Record | None = self._first(self._records.get(name))
-        return value
+        return self._records.get(name)
+
+    def record_count(self) -> int:
+        return len(self._records)
 
 
 class RecentUIDs:
@@ -213,7 +215,7 @@ class Runtime:
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
-        self.terminal_uids = TerminalUIDs(present=lambda: {pod.uid for pod in self.views.pods()})
+        self.terminal_uids = TerminalUIDs(present=self.views.pod_uids)
 
     def __copy__(self) -> Runtime:
         return self

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from capo_operator.kube.informer import Backoff, Informer, InformerStats, Store, object_key
-from capo_operator.kube.models import NAMESPACES, PODS, RECORDS, Codec, DecodeError, Kind
+from capo_operator.kube.models import NAMESPACES, PODS, RECORDS, Codec, DecodeError, Foreign, Kind, records_of
 from capo_operator.kube.transport import ApiError, KubeTransport, Transport
 from capo_operator.policy import NamespaceFacts, PodFacts
 from capo_operator.records import Record
@@ -57,9 +57,11 @@ def namespace_informer(transport: Transport, **options: Any) -> Informer[Namespa
     return Informer(transport, NAMESPACES, **options)
 
 
-def record_informer(transport: Transport, **options: Any) -> Informer[Record]:
-    """ReservedIP records (key: the record name), indexed by the uid of the pod they came from."""
-    return Informer(transport, RECORDS, indexers=RECORD_INDEXERS, **options)
+def record_informer(transport: Transport, reservation: str | None = None, **options: Any) -> Informer[Record]:
+    """ReservedIP records (key: the record name), indexed by the uid of the pod they came from;
+    with `reservation`, only that installation's records (`records.belongs_to`)."""
+    kind = RECORDS if reservation is None else records_of(reservation)
+    return Informer(transport, kind, indexers=RECORD_INDEXERS, **options)
 
 
 __all__ = [
@@ -75,6 +77,7 @@ __all__ = [
     "Backoff",
     "Codec",
     "DecodeError",
+    "Foreign",
     "Informer",
     "InformerStats",
     "Kind",
@@ -88,4 +91,5 @@ __all__ = [
     "pod_uid",
     "record_informer",
     "record_pod_uid",
+    "records_of",
 ]

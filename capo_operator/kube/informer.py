@@ -27,13 +27,13 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import aiohttp
 
-from capo_operator.kube.models import Codec, DecodeError, Kind
+from capo_operator.kube.models import Codec, DecodeError, Foreign, Kind
 from capo_operator.kube.transport import ApiError, Transport
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,11 @@ class Store(Generic[T]):
     def __init__(self, indexers: Mapping[str, IndexFunc[T]] | None = None) -> None:
         self._items: dict[str, tuple[str, str, T]] = {}  # key -> (resourceVersion, uid, object)
         self._indexers: dict[str, IndexFunc[T]] = dict(indexers or {})
-        self._indices: dict[str, dict[str, set[str]]] = {name: {} for name in self._indexers}
+        # value -> the key holding it, or a set of keys when several do: nearly every value (a
+        # uid, a live IP) has one holder, and a set per value was most of the index's memory.
+        self._indices: dict[str, dict[str, str | set[str]]] = {name: {} for name in self._indexers}
+        # Bumped by every change: readers cache what they derive from the store until it moves.
+        self.version = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -102,7 +106,13 @@ class Store(Generic[T]):
         keys = self._indices[index].get(value)
         if not keys:
             return []
+        if isinstance(keys, str):
+            return [self._items[keys][2]]
         return [self._items[key][2] for key in keys]
+
+    def index_keys(self, index: str) -> Collection[str]:
+        """A live view of the values present in `index` (O(1) membership, no copy)."""
+        return self._indices[index].keys()
 
     def index_values(self, index: str) -> list[str]:
         """Every value present in `index` (e.g. every IP held by a live pod)."""
@@ -119,31 +129,51 @@ class Store(Generic[T]):
         entry = self._items.get(key)
         old = None if entry is None else entry[2]
         self._items[key] = (rv, uid, obj)
+        self.version += 1
         for index, values in self._indices.items():
             before = self._index_values_of(index, old) if old is not None else set()
             after = self._index_values_of(index, obj)
             for value in before - after:
                 self._unindex(values, value, key)
             for value in after - before:
-                values.setdefault(value, set()).add(key)
+                self._index(values, value, key)
         return old
 
     def _remove(self, key: str) -> T | None:
         entry = self._items.pop(key, None)
         if entry is None:
             return None
+        self.version += 1
         for index, values in self._indices.items():
             for value in self._index_values_of(index, entry[2]):
                 self._unindex(values, value, key)
         return entry[2]
 
     @staticmethod
-    def _unindex(values: dict[str, set[str]], value: str, key: str) -> None:
+    def _index(values: dict[str, str | set[str]], value: str, key: str) -> None:
         keys = values.get(value)
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
+        if keys is None:
+            values[value] = key
+        elif isinstance(keys, str):
+            if keys != key:
+                values[value] = {keys, key}
+        else:
+            keys.add(key)
+
+    @staticmethod
+    def _unindex(values: dict[str, str | set[str]], value: str, key: str) -> None:
+        keys = values.get(value)
+        if keys is None:
+            return
+        if isinstance(keys, str):
+            if keys == key:
                 del values[value]
+            return
+        keys.discard(key)
+        if len(keys) == 1:
+            values[value] = next(iter(keys))
+        elif not keys:
+            del values[value]
 
 
 @dataclass
@@ -356,6 +386,8 @@ class Informer(Generic[T]):
             meta = item.metadata
             try:
                 obj = convert(item)
+            except Foreign:
+                continue
             except ValueError as exc:
                 self.stats.skipped += 1
                 logger.warning("skipping %s %s: %s", self.kind.resource, meta.name, exc)
@@ -452,6 +484,10 @@ class Informer(Generic[T]):
         else:
             try:
                 obj = self.kind.convert(item)
+            except Foreign:
+                gone = self.store._remove(key)  # relabelled away from us: no longer ours
+                if gone is not None:
+                    self._notify_delete(gone)
             except ValueError as exc:
                 self._unreadable(key, exc)
             else:

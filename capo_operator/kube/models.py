@@ -9,7 +9,9 @@ docs/performance.md has the comparison with json/orjson + dicts that chose msgsp
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -18,7 +20,7 @@ import msgspec
 
 from capo_operator.addresses import AddressError, ip_of
 from capo_operator.policy import NAMESPACE_LABEL, NAMESPACE_LABEL_VALUES, NamespaceFacts, Owner, PodFacts
-from capo_operator.records import GROUP, PLURAL, VERSION, Record, RecordError
+from capo_operator.records import GROUP, PLURAL, VERSION, Record, RecordError, belongs_to
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -29,6 +31,11 @@ KEPT_ANNOTATION_PREFIX = "capo.io/"
 
 class DecodeError(ValueError):
     """An object (or a whole response) that cannot be read as the expected kind."""
+
+
+class Foreign(ValueError):
+    """A readable object that is not ours to cache (another installation's record): the informer
+    leaves it out quietly, and drops it if it was cached."""
 
 
 # -- wire shapes (only what is read; unknown fields are skipped by the decoder) ---------------
@@ -51,6 +58,7 @@ class ObjectMeta(msgspec.Struct, frozen=True):
     annotations: dict[str, str] | None = None
     ownerReferences: list[OwnerReference] | None = None
     deletionTimestamp: str | None = None
+    finalizers: list[str] | None = None
 
 
 class PodIP(msgspec.Struct, frozen=True):
@@ -136,6 +144,8 @@ class IdentityItem(msgspec.Struct, frozen=True):
 # -- conversions to the operator's values ------------------------------------------------------
 
 
+_intern = sys.intern
+
 # The same few thousand IP strings come back in every event of their pods: parse each once.
 _ip_of = functools.lru_cache(maxsize=65536)(ip_of)
 
@@ -162,19 +172,29 @@ def pod_facts(item: PodItem) -> PodFacts:
     owner = None
     for ref in meta.ownerReferences or ():
         if ref.controller is True:
-            owner = Owner(api_version=ref.apiVersion, kind=ref.kind, name=ref.name, uid=ref.uid)
+            owner = Owner(
+                api_version=_intern(ref.apiVersion),
+                kind=_intern(ref.kind),
+                name=_intern(ref.name),
+                uid=_intern(ref.uid),
+            )
             break
-    annotations = {k: v for k, v in (meta.annotations or {}).items() if k.startswith(KEPT_ANNOTATION_PREFIX)}
+    annotations = {
+        _intern(k): v for k, v in (meta.annotations or {}).items() if k.startswith(KEPT_ANNOTATION_PREFIX)
+    }
+    # The decoder makes a new string for every occurrence; pods share namespaces, nodes, owners
+    # and most label keys and values, so one copy each keeps the pod cache small.
+    labels = {_intern(k): _intern(v) for k, v in meta.labels.items()} if meta.labels else {}
     return PodFacts(
-        namespace=meta.namespace,
+        namespace=_intern(meta.namespace),
         name=meta.name,
         uid=meta.uid,
-        node=spec.nodeName or None,
-        labels=meta.labels or {},
+        node=_intern(spec.nodeName) if spec.nodeName else None,
+        labels=labels,
         annotations=annotations,
         ips=_canonical_ips(status),
         host_network=spec.hostNetwork is True,
-        phase=status.phase,
+        phase=_intern(status.phase) if status.phase else None,
         reason=status.reason,
         deleting=meta.deletionTimestamp is not None,
         owner=owner,
@@ -198,6 +218,9 @@ def record(item: RecordItem) -> Record:
             "name": meta.name,
             "annotations": meta.annotations or {},
             "resourceVersion": meta.resourceVersion or None,
+            # The releaser acts on these: our finalizer, and a person's deletion of the record.
+            "finalizers": meta.finalizers or [],
+            "deletionTimestamp": meta.deletionTimestamp,
         },
         "spec": item.spec,
     }
@@ -240,6 +263,18 @@ class Kind(Generic[T]):
 PODS: Kind[PodFacts] = Kind("", "v1", "pods", True, PodItem, pod_facts)
 NAMESPACES: Kind[NamespaceFacts] = Kind("", "v1", "namespaces", False, NamespaceItem, namespace_facts)
 RECORDS: Kind[Record] = Kind(GROUP, VERSION, PLURAL, False, RecordItem, record)
+
+
+def records_of(reservation: str) -> Kind[Record]:
+    """The records of one installation (`records.belongs_to`): a label selector cannot say
+    "label absent or equal to the default", so the others are left out at decoding."""
+
+    def convert(item: RecordItem) -> Record:
+        if not belongs_to(item.metadata.labels, reservation):
+            raise Foreign(f"another installation's record (reservation {reservation!r} is ours)")
+        return record(item)
+
+    return dataclasses.replace(RECORDS, convert=convert)
 
 
 class Codec(Generic[T]):

@@ -1,11 +1,12 @@
 """In-memory fakes for the orchestration modules: Calico and record stores, an Event recorder, a
-ledger, and a `Runtime` wired to them with `Views` filled directly (dicts of lists, as Kopf's
-index stores). Every store call is appended to one shared journal, so tests can check the order of
-writes across stores."""
+ledger, and a `Runtime` wired to them with `Views` over real informer stores, filled directly.
+Every store call is appended to one shared journal, so tests can check the order of writes
+across stores."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,7 @@ from capo_operator.calico import CalicoError, CalicoGroup, Snapshot
 from capo_operator.config import Config
 from capo_operator.credentials import Credentials, Source
 from capo_operator.events import ObjectRef
+from capo_operator.kube import POD_INDEXERS, RECORD_INDEXERS, Store, object_key
 from capo_operator.ledger import LedgerEntry
 from capo_operator.metrics import Metrics
 from capo_operator.policy import NamespaceFacts, Owner, PodFacts
@@ -32,6 +34,13 @@ HOLD = timedelta(minutes=40)
 STS = Owner(api_version="apps/v1", kind="StatefulSet", name="db", uid="sts-uid")
 
 Call = tuple[str, Any]
+
+_versions = itertools.count(1)
+
+
+def put(store: Store[Any], key: str, obj: Any, *, uid: str) -> None:
+    """Into an informer store, as the informer puts what it lists or watches."""
+    store._put(key, str(next(_versions)), uid, obj)
 
 
 class Journal(list[Call]):
@@ -122,10 +131,10 @@ class FakeCalico(_Failures):
 
 
 class FakeRecords(_Failures):
-    """The ReservedIP store. When `index` is given (the Views' records index) it is kept in step,
-    as Kopf's watch would keep it."""
+    """The ReservedIP store. When `index` is given (the record informer's store behind the Views)
+    it is kept in step, as the informer's watch would keep it."""
 
-    def __init__(self, journal: Journal | None = None, index: dict[str, list[Record]] | None = None) -> None:
+    def __init__(self, journal: Journal | None = None, index: Store[Record] | None = None) -> None:
         super().__init__()
         self.journal = journal if journal is not None else Journal()
         self.items: dict[str, Record] = {}
@@ -137,9 +146,9 @@ class FakeRecords(_Failures):
         if self.index is None:
             return
         if name in self.items:
-            self.index[name] = [self.items[name]]
+            put(self.index, name, self.items[name], uid=name)
         else:
-            self.index.pop(name, None)
+            self.index._remove(name)
 
     def put(self, record: Record) -> None:
         """Seed a record (no journal entry)."""
@@ -359,10 +368,9 @@ class Harness:
     calico: FakeCalico
     records: FakeRecords
     events: FakeEvents
-    pods: dict[tuple[str, str], list[PodFacts]] = field(default_factory=dict)
-    ips: dict[str, list[str]] = field(default_factory=dict)
-    namespaces: dict[str, list[NamespaceFacts]] = field(default_factory=dict)
-    record_index: dict[str, list[Record]] = field(default_factory=dict)
+    pods: Store[PodFacts] = field(default_factory=lambda: Store(POD_INDEXERS))
+    namespaces: Store[NamespaceFacts] = field(default_factory=Store)
+    record_index: Store[Record] = field(default_factory=lambda: Store(RECORD_INDEXERS))
 
     @property
     def metrics(self) -> Metrics:
@@ -373,24 +381,38 @@ class Harness:
         return self.rt.safety_net
 
     def add_pod(self, pod: PodFacts) -> PodFacts:
-        """Into the pod index, and into the IP index when live (as handlers.pod_ips does)."""
-        self.pods[(pod.namespace, pod.name)] = [pod]
-        if not pod.terminal and not pod.host_network:
-            for ip in pod.ips:
-                self.ips.setdefault(ip, []).append(pod.uid)
+        """Into the pod store (its indexes put it under its live IPs, if any)."""
+        put(self.pods, object_key(pod.namespace, pod.name), pod, uid=pod.uid)
         return pod
 
     def remove_pod(self, pod: PodFacts) -> None:
-        self.pods.pop((pod.namespace, pod.name), None)
-        for ip in pod.ips:
-            holders = self.ips.get(ip, [])
-            if pod.uid in holders:
-                holders.remove(pod.uid)
-            if not holders:
-                self.ips.pop(ip, None)
+        self.pods._remove(object_key(pod.namespace, pod.name))
+
+    def add_holder(self, ip: str, uid: str) -> PodFacts:
+        """Another live pod (namespace `elsewhere`, named after its uid) that holds `ip` now."""
+        return self.add_pod(
+            PodFacts(
+                namespace="elsewhere",
+                name=uid,
+                uid=uid,
+                node="node-9",
+                labels={},
+                annotations={},
+                ips=(ip,),
+                host_network=False,
+                phase="Running",
+                reason=None,
+                deleting=False,
+                owner=None,
+            )
+        )
+
+    def index_record(self, record: Record) -> None:
+        """Into the records cache only (the view lags behind the store)."""
+        put(self.record_index, record.name, record, uid=record.name)
 
     def add_ns(self, ns: NamespaceFacts) -> NamespaceFacts:
-        self.namespaces[ns.name] = [ns]
+        put(self.namespaces, ns.name, ns, uid=ns.name)
         return ns
 
     def add_record(self, record: Record, *, in_calico: bool = True) -> Record:
@@ -418,7 +440,7 @@ def make_harness(
 ) -> Harness:
     journal = Journal()
     calico = FakeCalico(journal)
-    record_index: dict[str, list[Record]] = {}
+    record_index: Store[Record] = Store(RECORD_INDEXERS)
     records = FakeRecords(journal, index=record_index)
     events = FakeEvents()
     metrics = Metrics()
@@ -459,8 +481,9 @@ def make_harness(
     h = Harness(
         rt=rt, journal=journal, calico=calico, records=records, events=events, record_index=record_index
     )
+    views.attach(pods=h.pods, namespaces=h.namespaces, records=h.record_index)
     if attach:
-        views.attach(pods=h.pods, ips=h.ips, namespaces=h.namespaces, records=h.record_index)
+        views.synced.set()
     return h
 
 

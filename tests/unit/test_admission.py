@@ -168,7 +168,7 @@ async def test_hold_annotation_warning_is_returned_to_the_client(h: Harness) -> 
 
 async def test_partly_reused_ips_reserve_the_rest_and_count_the_loss(h: Harness) -> None:
     pod = h.add_pod(make_pod(ips=("10.0.0.1", "10.0.0.2")))
-    h.ips.setdefault("10.0.0.2", []).append("someone-else")
+    h.add_holder("10.0.0.2", "someone-else")
 
     await review(h, pod)
 
@@ -212,7 +212,7 @@ async def test_skip_reserves_nothing_and_counts_its_reason(
     h.add_ns(ns)
     pod = make_pod(**pod_kwargs)
     if reason == "ip-held-by-other-pod":
-        h.ips["10.0.0.1"] = ["another-pod"]  # the deleted pod's IP went to someone else already
+        h.add_holder("10.0.0.1", "another-pod")  # the deleted pod's IP went to someone else already
 
     warnings = await review(h, pod)
 
@@ -239,7 +239,7 @@ async def test_an_opted_in_pod_is_reserved_without_matching_the_selector(h: Harn
 
 async def test_fully_reused_ip_counts_a_lost_reservation(h: Harness) -> None:
     pod = make_pod()
-    h.ips["10.0.0.1"] = ["another-pod"]
+    h.add_holder("10.0.0.1", "another-pod")
 
     await review(h, pod)
 

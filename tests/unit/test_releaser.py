@@ -367,7 +367,7 @@ async def test_manual_release_is_kept_for_the_next_pass_when_calico_fails(h: Har
 async def test_a_release_is_not_counted_twice_when_the_record_was_already_gone(h: Harness) -> None:
     # The view still shows a record marked for release that is already deleted (watch lag).
     rec = make_record("10.0.0.1", releasing="cap")
-    h.record_index[rec.name] = [rec]
+    h.index_record(rec)
     h.records.items.clear()
     h.rt.metrics.evictions.inc()  # counted when it was deleted the first time
 

@@ -1,4 +1,4 @@
-"""The per-process state: recently reserved pod UIDs, the views over Kopf's indices, readiness."""
+"""The per-process state: recently reserved pod UIDs, the views over the informer caches, readiness."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def test_views_read_the_live_indices() -> None:
     assert views.record("10.0.0.1") is None
     assert views.all_ip_holders() == {"10.0.0.1": "u0", "fd00::1": "u0", "10.0.0.2": "u1"}
 
-    # Kopf updates its indices in place: the view follows.
+    # The informers update their stores in place: the view follows.
     late = h.add_ns(make_ns("late"))
     assert views.namespace("late") == late
     h.remove_pod(other)
@@ -119,8 +119,16 @@ def test_ip_holders_leave_out_the_pod_itself() -> None:
 
     assert views.ip_holders(("10.0.0.1",), except_uid="u0") == {}
     assert views.ip_holders(("10.0.0.1", "10.0.0.5")) == {"10.0.0.1": "u0"}
-    h.ips["10.0.0.1"].append("newcomer")  # old pod still listed, a new one got the IP as well
+    newcomer = h.add_holder("10.0.0.1", "newcomer")  # old pod still listed, a new one got the IP too
     assert views.ip_holders(("10.0.0.1",), except_uid="u0") == {"10.0.0.1": "newcomer"}
+
+    # The old pod leaves: the newcomer alone holds the IP; then nobody does.
+    h.remove_pod(make_pod(uid="u0", ips=("10.0.0.1",)))
+    assert views.ip_holders(("10.0.0.1",)) == {"10.0.0.1": "newcomer"}
+    assert views.all_ip_holders() == {"10.0.0.1": "newcomer"}
+    h.remove_pod(newcomer)
+    assert views.ip_holders(("10.0.0.1",)) == {} and views.all_ip_holders() == {}
+    assert "u0" not in views.pod_uids() and "newcomer" not in views.pod_uids()
 
 
 # -- Runtime ----------------------------------------------------------------------------------
@@ -135,7 +143,7 @@ def test_ready_needs_the_certificate_then_the_caches() -> None:
     ok, why = rt.ready
     assert not ok and "caches" in why
 
-    rt.views.attach(pods={}, ips={}, namespaces={}, records={})
+    rt.views.synced.set()  # all three informers listed
     assert rt.ready == (True, "ready")
 
 

@@ -160,7 +160,7 @@ async def test_webhook_retry_uses_its_decision(h: Harness, start: Runner) -> Non
 
 
 async def test_ip_now_held_by_another_live_pod_is_reported_not_reserved(h: Harness, start: Runner) -> None:
-    h.ips["10.0.0.1"] = ["newcomer"]
+    h.add_holder("10.0.0.1", "newcomer")
     start(h.safety_net)
 
     h.safety_net.pod_gone(make_pod(deleting=True))
@@ -218,7 +218,7 @@ async def test_webhook_retry_of_an_ip_now_held_by_another_pod_is_reported_not_re
     hold = Hold(timedelta(minutes=40), "ipReserveTime=40m")
     # The webhook's write failed, so the IP was never reserved...
     h.safety_net.retry(make_pod(deleting=True), ("10.0.0.1",), hold, "delete")
-    h.ips["10.0.0.1"] = ["newcomer"]  # ...so IPAM gave it to a new pod meanwhile
+    h.add_holder("10.0.0.1", "newcomer")  # ...so IPAM gave it to a new pod meanwhile
     start(h.safety_net)
 
     await eventually(lambda: h.safety_net.pending == 0)
@@ -232,7 +232,7 @@ async def test_pod_reserved_once_before_is_left_alone(h: Harness, start: Runner)
     # The webhook reserved it, the cap released it and a new pod took the IP: not a miss, not a loss.
     pod = make_pod(deleting=True)
     h.rt.reserved_uids.add(pod.uid)
-    h.ips["10.0.0.1"] = ["newcomer"]
+    h.add_holder("10.0.0.1", "newcomer")
     start(h.safety_net)
 
     h.safety_net.pod_gone(pod)

@@ -1,0 +1,328 @@
+"""Scale benchmark: the real operator process against the emulator process with many pods.
+
+For each size N (pods in 20 namespaces, 5 of them enabled: 1/4 of the pods selected; at the
+largest size also 10,000 ReservedIP records), it starts `python -m capo_operator run` and reports:
+time to /readyz 200, CPU used until then, RSS once ready, idle CPU over a quiet interval, pod
+watch events/s processed (label patches sent by 16 clients; the operator's own
+`capo_informer_events_total{resource="pods"}` tells when it has applied them all), and the
+median time of a /metrics scrape. The release pass is measured in-process with fakes (the
+planning work at 20,000 pods / 10,000 records: nothing due, then 1,000 expiries).
+
+    python bench/scale.py [--sizes 5000,10000,20000] [--idle 30] [--json out.json]
+
+Method and figures: docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests" / "unit"))  # the in-memory fakes for the release pass
+
+from informer import NAMESPACES, POOL, pod_manifest, proc_cpu  # noqa: E402
+
+from capo_testkit import Kube, OperatorProcess, free_port, make_serving_cert  # noqa: E402
+from capo_testkit.cluster import RECORD_CRD  # noqa: E402
+from kube_emulator.testing import EmulatorProcess  # noqa: E402
+
+ENABLED = 5  # of NAMESPACES: a quarter of the pods are selected
+RECORDS_AT = 20_000  # the size that also gets records
+RECORDS = 10_000
+OPERATOR_NS = "capo-system"
+CLIENTS = 16
+
+
+def record_ip(i: int) -> str:
+    # Beyond the pods' addresses, so a record's IP is never a live pod's.
+    return str(POOL.network_address + 200_000 + i)
+
+
+def record_body(i: int) -> dict[str, Any]:
+    ip = record_ip(i)
+    return {
+        "apiVersion": "capo.io/v1",
+        "kind": "ReservedIP",
+        "metadata": {"name": ip.replace(":", "-"), "finalizers": ["capo.io/release"]},
+        "spec": {
+            "ip": ip,
+            "pod": {"namespace": "ns-0", "name": f"gone-{i}", "uid": f"gone-uid-{i}", "node": "node-1"},
+            "trigger": "delete",
+            "reservedAt": "2026-01-01T00:00:00Z",
+            "expiresAt": "2099-01-01T00:00:00Z",
+            "holdSeconds": 2400,
+            "policy": "capo.io/reserve-time=2h",
+        },
+    }
+
+
+async def _parallel(items: list[Any], fn: Any) -> None:
+    queue = iter(items)
+
+    async def worker() -> None:
+        for item in queue:
+            await fn(item)
+
+    await asyncio.gather(*(worker() for _ in range(CLIENTS)))
+
+
+async def prepare(kube: Kube) -> None:
+    await kube.call("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", _crd(), ok=(409,))
+    await kube.call("POST", "/api/v1/namespaces", {"metadata": {"name": OPERATOR_NS}}, ok=(409,))
+    for n in range(NAMESPACES):
+        labels = {"ip-reserve": "enabled"} if n < ENABLED else {}
+        await kube.call("POST", "/api/v1/namespaces", {"metadata": {"name": f"ns-{n}", "labels": labels}})
+
+
+def _crd() -> dict[str, Any]:
+    import yaml
+
+    crd: dict[str, Any] = yaml.safe_load(RECORD_CRD.read_text())
+    return crd
+
+
+async def seed_pods(kube: Kube, start: int, stop: int) -> None:
+    async def create(i: int) -> None:
+        await kube.call("POST", f"/api/v1/namespaces/ns-{i % NAMESPACES}/pods", pod_manifest(i))
+
+    await _parallel(list(range(start, stop)), create)
+
+
+async def seed_records(kube: Kube) -> None:
+    async def create(i: int) -> None:
+        await kube.call("POST", "/apis/capo.io/v1/reservedips", record_body(i), ok=(409,))
+
+    await _parallel(list(range(RECORDS)), create)
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read()
+    except OSError:
+        return 0, b""
+
+
+def pod_events(op: OperatorProcess) -> float:
+    _, body = _get(f"http://127.0.0.1:{op.metrics_port}/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith('capo_informer_events_total{resource="pods"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def measure_operator(
+    kube: Kube, kubeconfig: Path, work: Path, pods: int, idle: float
+) -> dict[str, Any]:
+    cert = make_serving_cert(work / "certs", hosts=("127.0.0.1",))
+    op = OperatorProcess(
+        workdir=work / "operator",
+        identity="capo-0",
+        kubeconfig=kubeconfig,
+        namespace=OPERATOR_NS,
+        cert_file=cert.cert_file,
+        key_file=cert.key_file,
+        webhook_port=free_port(),
+        # Nothing is due during the run: no release writes disturb the measurement.
+        reserve_time="40m",
+        release_period="5s",
+        max_count=1_000_000,
+    )
+    started = time.perf_counter()
+    op.start()
+    assert op.proc is not None
+    pid = op.proc.pid
+    try:
+        while _get(f"http://127.0.0.1:{op.health_port}/readyz")[0] != 200:
+            assert op.proc.poll() is None, f"the operator exited: {op.log_text()[-2000:]}"
+            assert time.perf_counter() - started < 600, "not ready after 600 s"
+            await asyncio.sleep(0.05)
+        ready_s = time.perf_counter() - started
+        cpu_ready = proc_cpu(pid)
+        rss_ready = rss_mb(pid)
+        await asyncio.sleep(5)  # the leader's first pass, the ledger's first save
+        before = proc_cpu(pid)
+        await asyncio.sleep(idle)
+        idle_pct = 100 * (proc_cpu(pid) - before) / idle
+
+        scrapes = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            _get(f"http://127.0.0.1:{op.metrics_port}/metrics")
+            scrapes.append(time.perf_counter() - t0)
+
+        # Watch throughput: label patches on non-selected pods (no reservation follows).
+        n_events = min(5_000, pods)
+        targets = [i for i in range(pods) if i % NAMESPACES >= ENABLED][:n_events]
+        seen = pod_events(op)
+        t0 = time.perf_counter()
+
+        async def patch(i: int) -> None:
+            await kube.call(
+                "PATCH",
+                f"/api/v1/namespaces/ns-{i % NAMESPACES}/pods/redis-{i}",
+                {"metadata": {"labels": {"bench": str(t0)}}},
+                content_type="application/merge-patch+json",
+            )
+
+        await _parallel(targets, patch)
+        sent_s = time.perf_counter() - t0
+        while pod_events(op) < seen + len(targets):
+            assert time.perf_counter() - t0 < 300, "the operator did not apply every event"
+            await asyncio.sleep(0.05)
+        applied_s = time.perf_counter() - t0
+        return {
+            "pods": pods,
+            "records": RECORDS if pods >= RECORDS_AT else 0,
+            "ready_s": round(ready_s, 2),
+            "cpu_to_ready_s": round(cpu_ready, 2),
+            "rss_mb": round(rss_ready, 1),
+            "rss_after_events_mb": round(rss_mb(pid), 1),
+            "idle_cpu_pct": round(idle_pct, 2),
+            "metrics_ms": round(statistics.median(scrapes) * 1000, 1),
+            "events": len(targets),
+            "events_sent_per_s": round(len(targets) / sent_s),
+            "events_applied_per_s": round(len(targets) / applied_s),
+        }
+    finally:
+        await op.stop(within=20)
+
+
+# -- the release pass, in-process ---------------------------------------------------------------
+
+
+def release_pass(
+    pods: int = 20_000, records: int = 10_000, due: int = 1_000, runs: int = 5
+) -> dict[str, Any]:
+    """CPU time of `Releaser.pass_once` with in-memory stores (no I/O): nothing due, then `due`
+    expiries. Also counts the store calls a pass with nothing due makes."""
+    from fakes import NOW, FakeLedger, make_harness, make_ns, make_pod, make_record  # type: ignore[import-not-found]
+
+    from capo_operator.config import Config
+    from capo_operator.records import PodRef
+    from capo_operator.releaser import Releaser
+
+    def build(expired: int) -> tuple[Any, Releaser]:
+        h = make_harness(Config(ip_reserve_max_count=1_000_000), leading=True)
+        for n in range(NAMESPACES):
+            h.add_ns(make_ns(f"ns-{n}", enabled=n < ENABLED))
+        for i in range(pods):
+            h.add_pod(make_pod(f"redis-{i}", f"ns-{i % NAMESPACES}", uid=f"u{i}", ips=(str(POOL[i + 1]),)))
+        for i in range(records):
+            ip = record_ip(i)
+            gone = PodRef("ns-0", f"gone-{i}", f"gone-uid-{i}", "n1")
+            expires = timedelta(minutes=-1) if i < expired else timedelta(minutes=30)
+            h.add_record(make_record(ip, pod=gone, expires_in=expires))
+        return h, Releaser(h.rt, FakeLedger(), clock=lambda: NOW)
+
+    async def timed(expired: int) -> tuple[float, int]:
+        h, releaser = build(expired)
+        await releaser.pass_once()  # the first pass: finalizers, ledger
+        if expired:
+            h, releaser = build(expired)
+            await releaser._save_ledger()  # the same state as a steady leader
+        h.journal.clear()
+        t0 = time.process_time()
+        await releaser.pass_once()
+        return time.process_time() - t0, len(h.journal)
+
+    idle = [asyncio.run(timed(0)) for _ in range(runs)]
+    busy = [asyncio.run(timed(due)) for _ in range(max(1, runs // 2))]
+    return {
+        "pods": pods,
+        "records": records,
+        "nothing_due_ms": round(statistics.median(t for t, _ in idle) * 1000, 1),
+        "nothing_due_store_calls": idle[0][1],
+        "expiries": due,
+        "expiries_ms": round(statistics.median(t for t, _ in busy) * 1000, 1),
+    }
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def table(report: dict[str, Any]) -> str:
+    cols = (
+        ("pods", "pods"),
+        ("records", "records"),
+        ("ready_s", "ready s"),
+        ("cpu_to_ready_s", "CPU to ready s"),
+        ("rss_mb", "RSS MB"),
+        ("idle_cpu_pct", "idle CPU %"),
+        ("events_applied_per_s", "events/s"),
+        ("metrics_ms", "/metrics ms"),
+    )
+    lines = [" | ".join(title for _, title in cols), " | ".join("---" for _ in cols)]
+    for row in report["operator"]:
+        lines.append(" | ".join(str(row[key]) for key, _ in cols))
+    rp = report["release_pass"]
+    lines.append("")
+    lines.append(
+        f"release pass at {rp['pods']} pods / {rp['records']} records: nothing due "
+        f"{rp['nothing_due_ms']} ms CPU ({rp['nothing_due_store_calls']} store calls), "
+        f"{rp['expiries']} expiries {rp['expiries_ms']} ms CPU"
+    )
+    return "\n".join(lines)
+
+
+async def run_sizes(sizes: list[int], idle: float, work: Path) -> list[dict[str, Any]]:
+    rows = []
+    with EmulatorProcess(pod_cidr=str(POOL), nodes=3, kubelet_delay=0.05, log_level="warning") as emu:
+        kubeconfig = Path(emu.kubeconfig_path)
+        kube = await Kube.from_kubeconfig(str(kubeconfig))
+        try:
+            await prepare(kube)
+            have = 0
+            for size in sizes:
+                t0 = time.perf_counter()
+                await seed_pods(kube, have, size)
+                have = size
+                if size >= RECORDS_AT:
+                    await seed_records(kube)
+                print(f"seeded {size} pods in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+                await asyncio.sleep(2)  # the emulated kubelets finish (IPs, Running)
+                row = await measure_operator(kube, kubeconfig, work / str(size), size, idle)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                rows.append(row)
+        finally:
+            await kube.close()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="5000,10000,20000")
+    parser.add_argument("--idle", type=float, default=30.0, help="seconds of idle CPU measurement")
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    args = parser.parse_args()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    with tempfile.TemporaryDirectory(prefix="capo-scale-") as tmp:
+        rows = asyncio.run(run_sizes(sizes, args.idle, Path(tmp)))
+    report = {"operator": rows, "release_pass": release_pass()}
+    print(json.dumps(report, indent=2))
+    print(table(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
