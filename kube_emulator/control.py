@@ -123,6 +123,7 @@ def add_routes(app: web.Application, cluster: Cluster) -> None:
             raise E.bad_request('expected {"namespace": "...", "name": "..."} naming a ServiceAccount')
         count = cluster.auth.expire_tokens(data["namespace"], data["name"])
         return json_response({"expired": count})
+
     async def get_write_latency(request: web.Request) -> web.Response:
         return json_response({"seconds": cluster.api.write_latency})
 

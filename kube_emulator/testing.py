@@ -198,6 +198,7 @@ class EmulatorControl:
             "POST", "/_emulator/serviceaccounts/expire-tokens", {"namespace": namespace, "name": name}
         )
         return int(data["expired"])
+
     async def set_write_latency(self, seconds: float) -> None:
         """Every write waits this long for its commit (writes to one object one after another)."""
         await self._call("POST", "/_emulator/write-latency", {"seconds": seconds})
@@ -294,6 +295,7 @@ class EmulatorControlSync:
             "POST", "/_emulator/serviceaccounts/expire-tokens", {"namespace": namespace, "name": name}
         )
         return int(data["expired"])
+
     def set_write_latency(self, seconds: float) -> None:
         self._call("POST", "/_emulator/write-latency", {"seconds": seconds})
 
