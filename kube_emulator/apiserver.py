@@ -157,7 +157,8 @@ class ApiServer:
         name = meta.get("name") or ""
         errs = validate_metadata(meta)
         if rt.schema is not None or rt.crd_name:
-            obj = S.prune_and_default(obj, rt.schema)
+            # Both callers pass a private copy (create's deep copy, update's merge result).
+            obj = S.prune_and_default(obj, rt.schema, in_place=True)
             errs += S.validate(obj, rt.schema)
         else:
             errs += validate_builtin(rt.group, rt.plural, obj)

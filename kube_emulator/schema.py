@@ -44,9 +44,12 @@ OBJECT_META_FIELDS = frozenset(
 )
 
 
-def prune_and_default(obj: dict[str, Any], schema: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Drop unknown fields and nulls, fill defaults: what the server does before validation."""
-    result: dict[str, Any] = copy_json(obj)
+def prune_and_default(
+    obj: dict[str, Any], schema: Mapping[str, Any] | None, *, in_place: bool = False
+) -> dict[str, Any]:
+    """Drop unknown fields and nulls, fill defaults: what the server does before validation.
+    `in_place` for an object nobody else holds (saves a deep copy of a large object per write)."""
+    result: dict[str, Any] = obj if in_place else copy_json(obj)
     meta = result.get("metadata")
     if isinstance(meta, dict):
         for key in list(meta):
