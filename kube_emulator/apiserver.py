@@ -409,7 +409,7 @@ class ApiServer:
                     f"Precondition failed: UID in precondition: {in_meta['uid']}, UID in object meta: "
                     f"{current['metadata'].get('uid')}",
                 )
-            new = self._merge_for_update(rt, current, incoming, subresource)
+            new = self._merge_for_update(rt, current, incoming, subresource, private=patching)
             new = self._validate(rt, new, current)
             if _same_content(new, current):
                 return current
@@ -457,7 +457,9 @@ class ApiServer:
             return stored
         raise E.conflict(rt.plural, rt.group, name)
 
-    def _merge_for_update(self, rt: ResourceType, current: Obj, incoming: Obj, subresource: str) -> Obj:
+    def _merge_for_update(
+        self, rt: ResourceType, current: Obj, incoming: Obj, subresource: str, private: bool = False
+    ) -> Obj:
         if subresource == "status":
             new = copy.deepcopy(current)
             if "status" in incoming:
@@ -465,7 +467,8 @@ class ApiServer:
             else:
                 new.pop("status", None)
             return new
-        new = cast(Obj, S.copy_json(incoming))
+        # A patch's result is a fresh copy per attempt (apply_patch); an update's body is reused on retry.
+        new = incoming if private else cast(Obj, S.copy_json(incoming))
         meta = _meta(new)
         cur_meta = current["metadata"]
         for fixed in (
