@@ -263,7 +263,7 @@ PATHS: dict[tuple[str | int, ...], tuple[str, ...]] = {
     (): (OBJ,),
     ("request",): (OBJ,),
     ("request", "uid"): (STR,),
-    ("request", "kind"): (OBJ,),
+    ("request", "kind"): (OBJ, NULL),  # optional for the envelope check (Kopf routes by resource)
     ("request", "resource"): (OBJ,),
     ("request", "resource", "resource"): (STR,),
     ("request", "resource", "version"): (STR,),
