@@ -17,7 +17,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp.helpers import get_env_proxy_for_url
 from kubernetes.aio import client as k8s
+from yarl import URL
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +177,29 @@ class ForbiddenLog:
         logger.error("forbidden by RBAC: %s %s: %s", method, _path(url), message or "403 Forbidden")
 
 
+def resolve_proxy_once(configuration: k8s.Configuration) -> None:
+    """Read the proxy environment once, not on every call.
+
+    `kubernetes.aio` opens its aiohttp session with `trust_env=True`, and aiohttp then looks up the
+    proxy variables and ~/.netrc in a worker thread on every request: two thread hops on each API
+    call, the webhook's Calico write included (measured on the delete path). The proxy
+    (HTTPS_PROXY/NO_PROXY, as client-go's ProxyFromEnvironment reads them) is resolved here for the
+    API server's address and passed explicitly; netrc is not consulted (no Kubernetes client does;
+    credentials come from the kubeconfig or the ServiceAccount)."""
+    if not configuration.proxy and configuration.host:
+        try:
+            proxy, auth = get_env_proxy_for_url(URL(configuration.host))
+        except LookupError:
+            pass  # no proxy for this address
+        else:
+            configuration.proxy = str(proxy)
+            if auth is not None:
+                configuration.proxy_headers = {"Proxy-Authorization": auth.encode()}
+    extra = dict(getattr(configuration, "client_session_kwargs", None) or {})
+    extra["trust_env"] = False
+    configuration.client_session_kwargs = extra
+
+
 class ObservedApiClient(k8s.ApiClient):
     """`kubernetes.aio`'s client, reporting each 403 to a `ForbiddenLog` before raising as usual,
     and answering a 401 by reloading the credentials (`relogin`) and retrying once: a rotated
@@ -186,6 +211,7 @@ class ObservedApiClient(k8s.ApiClient):
         forbidden: ForbiddenLog | None = None,
         relogin: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
+        resolve_proxy_once(configuration)
         super().__init__(configuration)
         self.forbidden_log = forbidden
         self.relogin = relogin

@@ -392,6 +392,9 @@ async def _run(
             cert_file, key_file = builtin.cert_file, builtin.key_file
             spawn(builtin.run(), "certificates")
 
+        settings = kopf_settings(config, cert_file, key_file)
+        webhook_server = settings.admission.server
+
         def ready() -> tuple[bool, str]:
             if builtin is not None:
                 rt.cert_ready = builtin.ready
@@ -399,7 +402,10 @@ async def _run(
                 rt.cert_ready = cert_loadable(cert_file, key_file)
                 if rt.cert_ready:
                     metrics.cert_expiry.set(certificate_expiry(cert_file))
-            return rt.ready
+            ok, why = rt.ready
+            if ok and not getattr(webhook_server, "serving", True):
+                return False, "the webhook server is not listening yet"
+            return ok, why
 
         def alive() -> tuple[bool, str]:
             if operator_task is not None and operator_task.done():
@@ -454,7 +460,7 @@ async def _run(
         operator_task = asyncio.create_task(
             kopf.operator(
                 registry=kopf.get_default_registry(),
-                settings=kopf_settings(config, cert_file, key_file),
+                settings=settings,
                 memo=rt,
                 standalone=True,
                 clusterwide=True,

@@ -568,7 +568,12 @@ class ReloadingWebhookServer(kopf.WebhookServer):
     makes every later handshake use the new pair while connections in flight finish on the old one.
     Files that do not load (e.g. a half-updated cert/key pair in `--certs=files` mode) are retried on
     the next check and the previous certificate stays in use.
+
+    `serving` is true while the listener accepts connections: readiness waits for it, so a replica
+    never joins the Service before its webhook answers (a refused call is a deletion let through).
     """
+
+    serving = False
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:  # kopf.WebhookFn -> WebhookClientConfig
         async def serve(request: aiohttp.web.Request) -> aiohttp.web.Response:
@@ -588,6 +593,7 @@ class ReloadingWebhookServer(kopf.WebhookServer):
                 runner, self.addr or None, port, ssl_context=context, reuse_address=True
             )
             await site.start()
+            self.serving = True
             schema = "http" if context is None else "https"
             host = self.host or self.DEFAULT_HOST or self._get_accessible_addr(self.addr)
             client_config: dict[str, Any] = {"url": self._build_url(schema, host, port, self.path or "")}
@@ -612,6 +618,7 @@ class ReloadingWebhookServer(kopf.WebhookServer):
                 digest = latest
                 logger.info("Reloaded the webhook serving certificate from %s.", self.certfile)
         finally:
+            self.serving = False
             await runner.cleanup()
 
     def _digest(self) -> str:

@@ -7,6 +7,9 @@ object never matches, so for pods/eviction it is evaluated against the Eviction 
 Calls go over HTTPS with the certificate verified against ``caBundle`` (the system roots when
 empty) and the hostname checked (the URL host, or ``<service>.<namespace>.svc``). Webhooks are called
 concurrently; a denial or (with failurePolicy Fail) an error rejects the request.
+Connections are kept alive and reused, as kube-apiserver's webhook ClientManager does: one client
+per distinct clientConfig (the webhook's name aside; an LRU of 200), HTTP/1.1, idle connections
+kept for 90 s. A changed caBundle, URL or service is a new client, hence new connections.
 MutatingWebhookConfigurations are stored but never called.
 """
 
@@ -19,6 +22,7 @@ import logging
 import ssl
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,6 +41,10 @@ log = logging.getLogger("kube_emulator.admission")
 
 Obj = dict[str, Any]
 WEBHOOK_KEY = ("admissionregistration.k8s.io", "validatingwebhookconfigurations")
+# kube-apiserver (k8s.io/apiserver/pkg/util/webhook ClientManager and client-go's transport): an LRU of
+# 200 webhook clients, idle connections closed after 90 s (utilnet.SetTransportDefaults).
+CLIENT_CACHE_SIZE = 200
+IDLE_TIMEOUT = 90.0
 
 
 @dataclass
@@ -79,18 +87,39 @@ class Admission:
         self.services = services
         self.log: list[dict[str, Any]] = []
         self._ssl: dict[str, ssl.SSLContext] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._clients: OrderedDict[str, aiohttp.ClientSession] = OrderedDict()
+        self._retired: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        sessions = list(self._clients.values())
+        self._clients.clear()
+        for session in sessions:
+            await session.close()
+        if self._retired:
+            await asyncio.gather(*self._retired, return_exceptions=True)
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            # A fresh connection per call: webhook servers restart and rotate certificates in tests.
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
-        return self._session
+    @property
+    def clients(self) -> int:
+        """Webhook clients (connection pools) held; for tests."""
+        return len(self._clients)
+
+    def _http(self, client_config: Mapping[str, Any]) -> aiohttp.ClientSession:
+        """The cached client for a clientConfig: its keep-alive connections are reused across calls."""
+        key = json.dumps(client_config, sort_keys=True, default=str)
+        session = self._clients.get(key)
+        if session is not None and not session.closed:
+            self._clients.move_to_end(key)
+            return session
+        # No connection limit: Go's transport has none per host either (only on idle ones).
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=IDLE_TIMEOUT)
+        session = aiohttp.ClientSession(connector=connector)
+        self._clients[key] = session
+        while len(self._clients) > CLIENT_CACHE_SIZE:
+            _, old = self._clients.popitem(last=False)
+            task = asyncio.ensure_future(old.close())
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+        return session
 
     # Matching --------------------------------------------------------------------------------
 
@@ -285,7 +314,7 @@ class Admission:
         if url.startswith("https://"):
             ssl_ctx = self._ssl_context(str(cc.get("caBundle") or ""))
         try:
-            async with self._http().post(
+            async with self._http(cc).post(
                 url,
                 json=review,
                 ssl=ssl_ctx,

@@ -157,7 +157,8 @@ class ApiServer:
         name = meta.get("name") or ""
         errs = validate_metadata(meta)
         if rt.schema is not None or rt.crd_name:
-            obj = S.prune_and_default(obj, rt.schema)
+            # Both callers pass a private copy (create's deep copy, update's merge result).
+            obj = S.prune_and_default(obj, rt.schema, in_place=True)
             errs += S.validate(obj, rt.schema)
         else:
             errs += validate_builtin(rt.group, rt.plural, obj)
@@ -408,7 +409,7 @@ class ApiServer:
                     f"Precondition failed: UID in precondition: {in_meta['uid']}, UID in object meta: "
                     f"{current['metadata'].get('uid')}",
                 )
-            new = self._merge_for_update(rt, current, incoming, subresource)
+            new = self._merge_for_update(rt, current, incoming, subresource, private=patching)
             new = self._validate(rt, new, current)
             if _same_content(new, current):
                 return current
@@ -456,7 +457,9 @@ class ApiServer:
             return stored
         raise E.conflict(rt.plural, rt.group, name)
 
-    def _merge_for_update(self, rt: ResourceType, current: Obj, incoming: Obj, subresource: str) -> Obj:
+    def _merge_for_update(
+        self, rt: ResourceType, current: Obj, incoming: Obj, subresource: str, private: bool = False
+    ) -> Obj:
         if subresource == "status":
             new = copy.deepcopy(current)
             if "status" in incoming:
@@ -464,7 +467,8 @@ class ApiServer:
             else:
                 new.pop("status", None)
             return new
-        new = cast(Obj, S.copy_json(incoming))
+        # A patch's result is a fresh copy per attempt (apply_patch); an update's body is reused on retry.
+        new = incoming if private else cast(Obj, S.copy_json(incoming))
         meta = _meta(new)
         cur_meta = current["metadata"]
         for fixed in (

@@ -44,9 +44,12 @@ OBJECT_META_FIELDS = frozenset(
 )
 
 
-def prune_and_default(obj: dict[str, Any], schema: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Drop unknown fields and nulls, fill defaults: what the server does before validation."""
-    result: dict[str, Any] = copy_json(obj)
+def prune_and_default(
+    obj: dict[str, Any], schema: Mapping[str, Any] | None, *, in_place: bool = False
+) -> dict[str, Any]:
+    """Drop unknown fields and nulls, fill defaults: what the server does before validation.
+    `in_place` for an object nobody else holds (saves a deep copy of a large object per write)."""
+    result: dict[str, Any] = obj if in_place else copy_json(obj)
     meta = result.get("metadata")
     if isinstance(meta, dict):
         for key in list(meta):
@@ -221,6 +224,20 @@ def _validate(
         _validate_object(value, schema, path, errors, root)
 
 
+_PLAIN_STRING_KEYS = frozenset({"type", "format", "maxLength", "minLength", "pattern", "description"})
+
+
+def _string_passes(value: str, schema: Mapping[str, Any]) -> bool:
+    """What `_validate_string` checks, without building messages: True when it would find nothing."""
+    fmt = schema.get("format")
+    return (
+        (not fmt or check_format(fmt, value))
+        and ("maxLength" not in schema or len(value) <= schema["maxLength"])
+        and ("minLength" not in schema or len(value) >= schema["minLength"])
+        and ("pattern" not in schema or re.search(schema["pattern"], value) is not None)
+    )
+
+
 def _validate_string(value: str, schema: Mapping[str, Any], path: str, errors: list[FieldError]) -> None:
     fmt = schema.get("format")
     if fmt and not check_format(fmt, value):
@@ -306,7 +323,11 @@ def _validate_array(value: list[Any], schema: Mapping[str, Any], path: str, erro
         )
     items = schema.get("items")
     if isinstance(items, Mapping):
+        plain = items.get("type") == "string" and not items.keys() - _PLAIN_STRING_KEYS
         for i, item in enumerate(value):
+            # A list of plain strings (reservedCIDRs): an item that passes needs no path of its own.
+            if plain and isinstance(item, str) and _string_passes(item, items):
+                continue
             _validate(item, items, f"{path}[{i}]", errors)
     list_type = schema.get("x-kubernetes-list-type")
     if list_type == "set":

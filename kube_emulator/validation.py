@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -50,7 +51,9 @@ def validate_name(name: str, rule: str, field: str = "metadata.name") -> list[Fi
     return []
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _qualified_name_errors(key: str) -> str | None:
+    # Cached: every write of an object re-checks all its label and annotation keys, mostly the same ones.
     prefix, _, name = key.rpartition("/")
     if "/" in prefix:
         return "a qualified name must consist of alphanumeric characters, '-', '_' or '.'"

@@ -104,9 +104,10 @@ class Webhook:
     counter: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def writes(self) -> int:
-        """The synchronous writes of reviews: Calico appends. A review's record follows its append
-        in the background (so a record landing later is an earlier review's)."""
-        return len(self.calico.writes)
+        """Calico writes, and record writes other than the records that follow an earlier append
+        (they are created in the background, so they may land while a later review is served)."""
+        following = {record_name(ip) for _, ips in self.calico.writes for ip in ips}
+        return len(self.calico.writes) + sum(1 for _, name in self.records.writes if name not in following)
 
     def wait_record(self, ip: str, within: float = 10.0) -> None:
         deadline = time.monotonic() + within

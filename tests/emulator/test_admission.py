@@ -396,3 +396,57 @@ async def test_namespace_deletion_deletes_pods_through_admission(
     users = [(r["userInfo"]["username"], r.get("name")) for r in webhook.requests("DELETE")]
     assert users[0] == ("system:serviceaccount:kube-system:namespace-controller", None)
     assert users[1][0].startswith("system:node:")
+
+
+async def test_webhook_connections_are_kept_alive_and_reused(
+    http: Http, emu: Emulator, webhook: WebhookServer, tenant: str
+) -> None:
+    """kube-apiserver caches one client per clientConfig and reuses its keep-alive connections."""
+    await install(http, webhook)
+    for i in range(5):
+        await http.post(PODS, pod(f"k{i}", schedulerName="none"))
+        s, _, _ = await http.delete(f"{PODS}/k{i}")
+        assert s == 200
+    assert len(webhook.peers) == 5 and len(set(webhook.peers)) == 1  # one connection for every call
+    # Concurrent calls open connections side by side (no limit), then those stay pooled for reuse.
+    names = [f"c{i}" for i in range(6)]
+    for name in names:
+        await http.post(PODS, pod(name, schedulerName="none"))
+    webhook.delay = 0.2
+    results = await asyncio.gather(*(http.delete(f"{PODS}/{name}") for name in names))
+    assert [s for s, _, _ in results] == [200] * 6
+    burst = set(webhook.peers[5:])
+    assert len(burst) > 1
+    webhook.delay = 0.0
+    await http.post(PODS, pod("after", schedulerName="none"))
+    s, _, _ = await http.delete(f"{PODS}/after")
+    assert s == 200 and webhook.peers[-1] in burst | set(webhook.peers[:5])
+    assert emu.cluster.admission.clients == 1
+
+
+async def test_webhook_client_changes_with_its_ca_bundle_and_survives_a_restart(
+    http: Http, emu: Emulator, tenant: str
+) -> None:
+    server = WebhookServer(make_pki(["hook.capo-system.svc"]))
+    await server.start()
+    try:
+        await install(http, server)
+        await http.post(PODS, pod("r1", schedulerName="none"))
+        assert (await http.delete(f"{PODS}/r1"))[0] == 200
+        # The webhook restarts on the same port with a new certificate: its pooled connection is gone,
+        # and the old caBundle no longer verifies it, as on a real server.
+        await server.stop()
+        server.pki = make_pki(["hook.capo-system.svc"])
+        await server.start()
+        await http.post(PODS, pod("r2", schedulerName="none"))
+        s, body, _ = await http.delete(f"{PODS}/r2")
+        assert s == 500 and "certificate" in body["message"]
+        # A new caBundle is a new client: a new connection verified against it.
+        s, config, _ = await http.get(f"{VWC}/test")
+        config["webhooks"][0]["clientConfig"]["caBundle"] = server.pki.ca_bundle
+        assert (await http.request("PUT", f"{VWC}/test", config))[0] == 200
+        s, _, _ = await http.delete(f"{PODS}/r2")
+        assert s == 200 and len(server.peers) == 2 and server.peers[0] != server.peers[1]
+        assert emu.cluster.admission.clients == 2
+    finally:
+        await server.stop()

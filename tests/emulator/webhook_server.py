@@ -94,11 +94,15 @@ class WebhookServer:
     warnings: list[str] = field(default_factory=list)
     delay: float = 0.0
     url: str = ""
+    peers: list[tuple[str, int]] = field(default_factory=list)  # the client end of each review's connection
+    port: int = 0  # listen on this port (0: any free one; a restart keeps the URL)
     _runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         review = await request.json()
         self.reviews.append(review)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.peers.append((str(peer[0]), int(peer[1])) if peer else ("", 0))
         if self.delay:
             await asyncio.sleep(self.delay)
         response: dict[str, Any] = {"uid": review["request"]["uid"], "allowed": not self.deny}
@@ -121,15 +125,16 @@ class WebhookServer:
             ctx.load_cert_chain(str(cert), str(key))
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ctx)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=ctx)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"https://127.0.0.1:{port}"
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"https://127.0.0.1:{self.port}"
         return self.url
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
 
     def requests(self, operation: str | None = None) -> list[dict[str, Any]]:
         reqs = [r["request"] for r in self.reviews]

@@ -241,3 +241,48 @@ async def test_a_401_reloads_the_credentials_and_retries_once_with_the_rotated_t
             assert seen[-2:] == ["Bearer old-token", "Bearer new-token"]
         finally:
             await api.close()  # type: ignore[no-untyped-call]
+
+
+def test_the_proxy_environment_is_read_once_and_netrc_never(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:pw@proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "10.96.0.1")
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    via_proxy = k8s.Configuration(host="https://api.example:6443")
+    access.resolve_proxy_once(via_proxy)
+    assert via_proxy.proxy == "http://proxy.example:3128"
+    assert via_proxy.proxy_headers == {"Proxy-Authorization": "Basic dXNlcjpwdw=="}
+    assert via_proxy.client_session_kwargs == {"trust_env": False}
+    direct = k8s.Configuration(host="https://10.96.0.1:443")
+    access.resolve_proxy_once(direct)
+    assert not direct.proxy and direct.client_session_kwargs == {"trust_env": False}
+    explicit = k8s.Configuration(host="https://api.example:6443")
+    explicit.proxy = "http://chosen.example:8080"  # a kubeconfig's proxy-url wins over the environment
+    access.resolve_proxy_once(explicit)
+    assert explicit.proxy == "http://chosen.example:8080"
+
+
+async def test_api_calls_make_no_thread_hops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp's trust_env would look up proxies and netrc in a worker thread on each request."""
+    loop = asyncio.get_running_loop()
+    hops: list[Any] = []
+    real = loop.run_in_executor
+
+    def counting(executor: Any, fn: Any, *args: Any) -> Any:
+        hops.append(fn)
+        return real(executor, fn, *args)
+
+    async def namespace(_request: web.Request) -> web.Response:
+        return web.json_response({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/x", namespace)
+    monkeypatch.setattr(loop, "run_in_executor", counting)
+    async with serve(app) as url:
+        api = access.ObservedApiClient(k8s.Configuration(host=url))
+        try:
+            for _ in range(3):
+                assert (await k8s.CoreV1Api(api).read_namespace("x")).metadata.name == "x"
+        finally:
+            await api.close()  # type: ignore[no-untyped-call]
+    assert hops == []

@@ -515,3 +515,28 @@ async def test_near_expiry_certificate_is_rotated_once_and_followed_by_the_other
         finally:
             await api_a.close()
             await api_b.close()
+
+
+async def test_the_server_says_serving_only_while_it_accepts_connections(tmp_path: pathlib.Path) -> None:
+    """Readiness waits for `serving`: a replica that joined the Service before its webhook listened
+    would refuse the apiserver's calls, and with failurePolicy Ignore the deletions go through."""
+    inst = _instance(tmp_path, policy=Policy(names=NAMES))
+    inst._write_files(Policy(names=NAMES).fresh(dt.datetime.now(dt.UTC)))
+    port = _free_port()
+    server = ReloadingWebhookServer(
+        addr="127.0.0.1", port=port, certfile=str(inst.cert_file), pkeyfile=str(inst.key_file)
+    )
+
+    async def fn(request: Any, **_: Any) -> dict[str, Any]:
+        return {}
+
+    assert not server.serving
+    async with server:  # as Kopf runs it: leaving closes the listener
+        async for _ in server(fn):  # type: ignore[arg-type]
+            assert server.serving
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            break
+    assert not server.serving
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port)
