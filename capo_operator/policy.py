@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -50,7 +50,8 @@ def _string_map(value: object) -> dict[str, str]:
     return {k: v for k, v in _mapping(value).items() if isinstance(k, str) and isinstance(v, str)}
 
 
-def _canonical_ips(candidates: list[object]) -> tuple[str, ...]:
+def canonical_ips(candidates: Iterable[object]) -> tuple[str, ...]:
+    """The distinct canonical IPs among `candidates`, in order; non-strings and non-IPs are skipped."""
     ips: list[str] = []
     for candidate in candidates:
         if not isinstance(candidate, str):
@@ -115,7 +116,7 @@ class PodFacts:
             node=_str(spec.get("nodeName")) or None,
             labels=_string_map(metadata.get("labels")),
             annotations=_string_map(metadata.get("annotations")),
-            ips=_canonical_ips(candidates),
+            ips=canonical_ips(candidates),
             host_network=spec.get("hostNetwork") is True,
             phase=_str(status.get("phase")),
             reason=_str(status.get("reason")),

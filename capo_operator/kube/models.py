@@ -10,7 +10,6 @@ docs/performance.md has the comparison with json/orjson + dicts that chose msgsp
 from __future__ import annotations
 
 import dataclasses
-import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,8 +17,14 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from capo_operator.addresses import AddressError, ip_of
-from capo_operator.policy import NAMESPACE_LABEL, NAMESPACE_LABEL_VALUES, NamespaceFacts, Owner, PodFacts
+from capo_operator.policy import (
+    NAMESPACE_LABEL,
+    NAMESPACE_LABEL_VALUES,
+    NamespaceFacts,
+    Owner,
+    PodFacts,
+    canonical_ips,
+)
 from capo_operator.records import GROUP, PLURAL, VERSION, Record, RecordError, belongs_to
 
 T = TypeVar("T")
@@ -146,24 +151,11 @@ class IdentityItem(msgspec.Struct, frozen=True):
 
 _intern = sys.intern
 
+
 # The same few thousand IP strings come back in every event of their pods: parse each once.
-_ip_of = functools.lru_cache(maxsize=65536)(ip_of)
-
-
 def _canonical_ips(status: PodStatus) -> tuple[str, ...]:
-    # Same rule as PodFacts.from_pod: podIPs then podIP, canonical, deduplicated, invalid dropped.
-    candidates = [item.ip for item in status.podIPs or ()]
-    if status.podIP is not None:
-        candidates.append(status.podIP)
-    ips: list[str] = []
-    for candidate in candidates:
-        try:
-            ip = _ip_of(candidate)
-        except AddressError:
-            continue
-        if ip not in ips:
-            ips.append(ip)
-    return tuple(ips)
+    # policy.canonical_ips parses through addresses.ip_of, which caches what it parsed.
+    return canonical_ips([*(item.ip for item in status.podIPs or ()), status.podIP])
 
 
 def pod_facts(item: PodItem) -> PodFacts:
