@@ -38,8 +38,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from capo_operator.decisions.policy import PodFacts
 from capo_operator.kube import PODS, Codec, KubeTransport, pod_informer
-from capo_operator.policy import PodFacts
 from kube_emulator.testing import EmulatorProcess
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -218,8 +218,8 @@ def release_pass(
     from fakes import NOW, FakeLedger, make_harness, make_ns, make_pod, make_record  # type: ignore[import-not-found]
 
     from capo_operator.config import Config
-    from capo_operator.records import PodRef
-    from capo_operator.releaser import Releaser
+    from capo_operator.flows.releaser import Releaser
+    from capo_operator.kube.records import PodRef
 
     def build(expired: int) -> tuple[Any, Releaser]:
         h = make_harness(Config(ip_reserve_max_count=1_000_000), leading=True)

@@ -2,7 +2,7 @@
 
 Old and new side by side in one run (same machine, same load):
 - metrics: the old way (every record's info series, rebuilt on each record event) is reproduced
-  here as the baseline; the new way is `capo_operator.metrics` (computed at scrape time, per-IP
+  here as the baseline; the new way is `capo_operator.serving.metrics` (computed at scrape time, per-IP
   info bounded to `metrics.ipInfoLimit`, default 1000). A scrape is `generate_latest` of the
   operator's whole registry, what the `/metrics` handler returns.
 - per record event: the record informer's handler, plus (old) the rebuild of every record's series.
@@ -35,12 +35,12 @@ from prometheus_client.registry import Collector
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from capo_operator import ledger as L
-from capo_operator.ledger import LedgerEntry
-from capo_operator.metrics import Metrics
-from capo_operator.policy import Owner
-from capo_operator.records import PodRef, Record
-from capo_operator.watchers import Watchers
+from capo_operator.decisions.policy import Owner
+from capo_operator.flows.watchers import Watchers
+from capo_operator.kube import ledger as L
+from capo_operator.kube.ledger import LedgerEntry
+from capo_operator.kube.records import PodRef, Record
+from capo_operator.serving.metrics import Metrics
 
 RECORD_COUNTS = (5_000, 10_000, 20_000)
 LEDGER_PODS = (5_000, 10_000, 20_000, 50_000)

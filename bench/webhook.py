@@ -32,10 +32,10 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from capo_operator.addresses import host_cidr, ip_of
-from capo_operator.calico import CalicoGroup, Snapshot
 from capo_operator.config import parse_config
-from capo_operator.records import Record
+from capo_operator.decisions.addresses import host_cidr, ip_of
+from capo_operator.kube.calico import CalicoGroup, Snapshot
+from capo_operator.kube.records import Record
 from capo_operator.runtime import Options
 from capo_testkit.certs import make_serving_cert
 from kube_emulator.testing import EmulatorProcess

@@ -17,24 +17,24 @@ from aiohttp import web
 from kubernetes.aio import client as k8s
 from kubernetes.aio import watch as k8s_watch
 
-from capo_operator import access, probes
-from capo_operator import handlers as _handlers  # noqa: F401  (registers the Kopf handlers)
-from capo_operator.calico import CalicoStore, detect_group
-from capo_operator.certs import BuiltinCertificates, ReloadingWebhookServer, certificate_expiry
 from capo_operator.config import Config, ConfigError, parse_config
-from capo_operator.credentials import Credentials, CredentialsError, Source
-from capo_operator.events import EventRecorder, ObjectRef
-from capo_operator.kube import KubeTransport
-from capo_operator.leader import LeaseElector
-from capo_operator.ledger import NAME as LEDGER_NAME
-from capo_operator.ledger import Ledger
-from capo_operator.metrics import Metrics
-from capo_operator.records import GROUP, PLURAL, VERSION, RecordStore
-from capo_operator.releaser import Releaser
-from capo_operator.reserver import Reserver
+from capo_operator.flows.releaser import Releaser
+from capo_operator.flows.reserver import Reserver
+from capo_operator.flows.safety_net import SafetyNet
+from capo_operator.flows.watchers import Watchers
+from capo_operator.kube import KubeTransport, access
+from capo_operator.kube.calico import CalicoStore, detect_group
+from capo_operator.kube.credentials import Credentials, CredentialsError, Source
+from capo_operator.kube.events import EventRecorder, ObjectRef
+from capo_operator.kube.leader import LeaseElector
+from capo_operator.kube.ledger import NAME as LEDGER_NAME
+from capo_operator.kube.ledger import Ledger
+from capo_operator.kube.records import GROUP, PLURAL, VERSION, RecordStore
 from capo_operator.runtime import Options, Runtime, Views
-from capo_operator.safety_net import SafetyNet
-from capo_operator.watchers import Watchers
+from capo_operator.serving import handlers as _handlers  # noqa: F401  (registers the Kopf handlers)
+from capo_operator.serving import probes
+from capo_operator.serving.certs import BuiltinCertificates, ReloadingWebhookServer, certificate_expiry
+from capo_operator.serving.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

@@ -123,7 +123,7 @@ def _check_config(path: str) -> int:
     except ConfigError as exc:
         print(f"{path}: {exc}", file=sys.stderr)
         return 1
-    from capo_operator.durations import format_duration
+    from capo_operator.decisions.durations import format_duration
 
     print(f"{path}: valid")
     print(f"  ipReserveMaxCount: {config.ip_reserve_max_count}")

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from capo_operator.durations import DurationError, format_duration, parse_duration
-from capo_operator.selector import (
+from capo_operator.decisions.durations import DurationError, format_duration, parse_duration
+from capo_operator.decisions.selector import (
     DEFAULT_SELECTOR,
     AnySelector,
     SelectorError,

@@ -11,21 +11,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from capo_operator.config import Config
+from capo_operator.decisions.policy import NamespaceFacts, PodFacts
 from capo_operator.kube import POD_INDEXERS, POD_IP_INDEX, RECORD_INDEXERS, UID_INDEX, Store
-from capo_operator.metrics import Metrics
-from capo_operator.policy import NamespaceFacts, PodFacts
-from capo_operator.records import Record
+from capo_operator.kube.records import Record
+from capo_operator.serving.metrics import Metrics
 
 if TYPE_CHECKING:
     from kubernetes.aio import client as k8s
 
-    from capo_operator.access import Permission
-    from capo_operator.calico import CalicoStore
-    from capo_operator.credentials import Credentials
-    from capo_operator.events import EventRecorder
-    from capo_operator.records import RecordStore
-    from capo_operator.reserver import Reserver
-    from capo_operator.safety_net import SafetyNet
+    from capo_operator.flows.reserver import Reserver
+    from capo_operator.flows.safety_net import SafetyNet
+    from capo_operator.kube.access import Permission
+    from capo_operator.kube.calico import CalicoStore
+    from capo_operator.kube.credentials import Credentials
+    from capo_operator.kube.events import EventRecorder
+    from capo_operator.kube.records import RecordStore
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Options:
 class Views:
     """Read-only views over the informers' stores (pods, namespaces, this installation's records),
     shared by the webhook, the safety net and the releaser. The stores are updated in place by the
-    informers (`capo_operator.watchers`); `synced` is set once all three have listed."""
+    informers (`capo_operator.flows.watchers`); `synced` is set once all three have listed."""
 
     def __init__(self) -> None:
         self._pods: Store[PodFacts] = Store(POD_INDEXERS)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from capo_operator.certs import make_ca, make_serving
+from capo_operator.serving.certs import make_ca, make_serving
 
 
 @dataclass(frozen=True)

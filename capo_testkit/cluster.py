@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from capo_operator import ledger as fmt  # the operator's own decoder reads what it wrote
+from capo_operator.kube import ledger as fmt  # the operator's own decoder reads what it wrote
 from capo_testkit.kube import JSON_PATCH, ApiError, Kube, Obj, Response, path_for, pods_path
 from capo_testkit.wait import eventually
 

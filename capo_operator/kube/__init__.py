@@ -1,4 +1,7 @@
-"""The operator's own Kubernetes cache: informers for pods, namespaces and ReservedIP records.
+"""Kubernetes I/O: the informers (this module's exports), credentials and access checks, the Calico
+store, the ReservedIP records, the ledger, the Lease election and Events.
+
+The informers cache pods, namespaces and ReservedIP records:
 
     from capo_operator.kube import KubeTransport, pod_informer
     pods = pod_informer(KubeTransport(api))
@@ -17,11 +20,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from capo_operator.decisions.policy import NamespaceFacts, PodFacts
 from capo_operator.kube.informer import Backoff, Informer, InformerStats, Store, object_key
 from capo_operator.kube.models import NAMESPACES, PODS, RECORDS, Codec, DecodeError, Foreign, Kind, records_of
+from capo_operator.kube.records import Record
 from capo_operator.kube.transport import ApiError, KubeTransport, Transport
-from capo_operator.policy import NamespaceFacts, PodFacts
-from capo_operator.records import Record
 
 UID_INDEX = "uid"
 POD_IP_INDEX = "ip"

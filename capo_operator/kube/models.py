@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from capo_operator.policy import (
+from capo_operator.decisions.policy import (
     NAMESPACE_LABEL,
     NAMESPACE_LABEL_VALUES,
     NamespaceFacts,
@@ -25,7 +25,7 @@ from capo_operator.policy import (
     PodFacts,
     canonical_ips,
 )
-from capo_operator.records import GROUP, PLURAL, VERSION, Record, RecordError, belongs_to
+from capo_operator.kube.records import GROUP, PLURAL, VERSION, Record, RecordError, belongs_to
 
 T = TypeVar("T")
 S = TypeVar("S")

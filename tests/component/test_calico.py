@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 from component_support import Cluster
 
-from capo_operator.calico import CalicoError, CalicoGroup, CalicoStore, detect_group
+from capo_operator.kube.calico import CalicoError, CalicoGroup, CalicoStore, detect_group
 
 NAME = "capo-reserved-ips"
 
@@ -266,8 +266,8 @@ async def test_forms_only_python_accepts_are_malformed_and_dropped(
 def details_for(ips: list[str], trigger: str = "delete") -> dict[str, str]:
     from datetime import UTC, datetime, timedelta
 
-    from capo_operator import pending
-    from capo_operator.records import PodRef, Record
+    from capo_operator.decisions import pending
+    from capo_operator.kube.records import PodRef, Record
 
     at = datetime(2026, 1, 1, tzinfo=UTC)
     return {
@@ -375,7 +375,7 @@ async def test_clear_pending_is_one_write_and_ignores_absent_keys(
 async def test_details_beyond_the_budget_are_left_out_not_the_reservation(
     cluster: Cluster, group: CalicoGroup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from capo_operator import pending
+    from capo_operator.decisions import pending
 
     ips = [f"10.0.0.{i}" for i in range(1, 6)]
     details = details_for(ips)
@@ -394,7 +394,7 @@ async def test_group_commit_under_write_latency_with_concurrent_removals(
 ) -> None:
     """16 clients append through one GroupCommit while another replica removes: every append survives
     with its details, every removal happens, and the appends need far fewer writes than callers."""
-    from capo_operator.calico import GroupCommit
+    from capo_operator.kube.calico import GroupCommit
 
     remover_api, remover_calls = await cluster.new_api()
     remover = CalicoStore(remover_api, name=NAME, group=group)

@@ -11,6 +11,7 @@ import pytest
 from component_support import NAMESPACE, Cluster, eventually
 from kubernetes.aio import client
 
+from capo_operator.decisions.policy import PodFacts
 from capo_operator.kube import (
     POD_IP_INDEX,
     RECORD_POD_UID_INDEX,
@@ -22,8 +23,7 @@ from capo_operator.kube import (
     pod_informer,
     record_informer,
 )
-from capo_operator.policy import PodFacts
-from capo_operator.records import GROUP, PLURAL, VERSION, PodRef, Record, RecordStore
+from capo_operator.kube.records import GROUP, PLURAL, VERSION, PodRef, Record, RecordStore
 
 POD_WATCH = r"/api/v1/pods\?.*watch=true"
 

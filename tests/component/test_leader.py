@@ -15,7 +15,7 @@ import pytest
 from component_support import NAMESPACE, Calls, Cluster, eventually
 from kubernetes.aio import client
 
-from capo_operator.leader import LeaseElector
+from capo_operator.kube.leader import LeaseElector
 
 LEASE = "capo"
 MICRO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")

@@ -12,8 +12,16 @@ import pytest
 from component_support import NAMESPACE, Cluster
 from kubernetes.aio import client
 
-from capo_operator import ledger as L
-from capo_operator.ledger import DATA_KEY, INDEX_KEY, META_KEY, PAYLOAD_KEY, Ledger, LedgerEntry, LedgerError
+from capo_operator.kube import ledger as L
+from capo_operator.kube.ledger import (
+    DATA_KEY,
+    INDEX_KEY,
+    META_KEY,
+    PAYLOAD_KEY,
+    Ledger,
+    LedgerEntry,
+    LedgerError,
+)
 
 
 def entry(i: int) -> LedgerEntry:

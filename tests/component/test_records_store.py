@@ -8,9 +8,17 @@ from typing import Any, cast
 import pytest
 from component_support import Cluster
 
-from capo_operator import records as records_module
-from capo_operator.policy import Owner
-from capo_operator.records import GROUP, PLURAL, RELEASING_ANNOTATION, VERSION, PodRef, Record, RecordStore
+from capo_operator.decisions.policy import Owner
+from capo_operator.kube import records as records_module
+from capo_operator.kube.records import (
+    GROUP,
+    PLURAL,
+    RELEASING_ANNOTATION,
+    VERSION,
+    PodRef,
+    Record,
+    RecordStore,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import Doc, find
 
-from capo_operator.ledger import MAX_SHARDS as LEDGER_MAX_SHARDS
+from capo_operator.kube.ledger import MAX_SHARDS as LEDGER_MAX_SHARDS
 
 NS = "capo-system"
 

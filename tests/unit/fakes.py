@@ -14,20 +14,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from capo_operator import pending
-from capo_operator.addresses import ip_of, record_name
-from capo_operator.calico import CalicoError, CalicoGroup, Snapshot
 from capo_operator.config import Config
-from capo_operator.credentials import Credentials, Source
-from capo_operator.events import ObjectRef
+from capo_operator.decisions import pending
+from capo_operator.decisions.addresses import ip_of, record_name
+from capo_operator.decisions.policy import NamespaceFacts, Owner, PodFacts
+from capo_operator.flows.reserver import Reserver
+from capo_operator.flows.safety_net import SafetyNet
 from capo_operator.kube import POD_INDEXERS, RECORD_INDEXERS, Store, object_key
-from capo_operator.ledger import LedgerEntry
-from capo_operator.metrics import Metrics
-from capo_operator.policy import NamespaceFacts, Owner, PodFacts
-from capo_operator.records import FINALIZER, PodRef, Record
-from capo_operator.reserver import Reserver
+from capo_operator.kube.calico import CalicoError, CalicoGroup, Snapshot
+from capo_operator.kube.credentials import Credentials, Source
+from capo_operator.kube.events import ObjectRef
+from capo_operator.kube.ledger import LedgerEntry
+from capo_operator.kube.records import FINALIZER, PodRef, Record
 from capo_operator.runtime import Options, Runtime, Views
-from capo_operator.safety_net import SafetyNet
+from capo_operator.serving.metrics import Metrics
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 HOLD = timedelta(minutes=40)

@@ -16,8 +16,8 @@ from aiohttp import web
 from fakes import make_harness
 from kubernetes.aio import client as k8s
 
-from capo_operator import access
-from capo_operator.credentials import Credentials, Source
+from capo_operator.kube import access
+from capo_operator.kube.credentials import Credentials, Source
 from capo_operator.runtime import Runtime
 
 NAMES = access.Names(
@@ -143,7 +143,7 @@ async def test_the_start_up_check_names_each_missing_permission(
     # The review asked about the exact object the shipped RBAC names.
     asked = next(r for r in fake.reviews if r["verb"] == "patch" and r["resource"] == "ipreservations")
     assert asked["name"] == "capo-reserved-ips" and asked["group"] == "crd.projectcalico.org"
-    with caplog.at_level(logging.ERROR, logger="capo_operator.access"):
+    with caplog.at_level(logging.ERROR, logger="capo_operator.kube.access"):
         access.report_missing(gaps, "system:serviceaccount:capo-system:capo-operator")
     text = caplog.text
     assert 'not allowed to patch ipreservations.crd.projectcalico.org "capo-reserved-ips"' in text
@@ -165,7 +165,7 @@ async def test_a_403_at_run_time_is_logged_with_the_servers_words_and_counted(
     _, api, counted = server
     custom = k8s.CustomObjectsApi(api)
     with (
-        caplog.at_level(logging.ERROR, logger="capo_operator.access"),
+        caplog.at_level(logging.ERROR, logger="capo_operator.kube.access"),
         pytest.raises(k8s.ApiException) as exc,
     ):
         await custom.patch_cluster_custom_object(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capo_operator.addresses import AddressError, host_cidr, ip_from_record_name, ip_of, record_name
+from capo_operator.decisions.addresses import AddressError, host_cidr, ip_from_record_name, ip_of, record_name
 
 # DNS-1123 subdomain, as Kubernetes validates object names (written here independently of the code).
 DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")

@@ -12,9 +12,9 @@ import pytest
 from fakes import HOLD, Harness, eventually, make_harness, make_ns, make_pod
 from kubernetes.aio import client as k8s
 
-from capo_operator import admission
 from capo_operator.config import Config
-from capo_operator.policy import NamespaceFacts, PodFacts
+from capo_operator.decisions.policy import NamespaceFacts, PodFacts
+from capo_operator.flows import admission
 
 
 @pytest.fixture

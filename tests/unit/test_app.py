@@ -12,8 +12,8 @@ import pytest
 from fakes import Harness, eventually, make_harness, options
 
 from capo_operator import app
-from capo_operator.certs import ReloadingWebhookServer
 from capo_operator.config import Config, LeaderElection, parse_config
+from capo_operator.serving.certs import ReloadingWebhookServer
 
 GOOD = """\
 apiVersion: config.capo.io/v1

@@ -19,8 +19,8 @@ import pytest
 from cryptography import x509
 from kubernetes.aio import client as k8s
 
-from capo_operator import certs
-from capo_operator.certs import (
+from capo_operator.serving import certs
+from capo_operator.serving.certs import (
     BuiltinCertificates,
     Material,
     Policy,

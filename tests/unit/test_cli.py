@@ -90,7 +90,7 @@ def test_run_with_an_invalid_config_exits_2_before_touching_a_cluster(
     async def no_cluster(*_: object, **__: object) -> None:
         raise AssertionError("run() must not connect with an invalid config")
 
-    from capo_operator.credentials import Credentials
+    from capo_operator.kube.credentials import Credentials
 
     monkeypatch.setattr(Credentials, "load", no_cluster)
     monkeypatch.delenv("CAPO_CONFIG", raising=False)

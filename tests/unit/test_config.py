@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from capo_operator.config import Config, ConfigError, LeaderElection, load_config, parse_config
-from capo_operator.selector import DEFAULT_SELECTOR, AnySelector, Requirement
+from capo_operator.decisions.selector import DEFAULT_SELECTOR, AnySelector, Requirement
 
 DATA = Path(__file__).parent / "data"
 SAMPLE = (DATA / "capo_config.yaml").read_text()

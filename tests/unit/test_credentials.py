@@ -16,7 +16,7 @@ import kopf
 import pytest
 import yaml
 
-from capo_operator.credentials import (
+from capo_operator.kube.credentials import (
     Credentials,
     CredentialsError,
     Source,

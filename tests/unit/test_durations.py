@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capo_operator.durations import DurationError, format_duration, parse_duration
+from capo_operator.decisions.durations import DurationError, format_duration, parse_duration
 
 # Go stores durations as int64 nanoseconds; timedelta keeps microseconds.
 MAX_GO_MICROS = ((1 << 63) - 1) // 1000

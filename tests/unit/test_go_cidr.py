@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capo_operator.addresses import AddressError, host_cidr, ip_of, parse_calico_entry
+from capo_operator.decisions.addresses import AddressError, host_cidr, ip_of, parse_calico_entry
 
 ACCEPTED = [
     ("10.0.0.1", "10.0.0.1/32"),

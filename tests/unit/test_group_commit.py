@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 from fakes import Harness, eventually, make_harness, make_pod
 
-from capo_operator import reserver as reserver_module
-from capo_operator.calico import CalicoError, GroupCommit
-from capo_operator.policy import Hold
+from capo_operator.decisions.policy import Hold
+from capo_operator.flows import reserver as reserver_module
+from capo_operator.kube.calico import CalicoError, GroupCommit
 
 HOLD = Hold(timedelta(minutes=40), "ipReserveTime=40m")
 

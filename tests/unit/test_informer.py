@@ -10,6 +10,7 @@ import pytest
 from fakes import eventually
 from informer_fakes import FakeKube, pod
 
+from capo_operator.decisions.policy import PodFacts
 from capo_operator.kube import (
     POD_IP_INDEX,
     UID_INDEX,
@@ -18,7 +19,6 @@ from capo_operator.kube import (
     Informer,
     pod_informer,
 )
-from capo_operator.policy import PodFacts
 
 
 class Recorder:

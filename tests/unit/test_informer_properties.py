@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from informer_fakes import FakeKube, pod
 
+from capo_operator.decisions.policy import PodFacts
 from capo_operator.kube import POD_IP_INDEX, Backoff, live_pod_ips, pod_informer
-from capo_operator.policy import PodFacts
 
 NAMES = st.sampled_from(["a", "b", "c", "d", "e"])
 IPS = st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1"])

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from capo_operator.decisions.policy import NamespaceFacts, Owner, PodFacts
 from capo_operator.kube import NAMESPACES, PODS, RECORDS, Codec
 from capo_operator.kube.models import DecodeError
-from capo_operator.policy import NamespaceFacts, Owner, PodFacts
-from capo_operator.records import Record
+from capo_operator.kube.records import Record
 
 POD_CODEC = Codec(PODS)
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from capo_operator import ledger as L
-from capo_operator.ledger import (
+from capo_operator.kube import ledger as L
+from capo_operator.kube.ledger import (
     MAX_DATA_BYTES,
     CorruptShard,
     LedgerEntry,

@@ -10,8 +10,8 @@ import pytest
 from fakes import NOW, DummyApi, Harness, make_harness, make_ns, make_pod
 from kubernetes.aio import client as k8s
 
-from capo_operator.ledger import Ledger, LedgerEntry
-from capo_operator.releaser import Releaser
+from capo_operator.flows.releaser import Releaser
+from capo_operator.kube.ledger import Ledger, LedgerEntry
 
 
 class ConfigMaps:

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from capo_operator.metrics import TRIGGERS, Metrics
-from capo_operator.records import PodRef, Record
+from capo_operator.kube.records import PodRef, Record
+from capo_operator.serving.metrics import TRIGGERS, Metrics
 
 
 def exposition(metrics: Metrics) -> dict[str, tuple[str, list[tuple[str, dict[str, str], float]]]]:
@@ -221,7 +221,7 @@ def test_each_metrics_object_has_its_own_registry() -> None:
 
 
 def test_events_beyond_the_queue_are_dropped_and_counted() -> None:
-    from capo_operator.events import EventRecorder, ObjectRef
+    from capo_operator.kube.events import EventRecorder, ObjectRef
 
     metrics = Metrics()
     recorder = EventRecorder(DummyApi(), host="capo-0", max_queue=2, on_drop=metrics.events_dropped.inc)  # type: ignore[arg-type]

@@ -11,9 +11,9 @@ from fakes import NOW, STS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capo_operator import pending
-from capo_operator.policy import Owner
-from capo_operator.records import TRIGGERS, PodRef, Record
+from capo_operator.decisions import pending
+from capo_operator.decisions.policy import Owner
+from capo_operator.kube.records import TRIGGERS, PodRef, Record
 
 
 def record(ip: str = "10.0.0.1", **changes: object) -> Record:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capo_operator.planner import DEFAULT_GRACE, ClockChange, Plan, RecordView, drift, plan, retime
+from capo_operator.decisions.planner import DEFAULT_GRACE, ClockChange, Plan, RecordView, drift, plan, retime
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 HOLD = timedelta(minutes=40)

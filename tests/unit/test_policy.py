@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from capo_operator.config import Config, parse_config
-from capo_operator.policy import (
+from capo_operator.decisions.policy import (
     Decision,
     NamespaceFacts,
     Owner,

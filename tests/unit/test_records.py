@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from capo_operator.addresses import record_name
-from capo_operator.policy import Owner
-from capo_operator.records import (
+from capo_operator.decisions.addresses import record_name
+from capo_operator.decisions.policy import Owner
+from capo_operator.kube.records import (
     RELEASING_ANNOTATION,
     TRIGGERS,
     PodRef,

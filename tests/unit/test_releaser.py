@@ -21,14 +21,14 @@ from fakes import (
 )
 from kubernetes.aio import client as k8s
 
-from capo_operator import pending
-from capo_operator import releaser as releaser_module
-from capo_operator.calico import CalicoError
 from capo_operator.config import Config
-from capo_operator.ledger import LedgerEntry
-from capo_operator.policy import Hold, Owner
-from capo_operator.records import PodRef
-from capo_operator.releaser import OwnerChecker, Releaser, alive_uids
+from capo_operator.decisions import pending
+from capo_operator.decisions.policy import Hold, Owner
+from capo_operator.flows import releaser as releaser_module
+from capo_operator.flows.releaser import OwnerChecker, Releaser, alive_uids
+from capo_operator.kube.calico import CalicoError
+from capo_operator.kube.ledger import LedgerEntry
+from capo_operator.kube.records import PodRef
 
 
 class Clock:

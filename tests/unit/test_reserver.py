@@ -7,10 +7,10 @@ from datetime import timedelta
 import pytest
 from fakes import NOW, STS, Harness, make_harness, make_pod, make_record
 
-from capo_operator.calico import CalicoError
-from capo_operator.policy import Hold
-from capo_operator.records import PodRef
-from capo_operator.reserver import new_record
+from capo_operator.decisions.policy import Hold
+from capo_operator.flows.reserver import new_record
+from capo_operator.kube.calico import CalicoError
+from capo_operator.kube.records import PodRef
 
 HOLD_2H = Hold(timedelta(hours=2), "annotation capo.io/reserve-time=2h")
 

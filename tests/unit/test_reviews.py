@@ -11,8 +11,8 @@ import aiohttp.web
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from capo_operator import reviews
-from capo_operator.reviews import ReviewError, check_review, check_subject
+from capo_operator.serving import reviews
+from capo_operator.serving.reviews import ReviewError, check_review, check_subject
 
 REVIEW: dict[str, Any] = {
     "apiVersion": "admission.k8s.io/v1",

@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 from fakes import Harness, eventually, make_harness, make_ns, make_pod, make_record
 
-from capo_operator import safety_net
-from capo_operator.policy import Hold
-from capo_operator.safety_net import SafetyNet
+from capo_operator.decisions.policy import Hold
+from capo_operator.flows import safety_net
+from capo_operator.flows.safety_net import SafetyNet
 
 LEADER = 0.01
 STANDBY = 0.3
@@ -317,7 +317,7 @@ def test_terminal_uids_drop_the_oldest_when_every_pod_is_still_there() -> None:
 
 async def test_a_pod_this_replicas_webhook_reserved_is_not_written_again(h: Harness, start: Runner) -> None:
     # The webhook's Calico write succeeded; its records wait for a lull in the burst.
-    from capo_operator import admission
+    from capo_operator.flows import admission
 
     h.records.gate = asyncio.Event()
     pod = h.add_pod(make_pod(uid="u-9", ips=("10.0.0.9",)))

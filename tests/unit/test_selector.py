@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capo_operator.selector import DEFAULT_SELECTOR, AnySelector, Requirement, SelectorError
+from capo_operator.decisions.selector import DEFAULT_SELECTOR, AnySelector, Requirement, SelectorError
 
 STS_POD = {"statefulset.kubernetes.io/pod-name": "redis-0", "app": "redis"}
 KAFKA_POD = {"brokerId": "3", "app": "kafka"}

@@ -13,9 +13,9 @@ from fakes import Harness, eventually, make_harness, make_ns, make_pod, make_rec
 from informer_fakes import FakeKube, Obj, pod
 from prometheus_client import generate_latest
 
-from capo_operator.policy import PodFacts
-from capo_operator.records import PodRef
-from capo_operator.watchers import Watchers
+from capo_operator.decisions.policy import PodFacts
+from capo_operator.flows.watchers import Watchers
+from capo_operator.kube.records import PodRef
 
 NS_PATH, POD_PATH, RECORD_PATH = "/api/v1/namespaces", "/api/v1/pods", "/apis/capo.io/v1/reservedips"
 

@@ -25,9 +25,9 @@ from typing import Any, Protocol, cast
 
 from kubernetes.aio import client as k8s
 
-from capo_operator import pending
-from capo_operator.addresses import AddressError, host_cidr, ip_of, parse_calico_entry
-from capo_operator.records import Record
+from capo_operator.decisions import pending
+from capo_operator.decisions.addresses import AddressError, host_cidr, ip_of, parse_calico_entry
+from capo_operator.kube.records import Record
 
 logger = logging.getLogger(__name__)
 

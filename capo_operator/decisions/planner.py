@@ -6,7 +6,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from capo_operator.addresses import AddressError, ip_of
+from capo_operator.decisions.addresses import AddressError, ip_of
 
 # How long a record's pod may still hold its IP before the clock is stopped. Zero: any pass that
 # sees the pod (terminating or not) stops the clock, and the pass after it is gone restarts it, so

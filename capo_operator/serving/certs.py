@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes.aio import client as k8s
 
-from capo_operator import reviews
+from capo_operator.serving import reviews
 
 logger = logging.getLogger(__name__)
 
@@ -577,7 +577,7 @@ class ReloadingWebhookServer(kopf.WebhookServer):
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:  # kopf.WebhookFn -> WebhookClientConfig
         async def serve(request: aiohttp.web.Request) -> aiohttp.web.Response:
-            # Checked before Kopf reads it, and always answered in time (capo_operator/reviews.py).
+            # Checked before Kopf reads it, and always answered in time (capo_operator/serving/reviews.py).
             return await reviews.serve(fn, request)
 
         cadata, context = self._build_ssl()

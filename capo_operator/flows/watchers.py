@@ -18,11 +18,11 @@ import gc
 import logging
 from typing import Any
 
+from capo_operator.decisions.policy import NamespaceFacts, PodFacts
 from capo_operator.kube import Informer, Transport, namespace_informer, pod_informer, record_informer
-from capo_operator.metrics import InformerState
-from capo_operator.policy import NamespaceFacts, PodFacts
-from capo_operator.records import Record
+from capo_operator.kube.records import Record
 from capo_operator.runtime import Runtime
+from capo_operator.serving.metrics import InformerState
 
 logger = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from capo_operator import policy
-from capo_operator.addresses import record_name
 from capo_operator.config import Config
-from capo_operator.events import ObjectRef
-from capo_operator.metrics import Metrics
-from capo_operator.policy import Hold, PodFacts
-from capo_operator.reserver import Reserver
+from capo_operator.decisions import policy
+from capo_operator.decisions.addresses import record_name
+from capo_operator.decisions.policy import Hold, PodFacts
+from capo_operator.flows.reserver import Reserver
+from capo_operator.kube.events import ObjectRef
 from capo_operator.runtime import TerminalUIDs, Views
+from capo_operator.serving.metrics import Metrics
 
 __all__ = ["SafetyNet", "TerminalUIDs"]
 

@@ -14,14 +14,14 @@ from typing import TypeVar
 
 from kubernetes.aio import client as k8s
 
-from capo_operator import pending, planner, policy
-from capo_operator.addresses import record_name
-from capo_operator.calico import Snapshot
-from capo_operator.durations import format_duration
-from capo_operator.events import ObjectRef
-from capo_operator.ledger import Ledger, LedgerEntry, reconcile
-from capo_operator.policy import Owner, PodFacts
-from capo_operator.records import DEFAULT_POLICY_PREFIX, FINALIZER, KIND, Record
+from capo_operator.decisions import pending, planner, policy
+from capo_operator.decisions.addresses import record_name
+from capo_operator.decisions.durations import format_duration
+from capo_operator.decisions.policy import Owner, PodFacts
+from capo_operator.kube.calico import Snapshot
+from capo_operator.kube.events import ObjectRef
+from capo_operator.kube.ledger import Ledger, LedgerEntry, reconcile
+from capo_operator.kube.records import DEFAULT_POLICY_PREFIX, FINALIZER, KIND, Record
 from capo_operator.runtime import Runtime
 
 logger = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ from typing import Any
 import kopf
 from kubernetes.aio import client as k8s
 
-from capo_operator import policy
-from capo_operator.events import ObjectRef
-from capo_operator.policy import NamespaceFacts, PodFacts, Skip
+from capo_operator.decisions import policy
+from capo_operator.decisions.policy import NamespaceFacts, PodFacts, Skip
+from capo_operator.kube.events import ObjectRef
 from capo_operator.runtime import Runtime
 
 logger = logging.getLogger(__name__)

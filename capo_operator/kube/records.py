@@ -19,9 +19,9 @@ from typing import Any, cast
 
 from kubernetes.aio import client as k8s
 
-from capo_operator.addresses import AddressError, ip_of, record_name
-from capo_operator.planner import RecordView
-from capo_operator.policy import Owner
+from capo_operator.decisions.addresses import AddressError, ip_of, record_name
+from capo_operator.decisions.planner import RecordView
+from capo_operator.decisions.policy import Owner
 
 logger = logging.getLogger(__name__)
 

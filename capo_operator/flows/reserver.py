@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from capo_operator import pending
-from capo_operator.calico import CalicoStore, GroupCommit
 from capo_operator.config import Config
-from capo_operator.events import EventRecorder, ObjectRef
-from capo_operator.metrics import Metrics
-from capo_operator.policy import Hold, PodFacts
-from capo_operator.records import KIND, PodRef, Record, RecordStore
+from capo_operator.decisions import pending
+from capo_operator.decisions.policy import Hold, PodFacts
+from capo_operator.kube.calico import CalicoStore, GroupCommit
+from capo_operator.kube.events import EventRecorder, ObjectRef
+from capo_operator.kube.records import KIND, PodRef, Record, RecordStore
+from capo_operator.serving.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

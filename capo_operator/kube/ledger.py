@@ -38,7 +38,7 @@ from typing import Any
 
 from kubernetes.aio import client as k8s
 
-from capo_operator.addresses import AddressError, ip_of
+from capo_operator.decisions.addresses import AddressError, ip_of
 
 logger = logging.getLogger(__name__)
 

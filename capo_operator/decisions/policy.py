@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from capo_operator.addresses import AddressError, ip_of
 from capo_operator.config import Config
-from capo_operator.durations import DurationError, format_duration, parse_duration
+from capo_operator.decisions.addresses import AddressError, ip_of
+from capo_operator.decisions.durations import DurationError, format_duration, parse_duration
 
 NAMESPACE_LABEL = "ip-reserve"
 NAMESPACE_LABEL_VALUES = frozenset({"enabled", "enable"})

@@ -12,8 +12,8 @@ from typing import Any
 
 import kopf
 
-from capo_operator import admission
-from capo_operator.policy import PodFacts
+from capo_operator.decisions.policy import PodFacts
+from capo_operator.flows import admission
 from capo_operator.runtime import Runtime
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from capo_operator import __version__
 
 if TYPE_CHECKING:
     from capo_operator.kube.informer import InformerStats
-    from capo_operator.records import Record
+    from capo_operator.kube.records import Record
 
 RELEASE_REASONS = ("expired", "cap", "manual", "owner-deleted", "namespace-deleted")
 TRIGGERS = ("delete", "eviction", "kubelet-eviction", "terminated", "safety-net", "recovered", "imported")
