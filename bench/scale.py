@@ -218,8 +218,8 @@ def release_pass(
     from fakes import NOW, FakeLedger, make_harness, make_ns, make_pod, make_record  # type: ignore[import-not-found]
 
     from capo_operator.config import Config
+    from capo_operator.decisions.record import PodRef
     from capo_operator.flows.releaser import Releaser
-    from capo_operator.kube.records import PodRef
 
     def build(expired: int) -> tuple[Any, Releaser]:
         h = make_harness(Config(ip_reserve_max_count=1_000_000), leading=True)
@@ -232,7 +232,7 @@ def release_pass(
             gone = PodRef("ns-0", f"gone-{i}", f"gone-uid-{i}", "n1")
             expires = timedelta(minutes=-1) if i < expired else timedelta(minutes=30)
             h.add_record(make_record(ip, pod=gone, expires_in=expires))
-        return h, Releaser(h.rt, FakeLedger(), clock=lambda: NOW)
+        return h, h.releaser(FakeLedger(), clock=lambda: NOW)
 
     async def timed(expired: int) -> tuple[float, int]:
         h, releaser = build(expired)

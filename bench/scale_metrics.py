@@ -2,7 +2,7 @@
 
 Old and new side by side in one run (same machine, same load):
 - metrics: the old way (every record's info series, rebuilt on each record event) is reproduced
-  here as the baseline; the new way is `capo_operator.serving.metrics` (computed at scrape time, per-IP
+  here as the baseline; the new way is `capo_operator.metrics` (computed at scrape time, per-IP
   info bounded to `metrics.ipInfoLimit`, default 1000). A scrape is `generate_latest` of the
   operator's whole registry, what the `/metrics` handler returns.
 - per record event: the record informer's handler, plus (old) the rebuild of every record's series.
@@ -36,11 +36,11 @@ from prometheus_client.registry import Collector
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from capo_operator.decisions.policy import Owner
+from capo_operator.decisions.record import PodRef, Record
 from capo_operator.flows.watchers import Watchers
 from capo_operator.kube import ledger as L
 from capo_operator.kube.ledger import LedgerEntry
-from capo_operator.kube.records import PodRef, Record
-from capo_operator.serving.metrics import Metrics
+from capo_operator.metrics import Metrics
 
 RECORD_COUNTS = (5_000, 10_000, 20_000)
 LEDGER_PODS = (5_000, 10_000, 20_000, 50_000)
@@ -134,11 +134,6 @@ def old_refresh(records: Callable[[], list[Record]], count: OldCount, info: OldI
     info.rows = tuple(info_of(r) for r in rows)
 
 
-def record_event_memo(records: list[Record]) -> Any:
-    views = SimpleNamespace(synced=SimpleNamespace(is_set=lambda: True), records=lambda: records)
-    return SimpleNamespace(reserved_uids=set(), views=views, leading=False, manual_releases=set())
-
-
 def metrics_at(n: int, runs: int) -> dict[str, Any]:
     records = make_records(n)
     # New: the operator's registry reading the store at scrape time.
@@ -156,8 +151,8 @@ def metrics_at(n: int, runs: int) -> dict[str, Any]:
     old_body = generate_latest(old.registry)
     old_scrape = median_ms(lambda: generate_latest(old.registry), runs)
 
-    # The record informer's update handler, on a watchers object holding just the runtime it reads.
-    watchers: Any = SimpleNamespace(rt=record_event_memo(records))
+    # The record informer's update handler, on a watchers object holding just the set it writes.
+    watchers: Any = SimpleNamespace(reserved_uids=set())
     record = records[0]
 
     def new_event() -> None:

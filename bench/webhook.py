@@ -32,11 +32,11 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from capo_operator.app import Options
 from capo_operator.config import parse_config
 from capo_operator.decisions.addresses import host_cidr, ip_of
+from capo_operator.decisions.record import Record
 from capo_operator.kube.calico import CalicoGroup, Snapshot
-from capo_operator.kube.records import Record
-from capo_operator.runtime import Options
 from capo_testkit.certs import make_serving_cert
 from kube_emulator.testing import EmulatorProcess
 

@@ -1,4 +1,6 @@
-"""Process wiring: the Kopf operator plus the loops around it (election, probes, config reload)."""
+"""The composition root: `assemble` builds every part of the operator and hands each exactly what it
+needs; `run` does the start-up I/O (credentials, Calico, permission check, certificates), assembles
+the parts, starts their loops and Kopf, and stops them in order."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import hashlib
 import logging
 import signal
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +21,51 @@ from aiohttp import web
 from kubernetes.aio import client as k8s
 from kubernetes.aio import watch as k8s_watch
 
-from capo_operator.config import Config, ConfigError, parse_config
+from capo_operator.config import Config, ConfigError, LiveConfig, parse_config
+from capo_operator.decisions.record import GROUP, PLURAL, VERSION
+from capo_operator.flows.admission import Admission
 from capo_operator.flows.releaser import Releaser
 from capo_operator.flows.reserver import Reserver
 from capo_operator.flows.safety_net import SafetyNet
+from capo_operator.flows.state import Leadership, RecentUIDs
 from capo_operator.flows.watchers import Watchers
 from capo_operator.kube import KubeTransport, access
+from capo_operator.kube.caches import Caches, Views
 from capo_operator.kube.calico import CalicoStore, detect_group
 from capo_operator.kube.credentials import Credentials, CredentialsError, Source
 from capo_operator.kube.events import EventRecorder, ObjectRef
 from capo_operator.kube.leader import LeaseElector
 from capo_operator.kube.ledger import NAME as LEDGER_NAME
 from capo_operator.kube.ledger import Ledger
-from capo_operator.kube.records import GROUP, PLURAL, VERSION, RecordStore
-from capo_operator.runtime import Options, Runtime, Views
-from capo_operator.serving import handlers as _handlers  # noqa: F401  (registers the Kopf handlers)
+from capo_operator.kube.records import RecordStore
+from capo_operator.metrics import Metrics
 from capo_operator.serving import probes
 from capo_operator.serving.certs import BuiltinCertificates, ReloadingWebhookServer, certificate_expiry
-from capo_operator.serving.metrics import Metrics
+from capo_operator.serving.handlers import Memo  # importing it registers the Kopf handlers
+from capo_operator.serving.probes import Readiness
 
 logger = logging.getLogger(__name__)
 
 CONFIG_POLL_SECONDS = 2.0
 CERT_SECRET_NAME = "capo-webhook-tls"
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the command line decided (not reloadable)."""
+
+    config_path: Path
+    namespace: str
+    identity: str
+    tls_cert_file: Path
+    tls_key_file: Path
+    certs: str  # "files" | "builtin"
+    webhook_config_name: str
+    webhook_service: str
+    kubeconfig: str | None = None
+    config_map: str | None = None  # the ConfigMap the config file is mounted from (watched directly)
+    log_format: str = "json"
+    log_level: str = "info"
 
 
 class StartupError(Exception):
@@ -86,8 +112,19 @@ class ConfigReloader:
     content: whichever source shows an edit first applies it, the other then finds nothing new.
     A bad text is refused with a log line, an Event and a metric; the last good config stays."""
 
-    def __init__(self, rt: Runtime, initial_text: str) -> None:
-        self.rt = rt
+    def __init__(
+        self,
+        *,
+        config: LiveConfig,
+        metrics: Metrics,
+        events: EventRecorder,
+        about: ObjectRef,
+        initial_text: str,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.events = events
+        self.about = about  # the operator's own pod: where the reload Events go
         self._seen = _digest_text(initial_text)
 
     def offer(self, text: str, source: str) -> None:
@@ -95,26 +132,25 @@ class ConfigReloader:
         if digest == self._seen:
             return
         self._seen = digest
-        rt = self.rt
-        pod = ObjectRef("Pod", rt.options.identity, rt.options.namespace)
+        metrics = self.metrics
         try:
             new = parse_config(text)
         except ConfigError as exc:
-            rt.metrics.config_reloads.labels(result="failure").inc()
-            rt.metrics.config_last_reload_ok.set(0)
+            metrics.config_reloads.labels(result="failure").inc()
+            metrics.config_last_reload_ok.set(0)
             logger.error("configuration reload from %s refused, keeping the last good one: %s", source, exc)
-            rt.events.post(pod, "ConfigRejected", f"{source}: {exc}", warning=True)
+            self.events.post(self.about, "ConfigRejected", f"{source}: {exc}", warning=True)
             return
-        stale = restart_needed(rt.config, new)
-        rt.config = new
-        rt.metrics.config_reloads.labels(result="success").inc()
-        rt.metrics.config_last_reload_ok.set(1)
-        rt.metrics.reserve_count_max.set(new.ip_reserve_max_count)
+        stale = restart_needed(self.config.current, new)
+        self.config.current = new
+        metrics.config_reloads.labels(result="success").inc()
+        metrics.config_last_reload_ok.set(1)
+        metrics.reserve_count_max.set(new.ip_reserve_max_count)
         for warning in new.warnings:
             logger.warning("configuration: %s", warning)
         note = f" ({', '.join(stale)} apply after a restart)" if stale else ""
         logger.info("configuration reloaded from %s%s", source, note)
-        rt.events.post(pod, "ConfigReloaded", f"configuration reloaded from {source}{note}")
+        self.events.post(self.about, "ConfigReloaded", f"configuration reloaded from {source}{note}")
 
 
 async def watch_config_file(reloader: ConfigReloader, path: Path) -> None:
@@ -249,6 +285,140 @@ async def check_permissions(
     return gaps
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Operator:
+    """Every part of one replica, as `assemble` built it. The live state that several parts share
+    is a handful of small objects, each given explicitly to the parts that use it: `config` (the
+    configuration in force after reloads), `leadership` (whether this replica leads), `recent` and
+    `reserved_uids` (pods reserved by this replica's webhook, pods that had a record) and
+    `manual_releases` (IPs whose records a person deleted)."""
+
+    config: LiveConfig
+    leadership: Leadership
+    recent: RecentUIDs
+    reserved_uids: RecentUIDs
+    manual_releases: set[str]
+    metrics: Metrics
+    events: EventRecorder
+    caches: Caches
+    views: Views
+    reserver: Reserver
+    safety_net: SafetyNet
+    admission: Admission
+    watchers: Watchers
+    releaser: Releaser
+    reloader: ConfigReloader
+    readiness: Readiness
+    memo: Memo
+
+    def leadership_changed(self, leading: bool, lease: str) -> None:
+        self.leadership.leading = leading
+        self.metrics.set_leader(lease, leading)
+        if not leading:
+            # The next leader finds the deleted records itself (their finalizer keeps them).
+            self.manual_releases.clear()
+        logger.info("leadership %s", "acquired" if leading else "lost")
+
+
+def assemble(
+    options: Options,
+    config: Config,
+    *,
+    api: k8s.ApiClient,
+    credentials: Credentials,
+    calico: CalicoStore,
+    records: RecordStore,
+    events: EventRecorder,
+    metrics: Metrics,
+    caches: Caches,
+    ledger: Ledger,
+    config_text: str,
+    clock: Callable[[], datetime] = _utc_now,
+) -> Operator:
+    """Build every part and hand each what it needs; no I/O and no task is started here (the unit
+    tests assemble the operator over in-memory stores). `config_text` is the text `config` was
+    parsed from: the reloader applies only a text that differs."""
+    live = LiveConfig(config)
+    leadership = Leadership()
+    recent = RecentUIDs()
+    reserved_uids = RecentUIDs(ttl=86_400.0, max_size=100_000)
+    manual_releases: set[str] = set()
+    views = caches.views
+    reserver = Reserver(calico=calico, records=records, events=events, metrics=metrics, clock=clock)
+    safety_net = SafetyNet(
+        views=views,
+        reserver=reserver,
+        metrics=metrics,
+        config=live,
+        leadership=leadership,
+        recent=recent,
+        reserved_uids=reserved_uids,
+    )
+    admission = Admission(
+        views=views,
+        api=api,
+        config=live,
+        recent=recent,
+        reserver=reserver,
+        safety_net=safety_net,
+        metrics=metrics,
+        events=events,
+    )
+    watchers = Watchers(
+        caches=caches,
+        safety_net=safety_net,
+        leadership=leadership,
+        reserved_uids=reserved_uids,
+        manual_releases=manual_releases,
+    )
+    releaser = Releaser(
+        api=api,
+        views=views,
+        calico=calico,
+        records=records,
+        reserver=reserver,
+        events=events,
+        metrics=metrics,
+        config=live,
+        manual_releases=manual_releases,
+        ledger=ledger,
+        clock=clock,
+    )
+    reloader = ConfigReloader(
+        config=live,
+        metrics=metrics,
+        events=events,
+        about=ObjectRef("Pod", options.identity, options.namespace),
+        initial_text=config_text,
+    )
+    metrics.reserve_count_max.set(config.ip_reserve_max_count)
+    metrics.watch_records(caches.records.store.values, lambda: live.current.metrics_ip_info_limit)
+    metrics.watch_informers(caches.stats)
+    return Operator(
+        config=live,
+        leadership=leadership,
+        recent=recent,
+        reserved_uids=reserved_uids,
+        manual_releases=manual_releases,
+        metrics=metrics,
+        events=events,
+        caches=caches,
+        views=views,
+        reserver=reserver,
+        safety_net=safety_net,
+        admission=admission,
+        watchers=watchers,
+        releaser=releaser,
+        reloader=reloader,
+        readiness=Readiness(caches.synced),
+        memo=Memo(admission=admission, credentials=credentials),
+    )
+
+
 async def run(
     options: Options,
     config: Config,
@@ -305,7 +475,7 @@ async def _run(
     one_shots: list[asyncio.Task[Any]] = []
     runners: list[web.AppRunner] = []
     events: EventRecorder | None = None
-    reserver: Reserver | None = None
+    op: Operator | None = None
     operator_task: asyncio.Task[None] | None = None
     stop_kopf = asyncio.Event()
     noise = KopfShutdownNoise()
@@ -333,45 +503,26 @@ async def _run(
         missing_permissions = await check_permissions(
             api, credentials, options, config, calico.group.value, metrics
         )
-        metrics.reserve_count_max.set(config.ip_reserve_max_count)
         events = EventRecorder(api, host=options.identity, on_drop=metrics.events_dropped.inc)
-        records = records or RecordStore(api, reservation=calico.name)
-        views = Views()
-        holder: dict[str, Runtime] = {}
-        reserver = Reserver(
-            calico=calico,
-            records=records,
-            events=events,
-            metrics=metrics,
-            config=lambda: holder["rt"].config,
-        )
-        safety_net = SafetyNet(
-            views=views,
-            reserver=reserver,
-            metrics=metrics,
-            leading=lambda: holder["rt"].leading,
-            # A record was seen for it, or this replica's webhook wrote its IPs (records follow).
-            reserved_before=lambda uid: uid in holder["rt"].reserved_uids or uid in holder["rt"].recent,
-        )
-        rt = Runtime(
-            options=options,
-            config=config,
-            metrics=metrics,
+        try:
+            config_text = options.config_path.read_text()
+        except OSError:
+            config_text = ""  # the file vanished since it was parsed: the next one read is applied
+        op = assemble(
+            options,
+            config,
             api=api,
             credentials=credentials,
             calico=calico,
-            records=records,
+            records=records or RecordStore(api, reservation=calico.name),
             events=events,
-            reserver=reserver,
-            safety_net=safety_net,
-            views=views,
-            shutdown=shutdown_requested,
+            metrics=metrics,
+            caches=Caches(KubeTransport(api), reservation=calico.name),
+            ledger=Ledger(api, namespace=options.namespace, name=LEDGER_NAME),
+            config_text=config_text,
         )
-        rt.missing_permissions = missing_permissions
-        holder["rt"] = rt
-        watchers = Watchers(rt, KubeTransport(api))
-        metrics.watch_records(watchers.records.store.values, lambda: rt.config.metrics_ip_info_limit)
-        metrics.watch_informers(watchers.stats)
+        readiness = op.readiness
+        readiness.missing_permissions = missing_permissions
 
         def spawn(coro: Coroutine[Any, Any, Any], name: str) -> None:
             tasks.append(asyncio.create_task(coro, name=name))
@@ -397,12 +548,12 @@ async def _run(
 
         def ready() -> tuple[bool, str]:
             if builtin is not None:
-                rt.cert_ready = builtin.ready
+                readiness.cert_ready = builtin.ready
             else:
-                rt.cert_ready = cert_loadable(cert_file, key_file)
-                if rt.cert_ready:
+                readiness.cert_ready = cert_loadable(cert_file, key_file)
+                if readiness.cert_ready:
                     metrics.cert_expiry.set(certificate_expiry(cert_file))
-            ok, why = rt.ready
+            ok, why = readiness.check()
             if ok and not getattr(webhook_server, "serving", True):
                 return False, "the webhook server is not listening yet"
             return ok, why
@@ -416,29 +567,17 @@ async def _run(
         runners.append(await probes.serve(probes.metrics_app(metrics.registry), config.metrics_bind_address))
         spawn(events.run(), "events")
         spawn(credentials.run(), "credentials")
-        spawn(watchers.run(), "informers")
-        spawn(safety_net.run(lambda: rt.config), "safety-net")
-        try:
-            loaded_text = options.config_path.read_text()
-        except OSError:
-            loaded_text = ""  # the file vanished since it was parsed: the next one read is applied
-        reloader = ConfigReloader(rt, loaded_text)
-        spawn(watch_config_file(reloader, options.config_path), "config-file")
+        spawn(op.caches.run(), "informers")
+        spawn(op.safety_net.run(), "safety-net")
+        spawn(watch_config_file(op.reloader, options.config_path), "config-file")
         if options.config_map:
             key = options.config_path.name
-            spawn(watch_config_map(reloader, api, options.namespace, options.config_map, key), "config-map")
+            spawn(
+                watch_config_map(op.reloader, api, options.namespace, options.config_map, key), "config-map"
+            )
 
         election = config.leader_election
         lease_name = election.resource_name
-        releaser = Releaser(rt, Ledger(api, namespace=options.namespace, name=LEDGER_NAME))
-
-        def on_leader_change(leading: bool) -> None:
-            rt.leading = leading
-            metrics.set_leader(lease_name, leading)
-            if not leading:
-                rt.manual_releases.clear()
-            logger.info("leadership %s", "acquired" if leading else "lost")
-
         metrics.set_leader(lease_name, False)
         if election.leader_elect:
             elector = LeaseElector(
@@ -449,19 +588,19 @@ async def _run(
                 lease_duration=election.lease_duration,
                 renew_deadline=election.renew_deadline,
                 retry_period=election.retry_period,
-                on_change=on_leader_change,
+                on_change=lambda leading: op.leadership_changed(leading, lease_name),
             )
-            spawn(elector.run(releaser.lead), "leader-election")
+            spawn(elector.run(op.releaser.lead), "leader-election")
         else:
-            on_leader_change(True)
-            spawn(releaser.lead(), "releaser")
+            op.leadership_changed(True, lease_name)
+            spawn(op.releaser.lead(), "releaser")
 
         kopf_started = asyncio.Event()  # Kopf raises it after its start-up (and its signal handlers)
         operator_task = asyncio.create_task(
             kopf.operator(
                 registry=kopf.get_default_registry(),
                 settings=settings,
-                memo=rt,
+                memo=op.memo,
                 standalone=True,
                 clusterwide=True,
                 stop_flag=stop_kopf,
@@ -469,8 +608,10 @@ async def _run(
             ),
             name="kopf",
         )
-        one_shots.append(asyncio.create_task(take_over_signals(rt.shutdown, kopf_started), name="signals"))
-        shutdown = asyncio.create_task(rt.shutdown.wait(), name="shutdown-signal")
+        one_shots.append(
+            asyncio.create_task(take_over_signals(shutdown_requested, kopf_started), name="signals")
+        )
+        shutdown = asyncio.create_task(shutdown_requested.wait(), name="shutdown-signal")
         one_shots.append(shutdown)
         serving.set()
         done, _ = await asyncio.wait([operator_task, shutdown, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -495,11 +636,11 @@ async def _run(
                 await asyncio.wait_for(operator_task, 15)
             except (asyncio.CancelledError, Exception) as exc:
                 logger.debug("Kopf stopped with %r", exc)
-        if reserver is not None:
+        if op is not None:
             # Records still on their way get a moment; what is left, the leader adopts from Calico.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(reserver.follower.flush(), 2)
-            reserver.follower.stop()
+                await asyncio.wait_for(op.reserver.follower.flush(), 2)
+            op.reserver.follower.stop()
         if events is not None:
             with contextlib.suppress(Exception):
                 await events.drain()

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from capo_operator import __version__
+from capo_operator.app import Options
 from capo_operator.config import ConfigError, load_config
-from capo_operator.runtime import Options
 
 DEFAULT_CERT_DIR = "/tmp/k8s-webhook-server/serving-certs"
 

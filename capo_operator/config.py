@@ -118,6 +118,14 @@ class Config:
     warnings: tuple[str, ...] = ()
 
 
+class LiveConfig:
+    """The configuration in force: `current` is replaced whole (a `Config` is immutable) when a
+    reload is accepted, so every part that holds this object reads the new one on its next use."""
+
+    def __init__(self, config: Config) -> None:
+        self.current = config
+
+
 def _join(parent: str, key: object) -> str:
     return f"{parent}.{key}" if parent else str(key)
 

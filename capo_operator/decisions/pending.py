@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from capo_operator.decisions.addresses import AddressError, ip_of, record_name
-from capo_operator.kube.records import Record, RecordError, format_time
+from capo_operator.decisions.record import Record, RecordError, format_time
 
 PREFIX = "pending.capo.io/"
 FORMAT = 1  # first element of the array: lets a later version change the layout

@@ -11,10 +11,15 @@ from typing import Any
 import kopf
 from kubernetes.aio import client as k8s
 
+from capo_operator.config import LiveConfig
 from capo_operator.decisions import policy
 from capo_operator.decisions.policy import NamespaceFacts, PodFacts, Skip
-from capo_operator.kube.events import ObjectRef
-from capo_operator.runtime import Runtime
+from capo_operator.flows.reserver import Reserver
+from capo_operator.flows.safety_net import SafetyNet
+from capo_operator.flows.state import RecentUIDs
+from capo_operator.kube.caches import Views
+from capo_operator.kube.events import EventRecorder, ObjectRef
+from capo_operator.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -28,105 +33,127 @@ def eviction_dry_run(eviction: Mapping[str, Any]) -> bool:
     return bool(options.get("dryRun"))
 
 
-async def namespace_facts(rt: Runtime, name: str) -> NamespaceFacts | None:
-    cached = rt.views.namespace(name)
-    if cached is not None:
-        return cached
-    try:  # created a moment ago: the watch may not have delivered it yet
-        ns = await k8s.CoreV1Api(rt.api).read_namespace(name)
-    except k8s.ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return NamespaceFacts.from_namespace(rt.api.sanitize_for_serialization(ns))
+class Admission:
+    """What the two admission handlers do; every replica runs one."""
 
+    def __init__(
+        self,
+        *,
+        views: Views,
+        api: k8s.ApiClient,
+        config: LiveConfig,
+        recent: RecentUIDs,
+        reserver: Reserver,
+        safety_net: SafetyNet,
+        metrics: Metrics,
+        events: EventRecorder,
+    ) -> None:
+        self.views = views
+        self.api = api  # a GET when the caches have not seen the pod or namespace yet
+        self.config = config
+        self.recent = recent  # written here: the repeated admissions of one deletion cost nothing
+        self.reserver = reserver
+        self.safety_net = safety_net
+        self.metrics = metrics
+        self.events = events
 
-async def pod_facts(rt: Runtime, namespace: str, name: str) -> PodFacts | None:
-    cached = rt.views.pod(namespace, name)
-    # A copy without IPs may predate the IP assignment (the watch lags a little): ask the API.
-    if cached is not None and cached.ips:
-        return cached
-    try:
-        pod = await k8s.CoreV1Api(rt.api).read_namespaced_pod(name, namespace)
-    except k8s.ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return PodFacts.from_pod(rt.api.sanitize_for_serialization(pod))
+    async def namespace_facts(self, name: str) -> NamespaceFacts | None:
+        cached = self.views.namespace(name)
+        if cached is not None:
+            return cached
+        try:  # created a moment ago: the watch may not have delivered it yet
+            ns = await k8s.CoreV1Api(self.api).read_namespace(name)
+        except k8s.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return NamespaceFacts.from_namespace(self.api.sanitize_for_serialization(ns))
 
-
-async def review(
-    rt: Runtime,
-    pod: PodFacts,
-    *,
-    operation: str,
-    dry_run: bool,
-    warnings: list[str],
-) -> None:
-    """Reserve the pod's IPs if policy says so. Raises kopf.AdmissionError only in strict mode."""
-    started = time.monotonic()
-    metrics = rt.metrics
-    outcome = "error"
-    try:
-        if not dry_run and pod.uid in rt.recent:
-            outcome = "repeated"  # a real apiserver calls 2-3 times per deletion, kubelet once more
-            return
-        namespace = await namespace_facts(rt, pod.namespace)
-        holders = rt.views.ip_holders(pod.ips, except_uid=pod.uid)
-        decision = policy.decide(pod, namespace, rt.config, ip_holders=holders, dry_run=dry_run)
-        if decision.reused:
-            metrics.reservations_lost.inc(len(decision.reused))
-        if decision.skip is not None or decision.hold is None:
-            outcome = "dry-run" if decision.skip is Skip.DRY_RUN else "skipped"
-            reason = decision.skip.value if decision.skip else "none"
-            metrics.webhook_skips.labels(reason=reason).inc()
-            if decision.skip in _NOTABLE_SKIPS:
-                rt.events.post(
-                    ObjectRef("Pod", pod.name, pod.namespace, pod.uid), "IPNotReserved", decision.detail
-                )
-            logger.debug("not reserving pod %s/%s: %s", pod.namespace, pod.name, decision.detail)
-            return
-        if decision.hold.warning:
-            warnings.append(decision.hold.warning)
-        trigger = "eviction" if operation == "eviction" else "delete"
-        deadline = rt.config.webhook_deadline.total_seconds()
-        # One write is awaited, the Calico append (shared with concurrent reviews); the records follow.
-        write = asyncio.ensure_future(
-            rt.reserver.reserve(pod, decision.ips, decision.hold, trigger, records_later=True)
-        )
-        # Past the deadline nobody awaits it: consume its outcome (the safety net has the retry).
-        write.add_done_callback(lambda done: done.cancelled() or done.exception())
+    async def pod_facts(self, namespace: str, name: str) -> PodFacts | None:
+        cached = self.views.pod(namespace, name)
+        # A copy without IPs may predate the IP assignment (the watch lags a little): ask the API.
+        if cached is not None and cached.ips:
+            return cached
         try:
-            # shield: past the deadline the write goes on in the background; the safety net checks it.
-            await asyncio.wait_for(asyncio.shield(write), deadline)
-        except Exception as exc:
-            what = "timed out" if isinstance(exc, TimeoutError) else f"failed: {exc}"
-            logger.warning(
-                "reserving %s of pod %s/%s %s", ",".join(decision.ips), pod.namespace, pod.name, what
+            pod = await k8s.CoreV1Api(self.api).read_namespaced_pod(name, namespace)
+        except k8s.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return PodFacts.from_pod(self.api.sanitize_for_serialization(pod))
+
+    async def review(
+        self,
+        pod: PodFacts,
+        *,
+        operation: str,
+        dry_run: bool,
+        warnings: list[str],
+    ) -> None:
+        """Reserve the pod's IPs if policy says so. Raises kopf.AdmissionError only in strict mode."""
+        started = time.monotonic()
+        metrics = self.metrics
+        outcome = "error"
+        try:
+            if not dry_run and pod.uid in self.recent:
+                outcome = "repeated"  # a real apiserver calls 2-3 times per deletion, kubelet once more
+                return
+            namespace = await self.namespace_facts(pod.namespace)
+            holders = self.views.ip_holders(pod.ips, except_uid=pod.uid)
+            decision = policy.decide(pod, namespace, self.config.current, ip_holders=holders, dry_run=dry_run)
+            if decision.reused:
+                metrics.reservations_lost.inc(len(decision.reused))
+            if decision.skip is not None or decision.hold is None:
+                outcome = "dry-run" if decision.skip is Skip.DRY_RUN else "skipped"
+                reason = decision.skip.value if decision.skip else "none"
+                metrics.webhook_skips.labels(reason=reason).inc()
+                if decision.skip in _NOTABLE_SKIPS:
+                    self.events.post(
+                        ObjectRef("Pod", pod.name, pod.namespace, pod.uid), "IPNotReserved", decision.detail
+                    )
+                logger.debug("not reserving pod %s/%s: %s", pod.namespace, pod.name, decision.detail)
+                return
+            if decision.hold.warning:
+                warnings.append(decision.hold.warning)
+            trigger = "eviction" if operation == "eviction" else "delete"
+            deadline = self.config.current.webhook_deadline.total_seconds()
+            # One write is awaited, the Calico append (shared with concurrent reviews); the records follow.
+            write = asyncio.ensure_future(
+                self.reserver.reserve(pod, decision.ips, decision.hold, trigger, records_later=True)
             )
-            rt.safety_net.retry(pod, decision.ips, decision.hold, trigger)
-            if rt.config.strict_mode:
+            # Past the deadline nobody awaits it: consume its outcome (the safety net has the retry).
+            write.add_done_callback(lambda done: done.cancelled() or done.exception())
+            try:
+                # shield: past the deadline the write goes on in the background; the safety net checks it.
+                await asyncio.wait_for(asyncio.shield(write), deadline)
+            except Exception as exc:
+                what = "timed out" if isinstance(exc, TimeoutError) else f"failed: {exc}"
+                logger.warning(
+                    "reserving %s of pod %s/%s %s", ",".join(decision.ips), pod.namespace, pod.name, what
+                )
+                self.safety_net.retry(pod, decision.ips, decision.hold, trigger)
+                if self.config.current.strict_mode:
+                    outcome = "denied"
+                    raise kopf.AdmissionError(
+                        f"capo-operator could not reserve IP {', '.join(decision.ips)} ({what}); "
+                        "strict mode refuses the deletion, retry shortly",
+                        code=503,
+                    ) from exc
+                warnings.append(
+                    f"capo-operator could not reserve IP {', '.join(decision.ips)} yet ({what}); "
+                    "it will keep trying in the background"
+                )
+                return
+            self.recent.add(pod.uid)
+            outcome = "reserved"
+        except kopf.AdmissionError:
+            raise
+        except Exception as exc:  # our own trouble never blocks a deletion (unless strict mode)
+            logger.exception("admission review of pod %s/%s failed", pod.namespace, pod.name)
+            if self.config.current.strict_mode:
                 outcome = "denied"
-                raise kopf.AdmissionError(
-                    f"capo-operator could not reserve IP {', '.join(decision.ips)} ({what}); "
-                    "strict mode refuses the deletion, retry shortly",
-                    code=503,
-                ) from exc
-            warnings.append(
-                f"capo-operator could not reserve IP {', '.join(decision.ips)} yet ({what}); "
-                "it will keep trying in the background"
-            )
-            return
-        rt.recent.add(pod.uid)
-        outcome = "reserved"
-    except kopf.AdmissionError:
-        raise
-    except Exception as exc:  # our own trouble never blocks a deletion (unless strict mode)
-        logger.exception("admission review of pod %s/%s failed", pod.namespace, pod.name)
-        if rt.config.strict_mode:
-            outcome = "denied"
-            raise kopf.AdmissionError(f"capo-operator failed: {exc}", code=503) from exc
-        warnings.append(f"capo-operator could not check this pod's IP reservation: {exc}")
-    finally:
-        metrics.webhook_requests.labels(operation=operation, outcome=outcome).inc()
-        metrics.webhook_duration.labels(operation=operation).observe(time.monotonic() - started)
+                raise kopf.AdmissionError(f"capo-operator failed: {exc}", code=503) from exc
+            warnings.append(f"capo-operator could not check this pod's IP reservation: {exc}")
+        finally:
+            metrics.webhook_requests.labels(operation=operation, outcome=outcome).inc()
+            metrics.webhook_duration.labels(operation=operation).observe(time.monotonic() - started)

@@ -14,15 +14,19 @@ from typing import TypeVar
 
 from kubernetes.aio import client as k8s
 
+from capo_operator.config import LiveConfig
 from capo_operator.decisions import pending, planner, policy
 from capo_operator.decisions.addresses import record_name
 from capo_operator.decisions.durations import format_duration
 from capo_operator.decisions.policy import Owner, PodFacts
-from capo_operator.kube.calico import Snapshot
-from capo_operator.kube.events import ObjectRef
+from capo_operator.decisions.record import DEFAULT_POLICY_PREFIX, FINALIZER, KIND, Record
+from capo_operator.flows.reserver import Reserver
+from capo_operator.kube.caches import Views
+from capo_operator.kube.calico import CalicoStore, Snapshot
+from capo_operator.kube.events import EventRecorder, ObjectRef
 from capo_operator.kube.ledger import Ledger, LedgerEntry, reconcile
-from capo_operator.kube.records import DEFAULT_POLICY_PREFIX, FINALIZER, KIND, Record
-from capo_operator.runtime import Runtime
+from capo_operator.kube.records import RecordStore
+from capo_operator.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -125,12 +129,32 @@ class OwnerChecker:
 
 class Releaser:
     def __init__(
-        self, rt: Runtime, ledger: Ledger, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self,
+        *,
+        api: k8s.ApiClient,
+        views: Views,
+        calico: CalicoStore,
+        records: RecordStore,
+        reserver: Reserver,
+        events: EventRecorder,
+        metrics: Metrics,
+        config: LiveConfig,
+        manual_releases: set[str],
+        ledger: Ledger,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ):
-        self.rt = rt
+        self.views = views
+        self.calico = calico
+        self.records = records
+        self.reserver = reserver
+        self.events = events
+        self.metrics = metrics
+        self.config = config
+        # IPs whose records a person deleted, queued by the record handlers on the leader.
+        self.manual_releases = manual_releases
         self.ledger = ledger
         self.clock = clock
-        self.owners = OwnerChecker(rt.api, clock)
+        self.owners = OwnerChecker(api, clock)
         self._orphan_passes: dict[str, int] = {}
         self._failures = 0
         self._reported_malformed: set[str] = set()
@@ -145,7 +169,7 @@ class Releaser:
 
     async def lead(self) -> None:
         """Runs while this process leads; cancelled at once when leadership is lost."""
-        await self.rt.views.synced.wait()
+        await self.views.synced.wait()
         try:
             await self.recover_from_ledger()
         except Exception:
@@ -161,18 +185,18 @@ class Releaser:
                     logger.warning(
                         "release pass finished with %d failed step(s); retrying next period", failures
                     )
-            period = self.rt.config.ip_release_period.total_seconds()
+            period = self.config.current.ip_release_period.total_seconds()
             await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
 
     # -- the ledger -------------------------------------------------------------------------
 
     def _selected_entries(self) -> dict[str, LedgerEntry]:
-        cfg = self.rt.config
+        cfg = self.config.current
         out: dict[str, LedgerEntry] = {}
-        for pod in self.rt.views.pods():
+        for pod in self.views.pods():
             if pod.terminal or pod.host_network or not pod.ips or not policy.selected(pod, cfg):
                 continue
-            ns = self.rt.views.namespace(pod.namespace)
+            ns = self.views.namespace(pod.namespace)
             if ns is None or not ns.enabled:
                 continue
             for ip in pod.ips:
@@ -191,7 +215,7 @@ class Releaser:
     async def recover_from_ledger(self) -> None:
         """Reserve the IPs of selected pods that vanished while no replica was watching."""
         saved = await self.ledger.load()
-        views = self.rt.views
+        views = self.views
         pods = list(views.pods())
         result = reconcile(
             saved,
@@ -203,18 +227,18 @@ class Releaser:
         pending_records: dict[str, Record] = {}
         if result.to_reserve:
             try:
-                snapshot = await self.rt.calico.read()
+                snapshot = await self.calico.read()
                 pending_records = {ip: r for ip, r in snapshot.pending.items() if ip in snapshot.ips}
             except Exception as exc:  # then the vanished pods are reserved anew, as before
                 logger.warning("could not read the IPReservation for pending records: %s", exc)
         for entry in result.lost:
-            self.rt.metrics.reservations_lost.inc()
+            self.metrics.reservations_lost.inc()
             message = (
                 f"IP {entry.ip} of pod {entry.namespace}/{entry.name} could not be reserved: the pod "
                 "vanished while capo-operator was down and another pod holds the IP now"
             )
             logger.warning(message)
-            self.rt.events.post(
+            self.events.post(
                 ObjectRef("Pod", entry.name, entry.namespace, entry.uid), "IPLost", message, warning=True
             )
         for entry in result.to_reserve:
@@ -223,8 +247,8 @@ class Releaser:
                 # The webhook reserved it and the process died before its record: its details win
                 # over a new reservation (trigger, hold and the real reservation time).
                 try:
-                    if await self.rt.records.create(adopted):
-                        self.rt.metrics.reservations.labels(trigger=adopted.trigger).inc()
+                    if await self.records.create(adopted):
+                        self.metrics.reservations.labels(trigger=adopted.trigger).inc()
                         logger.info("adopted Calico entry %s from its pending details", entry.ip)
                     continue
                 except Exception as exc:
@@ -232,9 +256,9 @@ class Releaser:
             known = by_uid.get(entry.uid)
             trigger = policy.terminal_trigger(known) if known is not None and known.terminal else "safety-net"
             facts = known or _facts_from_entry(entry)
-            hold = policy.hold_for(facts, self.rt.config)  # a known pod's annotation still counts
+            hold = policy.hold_for(facts, self.config.current)  # a known pod's annotation still counts
             try:
-                done = await self.rt.reserver.reserve(facts, (entry.ip,), hold, trigger)
+                done = await self.reserver.reserve(facts, (entry.ip,), hold, trigger)
             except Exception as exc:
                 logger.warning(
                     "could not reserve %s of vanished pod %s/%s: %s",
@@ -246,21 +270,21 @@ class Releaser:
                 self._ledger_pending[entry.ip] = entry
                 continue
             if done.created:
-                self.rt.metrics.safety_net_catches.labels(trigger=trigger).inc(len(done.created))
+                self.metrics.safety_net_catches.labels(trigger=trigger).inc(len(done.created))
         self._ledger_saved = dict(saved)
 
     def _holding_uids(self) -> set[str]:
-        key = self.rt.views.generation()
+        key = self.views.generation()
         if key != self._holding_key:
-            self._holding, self._holding_key = holding_uids(self.rt.views.pods()), key
+            self._holding, self._holding_key = holding_uids(self.views.pods()), key
         return self._holding
 
     async def _save_ledger(self) -> None:
-        key = (self.rt.views.generation(), self.rt.config)
+        key = (self.views.generation(), self.config.current)
         if key != self._selected_key:
             self._selected, self._selected_key = self._selected_entries(), key
         entries = dict(self._selected)
-        recorded = {r.ip for r in self.rt.views.records()}
+        recorded = {r.ip for r in self.views.records()}
         for ip, entry in list(self._ledger_pending.items()):
             if ip in recorded or ip in entries:
                 del self._ledger_pending[ip]
@@ -276,17 +300,18 @@ class Releaser:
         """One pass; returns how many steps failed. Every record's work is isolated: a failed
         write is logged and counted, the record is retried next pass, and the others go on
         (concurrently, at most MAX_CONCURRENT_WRITES at a time)."""
-        rt, cfg, now = self.rt, self.rt.config, self.clock()
+        cfg, now = self.config.current, self.clock()
         self._failures = 0
-        records = {r.name: r for r in rt.views.records()}
+        records = {r.name: r for r in self.views.records()}
         records, unsettled = await self._retime(records, cfg.ip_reserve_time)
         await self._add_finalizers(records.values())
 
-        namespaces = rt.views.namespace_names()
+        namespaces = self.views.namespace_names()
         gone_namespaces = {
             r.pod.namespace
             for r in records.values()
-            if r.pod is not None and (r.pod.namespace not in namespaces or _terminating(rt, r.pod.namespace))
+            if r.pod is not None
+            and (r.pod.namespace not in namespaces or _terminating(self.views, r.pod.namespace))
         }
         gone_owners: Collection[str] = ()
         if cfg.release_on_owner_deletion:
@@ -307,7 +332,7 @@ class Releaser:
         )
         await self._each(
             the_plan.clock_changes,
-            lambda c: rt.records.set_clock(
+            lambda c: self.records.set_clock(
                 c.name, reserved_at=c.reserved_at, expires_at=c.expires_at, hold=c.hold
             ),
             "set the clock of",
@@ -316,17 +341,17 @@ class Releaser:
         releasing = {r.name: r.releasing for r in records.values() if r.releasing is not None}
         marked = await self._each(
             the_plan.releases,
-            lambda rel: rt.records.mark_releasing(
+            lambda rel: self.records.mark_releasing(
                 rel.name, rel.reason, finalizers=records[rel.name].without_finalizer()
             ),
             "mark for release",
         )
         # Only a marked record's IP may leave Calico: an unmarked one would be re-added.
         releasing.update((rel.name, rel.reason) for rel in marked)
-        manual = set(rt.manual_releases)
+        manual = set(self.manual_releases)
         removed = await self._release(records, releasing, deleted, manual, now)
 
-        snapshot = await self._step("read the IPReservation", rt.calico.read(), None)
+        snapshot = await self._step("read the IPReservation", self.calico.read(), None)
         if snapshot is not None:
             live_ips = {r.ip for name, r in records.items() if name not in releasing and name not in deleted}
             in_flight = manual | {records[n].ip for n in releasing} | {r.ip for r in deleted.values()}
@@ -338,7 +363,7 @@ class Releaser:
                 )
                 await self._step(
                     "re-add to the IPReservation",
-                    self._count_calico_error("append", rt.calico.append(sorted(drift.missing_in_calico))),
+                    self._count_calico_error("append", self.calico.append(sorted(drift.missing_in_calico))),
                     None,
                 )
             await self._adopt(drift.without_record - removed, now, snapshot)
@@ -361,7 +386,7 @@ class Releaser:
         try:
             return await coro
         except Exception:
-            self.rt.metrics.calico_write_errors.labels(operation=operation).inc()
+            self.metrics.calico_write_errors.labels(operation=operation).inc()
             raise
 
     async def _each(self, items: Iterable[U], action: Callable[[U], Awaitable[object]], what: str) -> list[U]:
@@ -407,7 +432,7 @@ class Releaser:
             return records, frozenset()
         done = await self._each(
             changes,
-            lambda c: self.rt.records.set_clock(
+            lambda c: self.records.set_clock(
                 c.name, reserved_at=c.reserved_at, expires_at=c.expires_at, hold=c.hold, policy=c.policy
             ),
             "apply the new ipReserveTime to",
@@ -428,7 +453,7 @@ class Releaser:
         leads is still seen as a release request."""
         await self._each(
             [r for r in records if FINALIZER not in r.finalizers and not r.deleting and r.releasing is None],
-            lambda r: self.rt.records.add_finalizer(r.name, finalizers=r.finalizers),
+            lambda r: self.records.add_finalizer(r.name, finalizers=r.finalizers),
             "add the finalizer to",
         )
 
@@ -441,13 +466,12 @@ class Releaser:
         now: datetime,
     ) -> frozenset[str]:
         """Calico first (one write), then the records. Returns the IPs taken out of Calico."""
-        rt = self.rt
         ips = {records[name].ip for name in releasing} | {r.ip for r in deleted.values()} | manual
         if not ips:
             return frozenset()
         try:
             # Calico first: a crash or a failure now leaves marked (or deleted) records for the next pass.
-            await self._count_calico_error("remove", rt.calico.remove(sorted(ips)))
+            await self._count_calico_error("remove", self.calico.remove(sorted(ips)))
         except Exception as exc:
             self._failures += 1
             logger.warning(
@@ -457,35 +481,34 @@ class Releaser:
 
         async def finish(name: str) -> None:
             # The view may lag behind our own deletions: count only the deletion that happened.
-            if await rt.records.delete(name):
+            if await self.records.delete(name):
                 self._count_release(records[name], releasing[name], now)
 
         async def finish_manual(record: Record) -> None:
-            if await rt.records.finish_manual(record.name, finalizers=record.without_finalizer()):
+            if await self.records.finish_manual(record.name, finalizers=record.without_finalizer()):
                 self._count_release(record, "manual", now)
 
         await self._each(releasing, finish, "delete the released record")
         await self._each(deleted.values(), finish_manual, "complete the deletion of")
         for ip in manual:
-            rt.manual_releases.discard(ip)
-            rt.metrics.releases.labels(reason="manual").inc()
+            self.manual_releases.discard(ip)
+            self.metrics.releases.labels(reason="manual").inc()
             logger.info("released %s (manual: its record was deleted)", ip)
         return frozenset(ips)
 
     def _count_release(self, record: Record, reason: str, now: datetime) -> None:
-        rt = self.rt
         held = max(0.0, (now - record.reserved_at).total_seconds())
-        rt.metrics.releases.labels(reason=reason).inc()
-        rt.metrics.hold_seconds.observe(held)
+        self.metrics.releases.labels(reason=reason).inc()
+        self.metrics.hold_seconds.observe(held)
         if reason == "cap":
-            rt.metrics.evictions.inc()
+            self.metrics.evictions.inc()
         pod = record.pod
         who = f" of pod {pod.namespace}/{pod.name}" if pod else ""
         message = f"Released {record.ip}{who} ({reason}) after {timedelta(seconds=round(held))}"
         logger.info(message, extra={"reason": reason, "ip": record.ip})
-        rt.events.post(ObjectRef(KIND, record.name, api_version="capo.io/v1"), "IPReleased", message)
+        self.events.post(ObjectRef(KIND, record.name, api_version="capo.io/v1"), "IPReleased", message)
         if pod is not None:
-            rt.events.post(ObjectRef("Pod", pod.name, pod.namespace, pod.uid), "IPReleased", message)
+            self.events.post(ObjectRef("Pod", pod.name, pod.namespace, pod.uid), "IPReleased", message)
 
     async def _clean(self, malformed: tuple[str, ...]) -> None:
         """Entries Calico cannot parse break its IP auto-assignment: report each once (Event on the
@@ -493,17 +516,17 @@ class Releaser:
         if not malformed:
             self._reported_malformed = set()
             return
-        calico = self.rt.calico
+        calico = self.calico
         new = [entry for entry in malformed if entry not in self._reported_malformed]
         self._reported_malformed = set(malformed)  # bounded by the object's own entries
         if new:
-            self.rt.metrics.malformed_entries.inc(len(new))
+            self.metrics.malformed_entries.inc(len(new))
             message = (
                 f"IPReservation {calico.name} holds entries Calico cannot parse, which break its IP "
                 f"auto-assignment: {', '.join(repr(e) for e in new)}; removing them"
             )
             logger.warning(message)
-            self.rt.events.post(
+            self.events.post(
                 ObjectRef("IPReservation", calico.name, api_version=calico.group.api_version),
                 "MalformedEntries",
                 message,
@@ -520,7 +543,7 @@ class Releaser:
         entry written as a bare IP (Capo's format; the operator always writes host CIDRs) was taken
         over from Capo: no webhook races it, it is adopted at once as `imported`."""
         self._orphan_passes = {ip: self._orphan_passes.get(ip, 0) + 1 for ip in orphans}
-        hold = self.rt.config.ip_reserve_time
+        hold = self.config.current.ip_reserve_time
         imported = snapshot.bare
 
         async def adopt(ip: str) -> None:
@@ -541,8 +564,8 @@ class Releaser:
                     hold=hold,
                     policy=f"ipReserveTime={format_duration(hold)}",
                 )
-            if await self.rt.records.create(record):
-                self.rt.metrics.reservations.labels(trigger=record.trigger).inc()
+            if await self.records.create(record):
+                self.metrics.reservations.labels(trigger=record.trigger).inc()
                 if record.pod is None:
                     logger.info("adopted Calico entry %s without a record (%s)", ip, record.trigger)
                 else:
@@ -573,11 +596,11 @@ class Releaser:
             if key[len(pending.PREFIX) :] in records or key[len(pending.PREFIX) :] not in reserved
         ]
         if keys:
-            await self.rt.calico.clear_pending(keys)
+            await self.calico.clear_pending(keys)
 
 
-def _terminating(rt: Runtime, namespace: str) -> bool:
-    ns = rt.views.namespace(namespace)
+def _terminating(views: Views, namespace: str) -> bool:
+    ns = views.namespace(namespace)
     return ns is None or ns.terminating
 
 

@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from capo_operator.config import Config
 from capo_operator.decisions import pending
 from capo_operator.decisions.policy import Hold, PodFacts
+from capo_operator.decisions.record import KIND, PodRef, Record
 from capo_operator.kube.calico import CalicoStore, GroupCommit
 from capo_operator.kube.events import EventRecorder, ObjectRef
-from capo_operator.kube.records import KIND, PodRef, Record, RecordStore
-from capo_operator.serving.metrics import Metrics
+from capo_operator.kube.records import RecordStore
+from capo_operator.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,6 @@ class Reserver:
         records: RecordStore,
         events: EventRecorder,
         metrics: Metrics,
-        config: Callable[[], Config],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.calico = calico
@@ -80,7 +79,6 @@ class Reserver:
         self.records = records
         self.events = events
         self.metrics = metrics
-        self.config = config
         self.clock = clock
         self.follower = RecordFollower(self)
 

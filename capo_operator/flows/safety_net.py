@@ -14,19 +14,17 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from capo_operator.config import Config
+from capo_operator.config import Config, LiveConfig
 from capo_operator.decisions import policy
 from capo_operator.decisions.addresses import record_name
 from capo_operator.decisions.policy import Hold, PodFacts
 from capo_operator.flows.reserver import Reserver
+from capo_operator.flows.state import Leadership, RecentUIDs
+from capo_operator.kube.caches import Views
 from capo_operator.kube.events import ObjectRef
-from capo_operator.runtime import TerminalUIDs, Views
-from capo_operator.serving.metrics import Metrics
-
-__all__ = ["SafetyNet", "TerminalUIDs"]
+from capo_operator.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +53,20 @@ class SafetyNet:
         views: Views,
         reserver: Reserver,
         metrics: Metrics,
-        leading: Callable[[], bool],
-        reserved_before: Callable[[str], bool],
+        config: LiveConfig,
+        leadership: Leadership,
+        recent: RecentUIDs,
+        reserved_uids: RecentUIDs,
     ) -> None:
-        self.reserved_before = reserved_before
         self.views = views
         self.reserver = reserver
         self.metrics = metrics
-        self.leading = leading
+        self.config = config
+        self.leadership = leadership
+        # Pods this replica's webhook reserved (their records follow) and pods that had a record
+        # (seen by the record handlers): neither is a miss, even once the hold was released.
+        self.recent = recent
+        self.reserved_uids = reserved_uids
         self._heap: list[_Item] = []
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
@@ -78,7 +82,7 @@ class SafetyNet:
         self._wakeup.set()
 
     def _delay(self) -> float:
-        return LEADER_DELAY if self.leading() else STANDBY_DELAY
+        return LEADER_DELAY if self.leadership.leading else STANDBY_DELAY
 
     def pod_gone(self, pod: PodFacts) -> None:
         """The pod was deleted; if no record holds its IPs, the webhook missed it."""
@@ -106,7 +110,10 @@ class SafetyNet:
         """The webhook decided to reserve but its write failed or ran out of time."""
         self._push(_Item(time.monotonic() + LEADER_DELAY, next(self._seq), pod, trigger, ips, hold))
 
-    async def run(self, config_getter: Callable[[], Config]) -> None:
+    def reserved_before(self, uid: str) -> bool:
+        return uid in self.reserved_uids or uid in self.recent
+
+    async def run(self) -> None:
         while True:
             if not self._heap:
                 self._wakeup.clear()
@@ -120,7 +127,7 @@ class SafetyNet:
                 continue
             item = heapq.heappop(self._heap)
             try:
-                await self._handle(item, config_getter())
+                await self._handle(item, self.config.current)
             except Exception as exc:
                 item.attempts += 1
                 if item.attempts >= MAX_ATTEMPTS:

@@ -21,9 +21,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from capo_operator.decisions.policy import NamespaceFacts, PodFacts
+from capo_operator.decisions.record import Record
 from capo_operator.kube.informer import Backoff, Informer, InformerStats, Store, object_key
 from capo_operator.kube.models import NAMESPACES, PODS, RECORDS, Codec, DecodeError, Foreign, Kind, records_of
-from capo_operator.kube.records import Record
 from capo_operator.kube.transport import ApiError, KubeTransport, Transport
 
 UID_INDEX = "uid"

@@ -27,7 +27,7 @@ from kubernetes.aio import client as k8s
 
 from capo_operator.decisions import pending
 from capo_operator.decisions.addresses import AddressError, host_cidr, ip_of, parse_calico_entry
-from capo_operator.kube.records import Record
+from capo_operator.decisions.record import Record
 
 logger = logging.getLogger(__name__)
 

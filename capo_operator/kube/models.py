@@ -25,7 +25,7 @@ from capo_operator.decisions.policy import (
     PodFacts,
     canonical_ips,
 )
-from capo_operator.kube.records import GROUP, PLURAL, VERSION, Record, RecordError, belongs_to
+from capo_operator.decisions.record import GROUP, PLURAL, VERSION, Record, RecordError, belongs_to
 
 T = TypeVar("T")
 S = TypeVar("S")

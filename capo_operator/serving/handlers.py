@@ -8,21 +8,33 @@ live in `policy`, the writes in `reserver`.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
 from capo_operator.decisions.policy import PodFacts
 from capo_operator.flows import admission
-from capo_operator.runtime import Runtime
+from capo_operator.flows.admission import Admission
+from capo_operator.kube.credentials import Credentials
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Memo:
+    """What Kopf hands every handler as `memo` (Kopf gives each a shallow copy: the parts are
+    shared). Only what the handlers use: the admission flow and the credentials Kopf logs in with."""
+
+    admission: Admission
+    credentials: Credentials
+
 
 # -- credentials ------------------------------------------------------------------------------
 
 
 @kopf.on.login()
-async def login(memo: Runtime, **_: Any) -> kopf.ConnectionInfo:
+async def login(memo: Memo, **_: Any) -> kopf.ConnectionInfo:
     """Kopf uses the operator's own endpoint and credentials, re-read from their source each time:
     Kopf logs in again after a 401 and before a token's expiry, and then gets the rotated token."""
     return await memo.credentials.connection_info()
@@ -33,7 +45,7 @@ async def login(memo: Runtime, **_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.validate("pods", id="reserve-on-delete", operations=["DELETE"])
 async def reserve_on_delete(
-    *, dryrun: bool, warnings: list[str], memo: Runtime, old: kopf.Body | None = None, **_: Any
+    *, dryrun: bool, warnings: list[str], memo: Memo, old: kopf.Body | None = None, **_: Any
 ) -> None:
     if old is None:
         return
@@ -42,22 +54,22 @@ async def reserve_on_delete(
     except Exception as exc:  # an unreadable pod never blocks its own deletion
         warnings.append(f"capo-operator could not read this pod: {exc}")
         return
-    await admission.review(memo, pod, operation="delete", dry_run=dryrun, warnings=warnings)
+    await memo.admission.review(pod, operation="delete", dry_run=dryrun, warnings=warnings)
 
 
 @kopf.on.validate("pods", id="reserve-on-eviction", subresource="eviction", operations=["CREATE"])
 async def reserve_on_eviction(
-    *, body: kopf.Body, dryrun: bool, warnings: list[str], memo: Runtime, **_: Any
+    *, body: kopf.Body, dryrun: bool, warnings: list[str], memo: Memo, **_: Any
 ) -> None:
     # The body is the Eviction; the pod comes from the pod cache (or one GET).
     namespace, name = body.metadata.namespace or "", body.metadata.name or ""
     try:
-        pod = await admission.pod_facts(memo, namespace, name)
+        pod = await memo.admission.pod_facts(namespace, name)
     except Exception as exc:
         warnings.append(f"capo-operator could not read pod {namespace}/{name}: {exc}")
-        memo.metrics.webhook_requests.labels(operation="eviction", outcome="error").inc()
+        memo.admission.metrics.webhook_requests.labels(operation="eviction", outcome="error").inc()
         return
     if pod is None:
         return
     dry_run = dryrun or admission.eviction_dry_run(body)
-    await admission.review(memo, pod, operation="eviction", dry_run=dry_run, warnings=warnings)
+    await memo.admission.review(pod, operation="eviction", dry_run=dry_run, warnings=warnings)

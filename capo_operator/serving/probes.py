@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from capo_operator.kube.access import Permission
+
+
+class Readiness:
+    """What `/readyz` reports, in the order a person should fix it: permissions found missing by
+    the start-up check (critical ones only), the serving certificate, the caches."""
+
+    def __init__(self, synced: asyncio.Event) -> None:
+        self.synced = synced  # set once the informers have listed (`kube.caches.Caches`)
+        self.cert_ready = False
+        self.missing_permissions: list[Permission] = []
+
+    def check(self) -> tuple[bool, str]:
+        critical = [p.describe() for p in self.missing_permissions if p.critical]
+        if critical:
+            return False, "missing permissions (see the log): " + "; ".join(critical)
+        if not self.cert_ready:
+            return False, "the webhook serving certificate is not loaded"
+        if not self.synced.is_set():
+            return False, "the pod, namespace and record caches are not synced yet"
+        return True, "ready"
 
 
 def split_bind_address(address: str) -> tuple[str, int]:

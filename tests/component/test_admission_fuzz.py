@@ -31,11 +31,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes.aio import client, config
 
+from capo_operator.app import Options
 from capo_operator.config import parse_config
 from capo_operator.decisions.addresses import host_cidr, ip_of, record_name
+from capo_operator.decisions.record import Record
 from capo_operator.kube.calico import CalicoGroup, Snapshot
-from capo_operator.kube.records import Record
-from capo_operator.runtime import Options
 from capo_operator.serving import reviews
 from capo_testkit.certs import make_serving_cert
 from kube_emulator.testing import EmulatorProcess

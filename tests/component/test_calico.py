@@ -267,7 +267,7 @@ def details_for(ips: list[str], trigger: str = "delete") -> dict[str, str]:
     from datetime import UTC, datetime, timedelta
 
     from capo_operator.decisions import pending
-    from capo_operator.kube.records import PodRef, Record
+    from capo_operator.decisions.record import PodRef, Record
 
     at = datetime(2026, 1, 1, tzinfo=UTC)
     return {

@@ -12,6 +12,7 @@ from component_support import NAMESPACE, Cluster, eventually
 from kubernetes.aio import client
 
 from capo_operator.decisions.policy import PodFacts
+from capo_operator.decisions.record import GROUP, PLURAL, VERSION, PodRef, Record
 from capo_operator.kube import (
     POD_IP_INDEX,
     RECORD_POD_UID_INDEX,
@@ -23,7 +24,7 @@ from capo_operator.kube import (
     pod_informer,
     record_informer,
 )
-from capo_operator.kube.records import GROUP, PLURAL, VERSION, PodRef, Record, RecordStore
+from capo_operator.kube.records import RecordStore
 
 POD_WATCH = r"/api/v1/pods\?.*watch=true"
 

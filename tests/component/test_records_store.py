@@ -8,17 +8,11 @@ from typing import Any, cast
 import pytest
 from component_support import Cluster
 
+from capo_operator.decisions import record as record_module
 from capo_operator.decisions.policy import Owner
+from capo_operator.decisions.record import GROUP, PLURAL, RELEASING_ANNOTATION, VERSION, PodRef, Record
 from capo_operator.kube import records as records_module
-from capo_operator.kube.records import (
-    GROUP,
-    PLURAL,
-    RELEASING_ANNOTATION,
-    VERSION,
-    PodRef,
-    Record,
-    RecordStore,
-)
+from capo_operator.kube.records import RecordStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -144,7 +138,7 @@ async def test_a_deleted_record_waits_for_the_leader_then_goes(cluster: Cluster)
     body = await _get(cluster, "10.0.0.1")
     assert body is not None, "the finalizer keeps it"
     record = Record.from_body(body)
-    assert record.deleting and record.finalizers == (records_module.FINALIZER,)
+    assert record.deleting and record.finalizers == (record_module.FINALIZER,)
 
     assert await store.finish_manual("10.0.0.1", finalizers=record.without_finalizer())
     assert await _get(cluster, "10.0.0.1") is None
@@ -178,7 +172,7 @@ async def test_a_record_made_before_finalizers_gets_one_keeping_others(cluster: 
     await store.add_finalizer("10.0.0.4", finalizers=("example.com/keep",))
     got = await _get(cluster, "10.0.0.4")
     assert got is not None
-    assert got["metadata"]["finalizers"] == ["example.com/keep", records_module.FINALIZER]
+    assert got["metadata"]["finalizers"] == ["example.com/keep", record_module.FINALIZER]
 
 
 async def test_set_clock_can_rewrite_the_policy(cluster: Cluster) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from capo_operator.serving.metrics import Metrics
+from capo_operator.metrics import Metrics
 
 # Series written by Prometheus itself for every scrape target (not by the operator).
 PROMETHEUS_SERIES = {"up"}

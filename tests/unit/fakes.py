@@ -1,33 +1,34 @@
 """In-memory fakes for the orchestration modules: Calico and record stores, an Event recorder, a
-ledger, and a `Runtime` wired to them with `Views` over real informer stores, filled directly.
-Every store call is appended to one shared journal, so tests can check the order of writes
-across stores."""
+ledger, and a harness that assembles the operator over them through the composition root
+(`app.assemble`), with caches over real informer stores, filled directly. Every store call is
+appended to one shared journal, so tests can check the order of writes across stores."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from capo_operator.app import Operator, Options, assemble
 from capo_operator.config import Config
 from capo_operator.decisions import pending
 from capo_operator.decisions.addresses import ip_of, record_name
 from capo_operator.decisions.policy import NamespaceFacts, Owner, PodFacts
-from capo_operator.flows.reserver import Reserver
+from capo_operator.decisions.record import FINALIZER, PodRef, Record
+from capo_operator.flows.releaser import Releaser
 from capo_operator.flows.safety_net import SafetyNet
-from capo_operator.kube import POD_INDEXERS, RECORD_INDEXERS, Store, object_key
+from capo_operator.kube import Store, Transport, object_key
+from capo_operator.kube.caches import Caches
 from capo_operator.kube.calico import CalicoError, CalicoGroup, Snapshot
 from capo_operator.kube.credentials import Credentials, Source
 from capo_operator.kube.events import ObjectRef
 from capo_operator.kube.ledger import LedgerEntry
-from capo_operator.kube.records import FINALIZER, PodRef, Record
-from capo_operator.runtime import Options, Runtime, Views
-from capo_operator.serving.metrics import Metrics
+from capo_operator.metrics import Metrics
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 HOLD = timedelta(minutes=40)
@@ -361,24 +362,44 @@ def options(tmp: Path | None = None) -> Options:
     )
 
 
+class NoTransport:
+    """The harness's informers are filled directly; one that reaches the API is a test bug."""
+
+    async def get(self, path: str, params: Mapping[str, str]) -> bytes:
+        raise AssertionError(f"unexpected GET {path}")
+
+    def stream(self, path: str, params: Mapping[str, str], seconds: float) -> AsyncGenerator[bytes]:
+        raise AssertionError(f"unexpected WATCH {path}")
+
+
 @dataclass
 class Harness:
-    rt: Runtime
+    op: Operator
     journal: Journal
     calico: FakeCalico
     records: FakeRecords
     events: FakeEvents
-    pods: Store[PodFacts] = field(default_factory=lambda: Store(POD_INDEXERS))
-    namespaces: Store[NamespaceFacts] = field(default_factory=Store)
-    record_index: Store[Record] = field(default_factory=lambda: Store(RECORD_INDEXERS))
+    ledger: FakeLedger
 
     @property
     def metrics(self) -> Metrics:
-        return self.rt.metrics
+        return self.op.metrics
 
     @property
     def safety_net(self) -> SafetyNet:
-        return self.rt.safety_net
+        return self.op.safety_net
+
+    @property
+    def pods(self) -> Store[PodFacts]:
+        return self.op.caches.pods.store
+
+    @property
+    def namespaces(self) -> Store[NamespaceFacts]:
+        return self.op.caches.namespaces.store
+
+    @property
+    def record_index(self) -> Store[Record]:
+        return self.op.caches.records.store
 
     def add_pod(self, pod: PodFacts) -> PodFacts:
         """Into the pod store (its indexes put it under its live IPs, if any)."""
@@ -424,6 +445,24 @@ class Harness:
     def sample(self, name: str, **labels: str) -> float:
         return sample(self.metrics, name, **labels)
 
+    def releaser(self, ledger: Any = None, clock: Callable[[], datetime] | None = None) -> Releaser:
+        """Another releaser over the same parts (a next leadership term, say), with its own ledger
+        and clock; the operator's own is `op.releaser`."""
+        mine = self.op.releaser
+        return Releaser(
+            api=DummyApi(),  # type: ignore[arg-type]
+            views=mine.views,
+            calico=mine.calico,
+            records=mine.records,
+            reserver=mine.reserver,
+            events=mine.events,
+            metrics=mine.metrics,
+            config=mine.config,
+            manual_releases=mine.manual_releases,
+            ledger=ledger if ledger is not None else FakeLedger(),
+            clock=clock or mine.clock,
+        )
+
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
     value = metrics.registry.get_sample_value(name, labels)
@@ -437,54 +476,38 @@ def make_harness(
     clock: Callable[[], datetime] = lambda: NOW,
     cert_ready: bool = True,
     attach: bool = True,
+    transport: Transport | None = None,
+    config_text: str = "",
+    **informer_options: Any,
 ) -> Harness:
+    """The operator as `app.assemble` builds it, over in-memory stores. Its caches are filled by the
+    test (`add_pod`, ...) and count as synced unless `attach=False`; with a `transport` (a fake API
+    server) their informers can run (`op.caches.run()`)."""
     journal = Journal()
     calico = FakeCalico(journal)
-    record_index: Store[Record] = Store(RECORD_INDEXERS)
-    records = FakeRecords(journal, index=record_index)
+    caches = Caches(transport or NoTransport(), reservation=calico.name, **informer_options)
+    records = FakeRecords(journal, index=caches.records.store)
     events = FakeEvents()
-    metrics = Metrics()
-    views = Views()
-    holder: dict[str, Runtime] = {}
-    reserver = Reserver(
-        calico=calico,
-        records=records,
-        events=events,
-        metrics=metrics,
-        config=lambda: holder["rt"].config,
+    ledger = FakeLedger()
+    op = assemble(
+        options(),
+        config or Config(),
+        api=DummyApi(),  # type: ignore[arg-type]
+        credentials=Credentials(Source(kubeconfig="/nonexistent/kubeconfig")),
+        calico=calico,  # type: ignore[arg-type]
+        records=records,  # type: ignore[arg-type]
+        events=events,  # type: ignore[arg-type]
+        metrics=Metrics(),
+        caches=caches,
+        ledger=ledger,  # type: ignore[arg-type]
+        config_text=config_text,
         clock=clock,
     )
-    net = SafetyNet(
-        views=views,
-        reserver=reserver,
-        metrics=metrics,
-        leading=lambda: holder["rt"].leading,
-        # A record was seen for it, or this replica's webhook wrote its IPs (records follow).
-        reserved_before=lambda uid: uid in holder["rt"].reserved_uids or uid in holder["rt"].recent,
-    )
-    rt = Runtime(
-        options=options(),
-        config=config or Config(),
-        metrics=metrics,
-        api=DummyApi(),
-        credentials=Credentials(Source(kubeconfig="/nonexistent/kubeconfig")),
-        calico=calico,
-        records=records,
-        events=events,
-        reserver=reserver,
-        safety_net=net,
-        views=views,
-        leading=leading,
-        cert_ready=cert_ready,
-    )
-    holder["rt"] = rt
-    h = Harness(
-        rt=rt, journal=journal, calico=calico, records=records, events=events, record_index=record_index
-    )
-    views.attach(pods=h.pods, namespaces=h.namespaces, records=h.record_index)
+    op.leadership.leading = leading
+    op.readiness.cert_ready = cert_ready
     if attach:
-        views.synced.set()
-    return h
+        caches.synced.set()
+    return Harness(op=op, journal=journal, calico=calico, records=records, events=events, ledger=ledger)
 
 
 async def eventually(predicate: Callable[[], bool], within: float = 2.0, step: float = 0.002) -> None:

@@ -18,7 +18,6 @@ from kubernetes.aio import client as k8s
 
 from capo_operator.kube import access
 from capo_operator.kube.credentials import Credentials, Source
-from capo_operator.runtime import Runtime
 
 NAMES = access.Names(
     namespace="capo-system",
@@ -187,14 +186,14 @@ async def test_a_403_at_run_time_is_logged_with_the_servers_words_and_counted(
 
 async def test_a_critical_missing_permission_keeps_the_replica_unready() -> None:
     h = make_harness(cert_ready=True)
-    rt: Runtime = h.rt
-    ok, _ = rt.ready
+    readiness = h.op.readiness
+    ok, _ = readiness.check()
     assert ok
     perms = access.required(NAMES)
-    rt.missing_permissions = [p for p in perms if p.verb == "create" and p.resource == "events"]
-    assert rt.ready[0]  # Events are not worth refusing traffic for
-    rt.missing_permissions.append(next(p for p in perms if p.critical))
-    ready, why = rt.ready
+    readiness.missing_permissions = [p for p in perms if p.verb == "create" and p.resource == "events"]
+    assert readiness.check()[0]  # Events are not worth refusing traffic for
+    readiness.missing_permissions.append(next(p for p in perms if p.critical))
+    ready, why = readiness.check()
     assert not ready and "missing permissions" in why
 
 

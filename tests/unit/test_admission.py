@@ -29,9 +29,9 @@ async def review(
 ) -> list[str]:
     """One review; with `settle`, also wait for the records that follow it in the background."""
     warnings: list[str] = []
-    await admission.review(h.rt, pod, operation=operation, dry_run=dry_run, warnings=warnings)
+    await h.op.admission.review(pod, operation=operation, dry_run=dry_run, warnings=warnings)
     if settle:
-        await h.rt.reserver.follower.flush()
+        await h.op.reserver.follower.flush()
     return warnings
 
 
@@ -47,7 +47,7 @@ async def test_selected_pod_is_reserved_calico_first(h: Harness, operation: str,
     pod = h.add_pod(make_pod(ips=("10.0.0.1", "fd00::7")))
 
     warnings = await review(h, pod, operation=operation)
-    await h.rt.reserver.follower.flush()
+    await h.op.reserver.follower.flush()
 
     assert warnings == []
     assert h.journal.ops() == ["calico.append", "records.create", "records.create"]
@@ -69,14 +69,14 @@ async def test_selected_pod_is_reserved_calico_first(h: Harness, operation: str,
         assert rec.owner == pod.owner
     assert h.sample("capo_reservations_total", trigger=trigger) == 2
     assert outcome(h, "reserved", operation) == 1
-    assert pod.uid in h.rt.recent
+    assert pod.uid in h.op.recent
     assert "IPReserved" in h.events.reasons()
 
 
 async def test_repeated_review_of_same_pod_makes_no_store_call(h: Harness) -> None:
     pod = h.add_pod(make_pod())
     await review(h, pod)
-    await h.rt.reserver.follower.flush()
+    await h.op.reserver.follower.flush()
     calls = len(h.journal)
 
     for _ in range(3):  # the apiserver's retries and kubelet's final DELETE
@@ -101,7 +101,7 @@ async def test_the_answer_waits_for_the_calico_write_only(h: Harness) -> None:
     (details,) = h.calico.details
     assert set(details) == {"10.0.0.1"} and '"db-0"' in details["10.0.0.1"]
     h.records.gate.set()
-    await h.rt.reserver.follower.flush()
+    await h.op.reserver.follower.flush()
     assert h.records.items["10.0.0.1"].trigger == "delete"
     assert h.sample("capo_reservations_total", trigger="delete") == 1
 
@@ -113,14 +113,14 @@ async def test_concurrent_reviews_share_calico_writes(h: Harness) -> None:
     first = asyncio.ensure_future(review(h, pods[0]))
     await eventually(lambda: len(h.journal) == 1)  # its write is in flight
     others = asyncio.gather(*(review(h, p) for p in pods[1:]))
-    await eventually(lambda: h.rt.reserver.commit.waiting == 9)
+    await eventually(lambda: h.op.reserver.commit.waiting == 9)
     h.calico.gate.set()
     assert await first == [] and await others == [[]] * 9
 
     appends = [ips for op, ips in h.journal if op == "calico.append"]
     assert appends == [("10.0.0.1",), tuple(f"10.0.0.{i + 1}" for i in range(1, 10))]
     assert outcome(h, "reserved") == 10
-    await h.rt.reserver.follower.flush()
+    await h.op.reserver.follower.flush()
     assert len(h.records.items) == 10
 
 
@@ -130,7 +130,7 @@ async def test_a_failed_shared_write_fails_every_review_it_carried(h: Harness) -
     first = asyncio.ensure_future(review(h, pods[0]))
     await eventually(lambda: len(h.journal) == 1)
     others = asyncio.gather(*(review(h, p) for p in pods[1:]))
-    await eventually(lambda: h.rt.reserver.commit.waiting == 3)
+    await eventually(lambda: h.op.reserver.commit.waiting == 3)
     h.calico.fail("append", times=2)  # the first write and the batch of the other three
     h.calico.gate.set()
 
@@ -139,8 +139,8 @@ async def test_a_failed_shared_write_fails_every_review_it_carried(h: Harness) -
 
     assert all(len(w) == 1 and "could not reserve IP" in w[0] for w in results)
     assert outcome(h, "reserved") == 0
-    assert h.rt.safety_net.pending == 4  # every one of them retried in the background
-    assert not any(p.uid in h.rt.recent for p in pods)
+    assert h.op.safety_net.pending == 4  # every one of them retried in the background
+    assert not any(p.uid in h.op.recent for p in pods)
 
 
 async def test_a_new_pod_with_the_same_name_is_not_a_repeat(h: Harness) -> None:
@@ -189,7 +189,7 @@ async def test_dry_run_reserves_nothing(h: Harness) -> None:
     assert h.sample("capo_webhook_skips_total", reason="dry-run") == 1
     assert outcome(h, "dry-run") == 1
     assert h.events.posted == []
-    assert pod.uid not in h.rt.recent  # the real deletion that follows must still reserve
+    assert pod.uid not in h.op.recent  # the real deletion that follows must still reserve
 
 
 SKIPS: list[tuple[str, dict[str, Any], NamespaceFacts, bool]] = [
@@ -261,7 +261,7 @@ async def test_calico_failure_allows_with_a_warning_and_hands_over_to_the_safety
     assert outcome(h, "error") == 1
     assert h.sample("capo_calico_write_errors_total", operation="append") == 1
     assert h.safety_net.pending == 1
-    assert pod.uid not in h.rt.recent  # the next DELETE of this pod tries again
+    assert pod.uid not in h.op.recent  # the next DELETE of this pod tries again
 
 
 async def test_slow_write_past_the_deadline_allows_and_finishes_in_the_background() -> None:
@@ -378,7 +378,7 @@ async def test_api_error_in_strict_mode_denies(core_api: type[_CoreApi]) -> None
 
 
 async def test_namespace_facts_prefers_the_cache(h: Harness, core_api: type[_CoreApi]) -> None:
-    assert await admission.namespace_facts(h.rt, "db") == make_ns("db")
+    assert await h.op.admission.namespace_facts("db") == make_ns("db")
     assert core_api.calls == []
 
 
@@ -387,10 +387,10 @@ async def test_namespace_facts_reads_a_namespace_the_watch_has_not_delivered(
 ) -> None:
     core_api.namespaces["fresh"] = {"metadata": {"name": "fresh", "labels": {"ip-reserve": "enable"}}}
 
-    facts = await admission.namespace_facts(h.rt, "fresh")
+    facts = await h.op.admission.namespace_facts("fresh")
 
     assert facts == make_ns("fresh")
-    assert await admission.namespace_facts(h.rt, "missing") is None
+    assert await h.op.admission.namespace_facts("missing") is None
     assert core_api.calls == ["namespace/fresh", "namespace/missing"]
 
 
@@ -409,10 +409,10 @@ async def test_pod_facts_prefers_the_cache_then_one_get(h: Harness, core_api: ty
         "status": {"podIPs": [{"ip": "10.0.0.9"}]},
     }
 
-    assert await admission.pod_facts(h.rt, "db", "db-0") == cached
-    fetched = await admission.pod_facts(h.rt, "db", "db-1")
+    assert await h.op.admission.pod_facts("db", "db-0") == cached
+    fetched = await h.op.admission.pod_facts("db", "db-1")
     assert fetched is not None and fetched.uid == "u1" and fetched.ips == ("10.0.0.9",)
-    assert await admission.pod_facts(h.rt, "db", "gone") is None
+    assert await h.op.admission.pod_facts("db", "gone") is None
     assert core_api.calls == ["pod/db/db-1", "pod/db/gone"]
 
 
@@ -425,7 +425,7 @@ async def test_a_cached_pod_without_ip_is_read_again(h: Harness, core_api: type[
         "status": {"phase": "Running", "podIPs": [{"ip": "10.0.0.1"}]},
     }
 
-    fetched = await admission.pod_facts(h.rt, "db", "db-0")
+    fetched = await h.op.admission.pod_facts("db", "db-0")
 
     assert fetched is not None and fetched.ips == ("10.0.0.1",)
     assert core_api.calls == ["pod/db/db-0"]
@@ -434,7 +434,7 @@ async def test_a_cached_pod_without_ip_is_read_again(h: Harness, core_api: type[
 async def test_pod_facts_raises_other_api_errors(h: Harness, core_api: type[_CoreApi]) -> None:
     core_api.error = k8s.ApiException(status=403, reason="Forbidden")
     with pytest.raises(k8s.ApiException):
-        await admission.pod_facts(h.rt, "db", "db-9")
+        await h.op.admission.pod_facts("db", "db-9")
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from fakes import Harness, eventually, make_harness, options
+from fakes import Harness, eventually, make_harness
 
 from capo_operator import app
 from capo_operator.config import Config, LeaderElection, parse_config
@@ -57,9 +57,8 @@ def config_file(tmp_path: Path) -> Path:
 @pytest.fixture
 async def watching(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
     monkeypatch.setattr(app, "CONFIG_POLL_SECONDS", 0.005)
-    h = make_harness(parse_config(GOOD))
-    h.rt.options = options(config_file.parent)
-    task = asyncio.create_task(app.watch_config_file(app.ConfigReloader(h.rt, GOOD), config_file))
+    h = make_harness(parse_config(GOOD), config_text=GOOD)
+    task = asyncio.create_task(app.watch_config_file(h.op.reloader, config_file))
     await asyncio.sleep(0.01)  # the watcher has taken its first digest
     yield h
     task.cancel()
@@ -70,9 +69,9 @@ async def test_a_good_new_file_is_applied(watching: Harness, config_file: Path) 
     h = watching
     config_file.write_text(GOOD.replace("300", "5").replace("40m", "2h"))
 
-    await eventually(lambda: h.rt.config.ip_reserve_max_count == 5)
+    await eventually(lambda: h.op.config.current.ip_reserve_max_count == 5)
 
-    assert h.rt.config.ip_reserve_time == timedelta(hours=2)
+    assert h.op.config.current.ip_reserve_time == timedelta(hours=2)
     assert h.sample("capo_config_reloads_total", result="success") == 1
     assert h.sample("capo_config_last_reload_successful") == 1
     assert h.sample("ip_reserve_count_max") == 5
@@ -89,12 +88,12 @@ async def test_a_bad_file_is_refused_and_the_last_good_config_stays(
     watching: Harness, config_file: Path
 ) -> None:
     h = watching
-    before = h.rt.config
+    before = h.op.config.current
     config_file.write_text(GOOD.replace("40m", "forty minutes"))
 
     await eventually(lambda: h.sample("capo_config_reloads_total", result="failure") == 1)
 
-    assert h.rt.config is before
+    assert h.op.config.current is before
     assert h.sample("capo_config_last_reload_successful") == 0
     rejected = h.events.with_reason("ConfigRejected")
     assert len(rejected) == 1 and rejected[0].warning
@@ -102,7 +101,7 @@ async def test_a_bad_file_is_refused_and_the_last_good_config_stays(
 
     # Fixed again: applied, and the gauge recovers.
     config_file.write_text(GOOD.replace("300", "7"))
-    await eventually(lambda: h.rt.config.ip_reserve_max_count == 7)
+    await eventually(lambda: h.op.config.current.ip_reserve_max_count == 7)
     assert h.sample("capo_config_last_reload_successful") == 1
 
 
@@ -121,12 +120,12 @@ async def test_an_unchanged_or_vanished_file_is_not_reloaded(watching: Harness, 
 
 def test_the_configmap_and_the_file_apply_one_edit_once() -> None:
     # The ConfigMap watch sees an edit first; a minute later the kubelet swaps the file in.
-    h = make_harness(parse_config(GOOD))
-    reloader = app.ConfigReloader(h.rt, GOOD)
+    h = make_harness(parse_config(GOOD), config_text=GOOD)
+    reloader = h.op.reloader
     edited = GOOD.replace("300", "9")
     reloader.offer(edited, "ConfigMap capo-system/capo-config key capo_config.yaml")
     reloader.offer(edited, "/etc/capo/capo_config.yaml")
-    assert h.rt.config.ip_reserve_max_count == 9
+    assert h.op.config.current.ip_reserve_max_count == 9
     assert h.sample("capo_config_reloads_total", result="success") == 1
     assert [e.message.split(" from ")[1] for e in h.events.with_reason("ConfigReloaded")] == [
         "ConfigMap capo-system/capo-config key capo_config.yaml"
@@ -137,7 +136,7 @@ async def test_a_reload_says_which_settings_wait_for_a_restart(watching: Harness
     h = watching
     config_file.write_text(GOOD + "webhook:\n  port: 9444\n")
 
-    await eventually(lambda: h.rt.config.webhook_port == 9444)
+    await eventually(lambda: h.op.config.current.webhook_port == 9444)
 
     message = h.events.with_reason("ConfigReloaded")[0].message
     assert "webhook.port apply after a restart" in message

@@ -130,21 +130,21 @@ async def test_records_follow_with_retries(h: Harness, monkeypatch: pytest.Monke
     h.records.fail("create", RuntimeError("apiserver busy"), times=3)
     pod = make_pod(ips=("10.0.0.1",))
 
-    await h.rt.reserver.reserve(pod, pod.ips, HOLD, "delete", records_later=True)
-    await h.rt.reserver.follower.flush()
+    await h.op.reserver.reserve(pod, pod.ips, HOLD, "delete", records_later=True)
+    await h.op.reserver.follower.flush()
 
     assert h.records.items["10.0.0.1"].trigger == "delete"
     assert h.journal.ops("records.create") == ["records.create"] * 4
     assert h.sample("capo_reservations_total", trigger="delete") == 1
-    assert h.rt.reserver.follower.waiting == 0
+    assert h.op.reserver.follower.waiting == 0
 
 
 async def test_the_follower_gives_up_after_its_attempts(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reserver_module.random, "uniform", lambda a, b: 0.0)
     h.records.fail("create", RuntimeError("down"), times=100)
 
-    await h.rt.reserver.reserve(make_pod(), ("10.0.0.1",), HOLD, "delete", records_later=True)
-    await h.rt.reserver.follower.flush()
+    await h.op.reserver.reserve(make_pod(), ("10.0.0.1",), HOLD, "delete", records_later=True)
+    await h.op.reserver.follower.flush()
 
     assert len(h.journal.ops("records.create")) == reserver_module.FOLLOW_ATTEMPTS
     assert h.records.items == {}
@@ -154,11 +154,11 @@ async def test_the_follower_gives_up_after_its_attempts(h: Harness, monkeypatch:
 async def test_a_record_already_waiting_is_not_queued_twice(h: Harness) -> None:
     h.records.gate = asyncio.Event()
     pod = make_pod(ips=("10.0.0.1",))
-    await h.rt.reserver.reserve(pod, pod.ips, HOLD, "delete", records_later=True)
-    await h.rt.reserver.reserve(pod, pod.ips, HOLD, "safety-net", records_later=True)
-    assert h.rt.reserver.follower.waiting == 1
+    await h.op.reserver.reserve(pod, pod.ips, HOLD, "delete", records_later=True)
+    await h.op.reserver.reserve(pod, pod.ips, HOLD, "safety-net", records_later=True)
+    assert h.op.reserver.follower.waiting == 1
     h.records.gate.set()
-    await h.rt.reserver.follower.flush()
+    await h.op.reserver.follower.flush()
     assert h.records.items["10.0.0.1"].trigger == "delete"  # the first reservation stands
     assert h.journal.ops("records.create") == ["records.create"]
 
@@ -168,22 +168,22 @@ async def test_the_follower_is_bounded(h: Harness, monkeypatch: pytest.MonkeyPat
     h.records.gate = asyncio.Event()
     pod = make_pod(ips=("10.0.0.1", "10.0.0.2", "10.0.0.3"))
 
-    await h.rt.reserver.reserve(pod, pod.ips, HOLD, "delete", records_later=True)
+    await h.op.reserver.reserve(pod, pod.ips, HOLD, "delete", records_later=True)
 
-    assert h.rt.reserver.follower.waiting == 2
+    assert h.op.reserver.follower.waiting == 2
     assert h.calico.ips == {"10.0.0.1", "10.0.0.2", "10.0.0.3"}  # the reservation itself is whole
     h.records.gate.set()
-    await h.rt.reserver.follower.flush()
+    await h.op.reserver.follower.flush()
     assert set(h.records.items) == {"10.0.0.1", "10.0.0.2"}
 
 
 async def test_a_failed_write_is_counted_once_however_many_it_carried(h: Harness) -> None:
     h.calico.gate = asyncio.Event()
     pods = [make_pod(name=f"db-{i}", uid=f"u-{i}", ips=(f"10.0.0.{i + 1}",)) for i in range(4)]
-    first = asyncio.ensure_future(h.rt.reserver.reserve(pods[0], pods[0].ips, HOLD, "delete"))
+    first = asyncio.ensure_future(h.op.reserver.reserve(pods[0], pods[0].ips, HOLD, "delete"))
     await eventually(lambda: len(h.calico.details) == 1)
-    rest = [asyncio.ensure_future(h.rt.reserver.reserve(p, p.ips, HOLD, "delete")) for p in pods[1:]]
-    await eventually(lambda: h.rt.reserver.commit.waiting == 3)
+    rest = [asyncio.ensure_future(h.op.reserver.reserve(p, p.ips, HOLD, "delete")) for p in pods[1:]]
+    await eventually(lambda: h.op.reserver.commit.waiting == 3)
     h.calico.fail("append", times=1)  # the first write fails, the batch of the other three succeeds
     h.calico.gate.set()
 
@@ -202,10 +202,10 @@ async def test_records_wait_for_a_lull_in_the_appends(h: Harness, monkeypatch: p
     started = loop.time()
     for i in range(5):  # a burst: an append every 50 ms
         pod = make_pod(name=f"db-{i}", uid=f"u-{i}", ips=(f"10.0.0.{i + 1}",))
-        await h.rt.reserver.reserve(pod, pod.ips, HOLD, "delete", records_later=True)
+        await h.op.reserver.reserve(pod, pod.ips, HOLD, "delete", records_later=True)
         assert h.records.items == {}, "a record was written while appends kept coming"
         await asyncio.sleep(0.05)
-    await h.rt.reserver.follower.flush()
+    await h.op.reserver.follower.flush()
     assert len(h.records.items) == 5
     assert loop.time() - started >= 0.2 + 4 * 0.05
 
@@ -216,6 +216,6 @@ async def test_records_are_written_by_the_max_delay_even_without_a_lull(
     monkeypatch.setattr(reserver_module, "FOLLOW_QUIET", 10.0)
     monkeypatch.setattr(reserver_module, "FOLLOW_MAX_DELAY", 0.1)
     pod = make_pod(ips=("10.0.0.1",))
-    await h.rt.reserver.reserve(pod, pod.ips, HOLD, "delete", records_later=True)
-    await asyncio.wait_for(h.rt.reserver.follower.flush(), 2)
+    await h.op.reserver.reserve(pod, pod.ips, HOLD, "delete", records_later=True)
+    await asyncio.wait_for(h.op.reserver.follower.flush(), 2)
     assert "10.0.0.1" in h.records.items

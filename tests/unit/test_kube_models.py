@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capo_operator.decisions.policy import NamespaceFacts, Owner, PodFacts
+from capo_operator.decisions.record import Record
 from capo_operator.kube import NAMESPACES, PODS, RECORDS, Codec
 from capo_operator.kube.models import DecodeError
-from capo_operator.kube.records import Record
 
 POD_CODEC = Codec(PODS)
 

@@ -10,7 +10,6 @@ import pytest
 from fakes import NOW, DummyApi, Harness, make_harness, make_ns, make_pod
 from kubernetes.aio import client as k8s
 
-from capo_operator.flows.releaser import Releaser
 from capo_operator.kube.ledger import Ledger, LedgerEntry
 
 
@@ -72,7 +71,7 @@ async def test_a_term_that_could_not_read_the_ledger_never_overwrites_it(h: Harn
     h.add_pod(make_pod(name="db-1", uid="u1", ips=("10.0.0.1",)))
 
     api.failing = True
-    term = Releaser(h.rt, ledger_on(api), clock=lambda: NOW)
+    term = h.releaser(ledger_on(api), clock=lambda: NOW)
     with pytest.raises(k8s.ApiException):
         await term.recover_from_ledger()  # `lead` logs this and goes on with its passes
     api.failing = False
@@ -81,10 +80,10 @@ async def test_a_term_that_could_not_read_the_ledger_never_overwrites_it(h: Harn
 
     assert api.writes == []
     assert await saved_ips(api) == {"10.0.0.9"}  # still there for the next leader
-    assert "10.0.0.9" not in {r.ip for r in h.rt.views.records()}
+    assert "10.0.0.9" not in {r.ip for r in h.op.views.records()}
 
     # The next term reads it: the vanished pod's IP is reserved, then the ledger is rewritten.
-    following = Releaser(h.rt, ledger_on(api), clock=lambda: NOW)
+    following = h.releaser(ledger_on(api), clock=lambda: NOW)
     await following.recover_from_ledger()
     await following.pass_once()
     assert h.records.items["10.0.0.9"].trigger == "safety-net"

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from capo_operator.kube.records import PodRef, Record
-from capo_operator.serving.metrics import TRIGGERS, Metrics
+from capo_operator.decisions.record import PodRef, Record
+from capo_operator.metrics import TRIGGERS, Metrics
 
 
 def exposition(metrics: Metrics) -> dict[str, tuple[str, list[tuple[str, dict[str, str], float]]]]:

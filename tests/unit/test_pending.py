@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from capo_operator.decisions import pending
 from capo_operator.decisions.policy import Owner
-from capo_operator.kube.records import TRIGGERS, PodRef, Record
+from capo_operator.decisions.record import TRIGGERS, PodRef, Record
 
 
 def record(ip: str = "10.0.0.1", **changes: object) -> Record:

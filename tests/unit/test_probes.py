@@ -11,8 +11,8 @@ from aiohttp import web
 from fakes import make_record
 from prometheus_client.parser import text_string_to_metric_families
 
+from capo_operator.metrics import Metrics
 from capo_operator.serving import probes
-from capo_operator.serving.metrics import Metrics
 
 
 @pytest.mark.parametrize(

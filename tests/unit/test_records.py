@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from capo_operator.decisions.addresses import record_name
 from capo_operator.decisions.policy import Owner
-from capo_operator.kube.records import (
+from capo_operator.decisions.record import (
     RELEASING_ANNOTATION,
     TRIGGERS,
     PodRef,

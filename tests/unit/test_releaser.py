@@ -24,11 +24,11 @@ from kubernetes.aio import client as k8s
 from capo_operator.config import Config
 from capo_operator.decisions import pending
 from capo_operator.decisions.policy import Hold, Owner
+from capo_operator.decisions.record import PodRef
 from capo_operator.flows import releaser as releaser_module
 from capo_operator.flows.releaser import OwnerChecker, Releaser, alive_uids
 from capo_operator.kube.calico import CalicoError
 from capo_operator.kube.ledger import LedgerEntry
-from capo_operator.kube.records import PodRef
 
 
 class Clock:
@@ -47,7 +47,7 @@ def h() -> Harness:
 
 
 def releaser(h: Harness, ledger: FakeLedger | None = None, clock: Clock | None = None) -> Releaser:
-    return Releaser(h.rt, ledger or FakeLedger(), clock=clock or Clock())  # type: ignore[arg-type]
+    return h.releaser(ledger, clock=clock or Clock())
 
 
 def writes(h: Harness) -> list[tuple[str, Any]]:
@@ -80,7 +80,7 @@ async def test_expired_record_is_released_calico_first(h: Harness) -> None:
 
 
 async def test_over_the_cap_the_oldest_are_released(h: Harness) -> None:
-    h.rt.config = Config(ip_reserve_max_count=2)
+    h.op.config.current = Config(ip_reserve_max_count=2)
     for minutes, ip in [(30, "10.0.0.3"), (10, "10.0.0.1"), (40, "10.0.0.4"), (20, "10.0.0.2")]:
         h.add_record(make_record(ip, age=timedelta(minutes=minutes), expires_in=timedelta(minutes=5)))
 
@@ -100,7 +100,7 @@ async def test_over_the_cap_the_oldest_are_released(h: Harness) -> None:
 
 
 async def test_expiry_does_not_count_as_a_cap_eviction(h: Harness) -> None:
-    h.rt.config = Config(ip_reserve_max_count=1)
+    h.op.config.current = Config(ip_reserve_max_count=1)
     h.add_record(make_record("10.0.0.1", expires_in=timedelta(seconds=-1)))
     h.add_record(make_record("10.0.0.2"))
 
@@ -160,15 +160,15 @@ async def reserve_then_crash(h: Harness, pod_ips: tuple[str, ...] = ("10.0.0.9",
     h.records.gate = asyncio.Event()  # never opened: the records never come from this replica
     pod = h.add_pod(make_pod(name="db-3", uid="u-3", ips=pod_ips, node="node-2"))
     hold = Hold(timedelta(hours=2), "annotation capo.io/reserve-time=2h")
-    await h.rt.reserver.reserve(pod, pod.ips, hold, "eviction", records_later=True)
+    await h.op.reserver.reserve(pod, pod.ips, hold, "eviction", records_later=True)
     h.remove_pod(pod)
     h.records.gate = None
-    h.rt.reserver.follower.stop()
+    h.op.reserver.follower.stop()
 
 
 async def test_crash_after_the_calico_write_is_adopted_with_the_pods_details(h: Harness) -> None:
     reserved_at = NOW - timedelta(minutes=3)
-    h.rt.reserver.clock = lambda: reserved_at
+    h.op.reserver.clock = lambda: reserved_at
     await reserve_then_crash(h, ("10.0.0.9", "fd00::9"))
     r = releaser(h)
 
@@ -280,7 +280,7 @@ async def test_record_whose_ip_is_missing_from_calico_is_re_added(h: Harness) ->
 async def test_manual_release_removes_from_calico_and_counts(h: Harness) -> None:
     h.calico.ips.update({"10.0.0.7", "10.0.0.8"})
     h.add_record(make_record("10.0.0.8"))
-    h.rt.manual_releases.add("10.0.0.7")  # its record was deleted by a person
+    h.op.manual_releases.add("10.0.0.7")  # its record was deleted by a person
     r = releaser(h)
 
     await r.pass_once()
@@ -288,7 +288,7 @@ async def test_manual_release_removes_from_calico_and_counts(h: Harness) -> None
 
     assert h.calico.ips == {"10.0.0.8"}
     assert "10.0.0.7" not in h.records.items  # not adopted back
-    assert h.rt.manual_releases == set()
+    assert h.op.manual_releases == set()
     assert h.sample("capo_releases_total", reason="manual") == 1
 
 
@@ -300,7 +300,7 @@ async def test_clock_of_a_record_whose_pod_survived_is_stopped(h: Harness) -> No
 
     await releaser(h).pass_once()
 
-    assert pod.uid in alive_uids(h.rt.views.pods())
+    assert pod.uid in alive_uids(h.op.views.pods())
     assert sorted(writes(h)) == [
         ("records.set_clock", ("10.0.0.1", NOW - timedelta(minutes=50), None, HOLD)),
         ("records.set_clock", ("10.0.0.2", NOW - timedelta(seconds=5), None, HOLD)),
@@ -352,12 +352,12 @@ async def test_calico_remove_failure_counts_and_deletes_no_record(h: Harness) ->
 
 async def test_manual_release_is_kept_for_the_next_pass_when_calico_fails(h: Harness) -> None:
     h.calico.ips.add("10.0.0.7")
-    h.rt.manual_releases.add("10.0.0.7")
+    h.op.manual_releases.add("10.0.0.7")
     h.calico.fail("remove")
     r = releaser(h)
 
     assert await r.pass_once() == 1
-    assert h.rt.manual_releases == {"10.0.0.7"}
+    assert h.op.manual_releases == {"10.0.0.7"}
 
     await r.pass_once()
     assert h.calico.ips == set()
@@ -369,7 +369,7 @@ async def test_a_release_is_not_counted_twice_when_the_record_was_already_gone(h
     rec = make_record("10.0.0.1", releasing="cap")
     h.index_record(rec)
     h.records.items.clear()
-    h.rt.metrics.evictions.inc()  # counted when it was deleted the first time
+    h.op.metrics.evictions.inc()  # counted when it was deleted the first time
 
     await releaser(h).pass_once()
 
@@ -391,7 +391,7 @@ async def test_changed_reserve_time_retimes_default_holds(h: Harness) -> None:
     await r.pass_once()
     assert writes(h) == []
 
-    h.rt.config = Config(ip_reserve_time=timedelta(minutes=15))
+    h.op.config.current = Config(ip_reserve_time=timedelta(minutes=15))
     await r.pass_once()
 
     assert h.records.items["10.0.0.1"].expires_at == NOW + timedelta(minutes=5)
@@ -537,7 +537,7 @@ async def test_a_network_error_reading_an_owner_does_not_stop_expiry(h: Harness)
 
 
 async def test_owner_checks_are_off_when_configured(h: Harness) -> None:
-    h.rt.config = Config(release_on_owner_deletion=False)
+    h.op.config.current = Config(release_on_owner_deletion=False)
     h.add_record(owned("10.0.0.1", "StatefulSet", "db", "sts-1"))
     r = releaser(h)
     apps = FakeApps(set())
@@ -593,7 +593,7 @@ async def test_a_ledger_entry_whose_reservation_carried_details_is_adopted_from_
     # The webhook's write landed, then every replica died before the record: the ledger still lists
     # the pod, and the Calico entry carries the details.
     reserved_at = NOW - timedelta(minutes=7)
-    h.rt.reserver.clock = lambda: reserved_at
+    h.op.reserver.clock = lambda: reserved_at
     await reserve_then_crash(h)
     appends = len(h.journal.ops("calico.append"))
     ledger = FakeLedger({"10.0.0.9": entry("10.0.0.9", "u-3")})
@@ -804,7 +804,7 @@ async def test_a_reserve_time_changed_while_another_replica_led_applies(h: Harne
             policy="annotation capo.io/reserve-time=2h",
         )
     )
-    h.rt.config = Config(ip_reserve_time=timedelta(minutes=15))  # changed before this replica led
+    h.op.config.current = Config(ip_reserve_time=timedelta(minutes=15))  # changed before this replica led
     r = releaser(h)
 
     await r.pass_once()
@@ -914,7 +914,7 @@ async def test_capo_bare_ip_entries_are_adopted_at_once_as_imported(h: Harness) 
 async def test_a_failed_lengthening_never_releases_early(h: Harness) -> None:
     # Made under ipReserveTime=40m, expired by that; the config now says 2h: it must stay.
     h.add_record(make_record("10.0.0.1", age=timedelta(minutes=41), expires_in=timedelta(minutes=-1)))
-    h.rt.config = Config(ip_reserve_time=timedelta(hours=2))
+    h.op.config.current = Config(ip_reserve_time=timedelta(hours=2))
     h.records.fail("set_clock")
     r = releaser(h)
 

@@ -8,9 +8,9 @@ import pytest
 from fakes import NOW, STS, Harness, make_harness, make_pod, make_record
 
 from capo_operator.decisions.policy import Hold
+from capo_operator.decisions.record import PodRef
 from capo_operator.flows.reserver import new_record
 from capo_operator.kube.calico import CalicoError
-from capo_operator.kube.records import PodRef
 
 HOLD_2H = Hold(timedelta(hours=2), "annotation capo.io/reserve-time=2h")
 
@@ -39,7 +39,7 @@ def test_new_record_carries_the_pod_the_hold_and_the_trigger() -> None:
 async def test_reserve_writes_calico_then_records(h: Harness) -> None:
     pod = make_pod(ips=("10.0.0.1", "fd00::1"))
 
-    result = await h.rt.reserver.reserve(pod, pod.ips, HOLD_2H, "delete")
+    result = await h.op.reserver.reserve(pod, pod.ips, HOLD_2H, "delete")
 
     assert result.ips == ("10.0.0.1", "fd00::1")
     assert set(result.created) == {"10.0.0.1", "fd00::1"}
@@ -57,7 +57,7 @@ async def test_an_existing_record_is_kept_and_not_counted_again(h: Harness) -> N
     earlier = h.add_record(make_record("10.0.0.1", age=timedelta(minutes=5), trigger="delete"))
     pod = make_pod(ips=("10.0.0.1", "10.0.0.2"))
 
-    result = await h.rt.reserver.reserve(pod, pod.ips, HOLD_2H, "safety-net")
+    result = await h.op.reserver.reserve(pod, pod.ips, HOLD_2H, "safety-net")
 
     assert result.created == ("10.0.0.2",)
     assert h.records.items["10.0.0.1"] == earlier  # the first reservation's clock stands
@@ -69,7 +69,7 @@ async def test_an_existing_record_is_kept_and_not_counted_again(h: Harness) -> N
 async def test_nothing_is_counted_when_every_record_exists(h: Harness) -> None:
     h.add_record(make_record("10.0.0.1"))
 
-    result = await h.rt.reserver.reserve(make_pod(), ("10.0.0.1",), HOLD_2H, "delete")
+    result = await h.op.reserver.reserve(make_pod(), ("10.0.0.1",), HOLD_2H, "delete")
 
     assert result.created == ()
     assert h.sample("capo_reservations_total", trigger="delete") == 0
@@ -79,7 +79,7 @@ async def test_nothing_is_counted_when_every_record_exists(h: Harness) -> None:
 async def test_record_create_failure_after_calico_does_not_raise(h: Harness) -> None:
     h.records.fail("create", RuntimeError("apiserver down"))
 
-    result = await h.rt.reserver.reserve(make_pod(), ("10.0.0.1",), HOLD_2H, "delete")
+    result = await h.op.reserver.reserve(make_pod(), ("10.0.0.1",), HOLD_2H, "delete")
 
     assert result.ips == ("10.0.0.1",)
     assert result.created == ()
@@ -91,7 +91,7 @@ async def test_one_failed_record_does_not_stop_the_others(h: Harness) -> None:
     h.records.fail("create", RuntimeError("conflict storm"))
     pod = make_pod(ips=("10.0.0.1", "10.0.0.2"))
 
-    result = await h.rt.reserver.reserve(pod, pod.ips, HOLD_2H, "eviction")
+    result = await h.op.reserver.reserve(pod, pod.ips, HOLD_2H, "eviction")
 
     assert len(result.created) == 1
     assert h.sample("capo_reservations_total", trigger="eviction") == 1
@@ -101,7 +101,7 @@ async def test_calico_failure_raises_counts_and_writes_no_record(h: Harness) -> 
     h.calico.fail("append", CalicoError("HTTP 500", 500))
 
     with pytest.raises(CalicoError):
-        await h.rt.reserver.reserve(make_pod(), ("10.0.0.1",), HOLD_2H, "delete")
+        await h.op.reserver.reserve(make_pod(), ("10.0.0.1",), HOLD_2H, "delete")
 
     assert h.journal.ops() == ["calico.append"]
     assert h.sample("capo_calico_write_errors_total", operation="append") == 1

@@ -12,6 +12,7 @@ from fakes import Harness, eventually, make_harness, make_ns, make_pod, make_rec
 from capo_operator.decisions.policy import Hold
 from capo_operator.flows import safety_net
 from capo_operator.flows.safety_net import SafetyNet
+from capo_operator.flows.state import Leadership, RecentUIDs, TerminalUIDs
 
 LEADER = 0.01
 STANDBY = 0.3
@@ -32,7 +33,7 @@ async def start(h: Harness) -> AsyncIterator[Runner]:
     tasks: list[asyncio.Task[None]] = []
 
     def run(net: SafetyNet) -> None:
-        tasks.append(asyncio.create_task(net.run(lambda: h.rt.config)))
+        tasks.append(asyncio.create_task(net.run()))
 
     yield run
     for task in tasks:
@@ -174,7 +175,7 @@ async def test_ip_now_held_by_another_live_pod_is_reported_not_reserved(h: Harne
 
 
 async def test_standby_acts_only_after_its_longer_delay(h: Harness, start: Runner) -> None:
-    h.rt.leading = False
+    h.op.leadership.leading = False
     loop = asyncio.get_running_loop()
     start(h.safety_net)
 
@@ -190,11 +191,13 @@ async def test_standby_acts_only_after_its_longer_delay(h: Harness, start: Runne
 async def test_leader_acts_first_and_the_standby_finds_the_record(h: Harness, start: Runner) -> None:
     leader = h.safety_net
     standby = SafetyNet(
-        views=h.rt.views,
-        reserver=h.rt.reserver,
+        views=h.op.views,
+        reserver=h.op.reserver,
         metrics=h.metrics,
-        leading=lambda: False,
-        reserved_before=lambda uid: uid in h.rt.reserved_uids,
+        config=h.op.config,
+        leadership=Leadership(leading=False),
+        recent=RecentUIDs(),
+        reserved_uids=h.op.reserved_uids,
     )
     loop = asyncio.get_running_loop()
     start(leader)
@@ -231,7 +234,7 @@ async def test_webhook_retry_of_an_ip_now_held_by_another_pod_is_reported_not_re
 async def test_pod_reserved_once_before_is_left_alone(h: Harness, start: Runner) -> None:
     # The webhook reserved it, the cap released it and a new pod took the IP: not a miss, not a loss.
     pod = make_pod(deleting=True)
-    h.rt.reserved_uids.add(pod.uid)
+    h.op.reserved_uids.add(pod.uid)
     h.add_holder("10.0.0.1", "newcomer")
     start(h.safety_net)
 
@@ -247,7 +250,7 @@ async def test_pod_reserved_once_before_is_left_alone(h: Harness, start: Runner)
 
 async def test_webhook_retry_of_a_pod_reserved_before_still_writes(h: Harness, start: Runner) -> None:
     pod = make_pod(deleting=True)
-    h.rt.reserved_uids.add(pod.uid)  # e.g. its eviction was reserved; now its DELETE write failed
+    h.op.reserved_uids.add(pod.uid)  # e.g. its eviction was reserved; now its DELETE write failed
     start(h.safety_net)
 
     h.safety_net.retry(pod, ("10.0.0.1",), Hold(timedelta(minutes=40), "ipReserveTime=40m"), "delete")
@@ -262,7 +265,7 @@ async def test_a_kubelet_eviction_is_reserved_at_once_on_every_replica(
     """Bug 4: no webhook races a kubelet eviction, and the freed IP can go to a new pod at once."""
     monkeypatch.setattr(safety_net, "LEADER_DELAY", 30.0)
     monkeypatch.setattr(safety_net, "STANDBY_DELAY", 30.0)
-    h.rt.leading = leading
+    h.op.leadership.leading = leading
     start(h.safety_net)
 
     h.safety_net.pod_terminated(make_pod(phase="Failed", reason="Evicted"))
@@ -274,11 +277,13 @@ async def test_a_kubelet_eviction_is_reserved_at_once_on_every_replica(
 async def test_a_repeated_terminal_reserve_by_two_replicas_is_harmless(h: Harness, start: Runner) -> None:
     # Both replicas reserve at once: the second write finds the record and creates nothing.
     other = SafetyNet(
-        views=h.rt.views,
-        reserver=h.rt.reserver,
-        metrics=h.rt.metrics,
-        leading=lambda: False,
-        reserved_before=lambda uid: False,
+        views=h.op.views,
+        reserver=h.op.reserver,
+        metrics=h.op.metrics,
+        config=h.op.config,
+        leadership=Leadership(leading=False),
+        recent=RecentUIDs(),
+        reserved_uids=RecentUIDs(),
     )
     start(h.safety_net)
     start(other)
@@ -297,7 +302,7 @@ async def test_a_repeated_terminal_reserve_by_two_replicas_is_harmless(h: Harnes
 def test_terminal_uids_stay_bounded_without_deleted_events() -> None:
     """Bug 7: DELETED events are lost in watch gaps; the set of pods seen terminal stays bounded."""
     live: set[str] = set()
-    seen = safety_net.TerminalUIDs(present=lambda: live, max_size=10_000)
+    seen = TerminalUIDs(present=lambda: live, max_size=10_000)
     for i in range(1_000):
         uid = f"u{i}"
         live.add(uid)
@@ -309,7 +314,7 @@ def test_terminal_uids_stay_bounded_without_deleted_events() -> None:
 
 
 def test_terminal_uids_drop_the_oldest_when_every_pod_is_still_there() -> None:
-    seen = safety_net.TerminalUIDs(present=lambda: {f"u{i}" for i in range(500)}, max_size=100)
+    seen = TerminalUIDs(present=lambda: {f"u{i}" for i in range(500)}, max_size=100)
     for i in range(500):
         seen.add(f"u{i}")
     assert len(seen) == 100 and "u499" in seen and "u0" not in seen
@@ -317,11 +322,9 @@ def test_terminal_uids_drop_the_oldest_when_every_pod_is_still_there() -> None:
 
 async def test_a_pod_this_replicas_webhook_reserved_is_not_written_again(h: Harness, start: Runner) -> None:
     # The webhook's Calico write succeeded; its records wait for a lull in the burst.
-    from capo_operator.flows import admission
-
     h.records.gate = asyncio.Event()
     pod = h.add_pod(make_pod(uid="u-9", ips=("10.0.0.9",)))
-    await admission.review(h.rt, pod, operation="delete", dry_run=False, warnings=[])
+    await h.op.admission.review(pod, operation="delete", dry_run=False, warnings=[])
     appends = len(h.journal.ops("calico.append"))
     start(h.safety_net)
 
@@ -332,5 +335,5 @@ async def test_a_pod_this_replicas_webhook_reserved_is_not_written_again(h: Harn
     await asyncio.sleep(0.02)
     assert len(h.journal.ops("calico.append")) == appends  # no second write for it
     h.records.gate.set()
-    await h.rt.reserver.follower.flush()
+    await h.op.reserver.follower.flush()
     assert h.records.items["10.0.0.9"].trigger == "delete"

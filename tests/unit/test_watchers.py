@@ -14,8 +14,8 @@ from informer_fakes import FakeKube, Obj, pod
 from prometheus_client import generate_latest
 
 from capo_operator.decisions.policy import PodFacts
+from capo_operator.decisions.record import PodRef
 from capo_operator.flows.watchers import Watchers
-from capo_operator.kube.records import PodRef
 
 NS_PATH, POD_PATH, RECORD_PATH = "/api/v1/namespaces", "/api/v1/pods", "/apis/capo.io/v1/reservedips"
 
@@ -72,14 +72,13 @@ def facts(
 def w() -> Watchers:
     h = make_harness()
     h.add_ns(make_ns("db"))
-    watchers = Watchers(h.rt, Router())
-    watchers.rt.views.attach(pods=h.pods, namespaces=h.namespaces, records=h.record_index)
-    watchers.pods.synced.set()  # past the first list unless a test says otherwise
+    watchers = h.op.watchers
+    watchers.caches.pods.synced.set()  # past the first list unless a test says otherwise
     return watchers
 
 
 def triggers(w: Watchers) -> list[str]:
-    return sorted(item.trigger for item in w.rt.safety_net._heap)
+    return sorted(item.trigger for item in w.safety_net._heap)
 
 
 def test_a_kubelet_eviction_is_handed_to_the_safety_net_once(w: Watchers) -> None:
@@ -93,10 +92,10 @@ def test_a_kubelet_eviction_is_handed_to_the_safety_net_once(w: Watchers) -> Non
 
 def test_a_pod_already_terminal_when_listed_is_not_a_fresh_transition(w: Watchers) -> None:
     # Its IP was freed long ago and may be someone else's: deleting it later reserves nothing.
-    w.pods.synced.clear()
+    w.caches.pods.synced.clear()
     listed = facts("Failed", reason="Evicted")
     w.pod_added(listed)
-    w.pods.synced.set()
+    w.caches.pods.synced.set()
     deleting = facts("Failed", reason="Evicted", deleting=True)
     w.pod_updated(listed, deleting)
     w.pod_deleted(deleting)
@@ -104,7 +103,7 @@ def test_a_pod_already_terminal_when_listed_is_not_a_fresh_transition(w: Watcher
 
 
 def test_the_first_list_is_not_an_event(w: Watchers) -> None:
-    w.pods.synced.clear()
+    w.caches.pods.synced.clear()
     w.pod_added(facts("Failed", reason="Evicted"))
     w.pod_added(facts("Running", uid="uid-2"))
     assert triggers(w) == []
@@ -141,9 +140,8 @@ def test_a_resync_is_not_a_change(w: Watchers) -> None:
 def test_pods_of_namespaces_not_enabled_are_ignored() -> None:
     h = make_harness()
     h.add_ns(make_ns("db", enabled=False))
-    w = Watchers(h.rt, Router())
-    w.rt.views.attach(pods=h.pods, namespaces=h.namespaces, records=h.record_index)
-    w.pods.synced.set()
+    w = h.op.watchers
+    w.caches.pods.synced.set()
     w.pod_updated(facts("Running"), facts("Failed", reason="Evicted"))
     w.pod_deleted(facts("Running", uid="uid-2"))
     assert triggers(w) == []
@@ -151,21 +149,21 @@ def test_pods_of_namespaces_not_enabled_are_ignored() -> None:
 
 def test_a_record_marks_its_pod_as_reserved_on_every_replica(w: Watchers) -> None:
     w.record_seen(make_record("10.0.0.1", pod=PodRef("db", "db-0", "uid-1", "n1")))
-    assert "uid-1" in w.rt.reserved_uids
+    assert "uid-1" in w.reserved_uids
 
 
 def test_a_record_deleted_by_a_person_is_released_by_the_leader(w: Watchers) -> None:
-    w.rt.leading = True
+    w.leadership.leading = True
     w.record_deleted(make_record("10.0.0.1"))
-    assert w.rt.manual_releases == {"10.0.0.1"}
+    assert w.manual_releases == {"10.0.0.1"}
 
 
 def test_the_releasers_own_deletions_and_standbys_release_nothing(w: Watchers) -> None:
-    w.rt.leading = True
+    w.leadership.leading = True
     w.record_deleted(make_record("10.0.0.1", releasing="expired"))
-    w.rt.leading = False
+    w.leadership.leading = False
     w.record_deleted(make_record("10.0.0.2"))
-    assert w.rt.manual_releases == set()
+    assert w.manual_releases == set()
 
 
 # -- running informers against a fake API server ----------------------------------------------
@@ -173,17 +171,12 @@ def test_the_releasers_own_deletions_and_standbys_release_nothing(w: Watchers) -
 
 @pytest.fixture
 async def running() -> AsyncIterator[tuple[Harness, Watchers, Router]]:
-    h = make_harness(attach=False)
     router = Router()
     router.kubes[NS_PATH].put(namespace("db"))
     router.kubes[NS_PATH].put(namespace("other", enabled=False))
-    watchers = Watchers(h.rt, router, resync_period=None)
-    h.pods, h.namespaces, h.record_index = (
-        watchers.pods.store,
-        watchers.namespaces.store,
-        watchers.records.store,
-    )
-    task = asyncio.create_task(watchers.run())
+    h = make_harness(attach=False, transport=router, resync_period=None)
+    watchers = h.op.watchers
+    task = asyncio.create_task(h.op.caches.run())
     try:
         yield h, watchers, router
     finally:
@@ -208,14 +201,14 @@ async def test_synced_only_once_all_three_listed_and_the_list_reserves_nothing(
     router.kubes[POD_PATH].put(sts_pod("db-0", "10.0.0.1"))
     router.kubes[POD_PATH].put(sts_pod("db-1", "10.0.0.2", phase="Failed"))
     records.put(record_obj("10.0.0.9", "uid-gone"))
-    await eventually(watchers.pods.synced.is_set)
+    await eventually(watchers.caches.pods.synced.is_set)
     await asyncio.sleep(0.01)
-    assert not h.rt.views.synced.is_set(), "the records are not listed yet"
+    assert not h.op.views.synced.is_set(), "the records are not listed yet"
     gate.set()
-    await asyncio.wait_for(h.rt.views.synced.wait(), 2)
-    assert h.rt.views.ip_holders(("10.0.0.1", "10.0.0.2")) == {"10.0.0.1": "uid-db-db-0"}
-    assert h.rt.views.record("10.0.0.9") is not None
-    assert "uid-gone" in h.rt.reserved_uids
+    await asyncio.wait_for(h.op.views.synced.wait(), 2)
+    assert h.op.views.ip_holders(("10.0.0.1", "10.0.0.2")) == {"10.0.0.1": "uid-db-db-0"}
+    assert h.op.views.record("10.0.0.9") is not None
+    assert "uid-gone" in h.op.reserved_uids
     assert queued(h) == []
 
 
@@ -226,13 +219,13 @@ async def test_a_pod_deleted_during_a_watch_gap_reaches_the_safety_net(
     pods = router.kubes[POD_PATH]
     pods.put(sts_pod("db-0", "10.0.0.1"))
     pods.put(sts_pod("db-1", "10.0.0.2"))
-    await asyncio.wait_for(h.rt.views.synced.wait(), 2)
+    await asyncio.wait_for(h.op.views.synced.wait(), 2)
 
     pods.delete_silently("db/db-0")  # deleted while the watch was down; the server forgot the history
 
     await eventually(lambda: queued(h) == [("db-0", "safety-net")])
-    assert watchers.pods.stats.expired == 1
-    assert h.rt.views.pod("db", "db-0") is None
+    assert watchers.caches.pods.stats.expired == 1
+    assert h.op.views.pod("db", "db-0") is None
 
 
 async def test_a_ghost_pod_from_before_a_gap_does_not_hold_its_ip_for_a_later_pod(
@@ -241,15 +234,15 @@ async def test_a_ghost_pod_from_before_a_gap_does_not_hold_its_ip_for_a_later_po
     h, _watchers, router = running
     pods = router.kubes[POD_PATH]
     pods.put(sts_pod("db-0", "10.0.0.1", uid="old"))
-    await asyncio.wait_for(h.rt.views.synced.wait(), 2)
+    await asyncio.wait_for(h.op.views.synced.wait(), 2)
 
     # In the gap, db-0 went away and a pod of another workload got its IP.
     pods.objects.pop("db/db-0")
     pods.put_silently(sts_pod("web-0", "10.0.0.1", uid="new"))
 
-    await eventually(lambda: h.rt.views.pod("db", "web-0") is not None)
-    assert h.rt.views.ip_holders(("10.0.0.1",)) == {"10.0.0.1": "new"}
-    assert h.rt.views.ip_holders(("10.0.0.1",), except_uid="new") == {}, "no ghost holds the IP"
+    await eventually(lambda: h.op.views.pod("db", "web-0") is not None)
+    assert h.op.views.ip_holders(("10.0.0.1",)) == {"10.0.0.1": "new"}
+    assert h.op.views.ip_holders(("10.0.0.1",), except_uid="new") == {}, "no ghost holds the IP"
     assert queued(h) == [("db-0", "safety-net")]
 
 
@@ -259,13 +252,13 @@ async def test_a_statefulset_pod_recreated_in_a_gap_is_a_deletion_then_an_additi
     h, _watchers, router = running
     pods = router.kubes[POD_PATH]
     pods.put(sts_pod("db-0", "10.0.0.1", uid="first"))
-    await asyncio.wait_for(h.rt.views.synced.wait(), 2)
+    await asyncio.wait_for(h.op.views.synced.wait(), 2)
 
     pods.put_silently(sts_pod("db-0", "10.0.0.5", uid="second"))
 
     await eventually(lambda: queued(h) == [("db-0", "safety-net")])
     assert h.safety_net._heap[0].pod.uid == "first"
-    assert h.rt.views.ip_holders(("10.0.0.1", "10.0.0.5")) == {"10.0.0.5": "second"}
+    assert h.op.views.ip_holders(("10.0.0.1", "10.0.0.5")) == {"10.0.0.5": "second"}
 
 
 async def test_only_this_installations_records_are_cached(running: tuple[Harness, Watchers, Router]) -> None:
@@ -274,16 +267,16 @@ async def test_only_this_installations_records_are_cached(running: tuple[Harness
     records.put(record_obj("10.0.0.1", "mine-default"))  # no label: the default installation
     records.put(record_obj("10.0.0.2", "theirs", reservation="tenant-b"))
     records.put(record_obj("10.0.0.3", "mine", reservation="capo-reserved-ips"))
-    await asyncio.wait_for(h.rt.views.synced.wait(), 2)
-    h.rt.leading = True
+    await asyncio.wait_for(h.op.views.synced.wait(), 2)
+    h.op.leadership.leading = True
 
-    assert {r.ip for r in h.rt.views.records()} == {"10.0.0.1", "10.0.0.3"}
-    assert "theirs" not in h.rt.reserved_uids
+    assert {r.ip for r in h.op.views.records()} == {"10.0.0.1", "10.0.0.3"}
+    assert "theirs" not in h.op.reserved_uids
     records.delete("10.0.0.2")
     records.delete("10.0.0.3")
-    await eventually(lambda: h.rt.views.record("10.0.0.3") is None)
-    assert h.rt.manual_releases == {"10.0.0.3"}
-    assert watchers.records.stats.skipped == 0, "another installation's records are no error"
+    await eventually(lambda: h.op.views.record("10.0.0.3") is None)
+    assert h.op.manual_releases == {"10.0.0.3"}
+    assert watchers.caches.records.stats.skipped == 0, "another installation's records are no error"
 
 
 async def test_a_record_being_deleted_is_cached_with_its_finalizers(
@@ -293,18 +286,18 @@ async def test_a_record_being_deleted_is_cached_with_its_finalizers(
     router.kubes[RECORD_PATH].put(
         record_obj("10.0.0.1", "u", finalizers=["capo.io/release"], deletionTimestamp="2026-01-01T00:00:00Z")
     )
-    await asyncio.wait_for(h.rt.views.synced.wait(), 2)
-    record = h.rt.views.record("10.0.0.1")
+    await asyncio.wait_for(h.op.views.synced.wait(), 2)
+    record = h.op.views.record("10.0.0.1")
     assert record is not None and record.deleting and record.finalizers == ("capo.io/release",)
 
 
 async def test_informer_statistics_are_exposed_as_metrics(running: tuple[Harness, Watchers, Router]) -> None:
     h, watchers, router = running
-    h.metrics.watch_informers(watchers.stats)
+    # The composition root registered the informers' statistics with the metrics.
     router.kubes[POD_PATH].put(sts_pod("db-0", "10.0.0.1"))
-    await asyncio.wait_for(h.rt.views.synced.wait(), 2)
+    await asyncio.wait_for(h.op.views.synced.wait(), 2)
     router.kubes[POD_PATH].delete_silently("db/db-0")
-    await eventually(lambda: watchers.pods.stats.expired == 1)
+    await eventually(lambda: watchers.caches.pods.stats.expired == 1)
 
     text = generate_latest(h.metrics.registry).decode()
     assert 'capo_informer_objects{resource="namespaces"} 2.0' in text

@@ -24,8 +24,8 @@ from prometheus_client.registry import Collector
 from capo_operator import __version__
 
 if TYPE_CHECKING:
-    from capo_operator.kube.informer import InformerStats
-    from capo_operator.kube.records import Record
+    from capo_operator.decisions.record import Record
+    from capo_operator.kube.caches import InformerState
 
 RELEASE_REASONS = ("expired", "cap", "manual", "owner-deleted", "namespace-deleted")
 TRIGGERS = ("delete", "eviction", "kubelet-eviction", "terminated", "safety-net", "recovered", "imported")
@@ -130,14 +130,6 @@ class RecordsCollector(Collector):
         )
         omitted.add_sample("capo_reserved_ip_info_omitted", {}, float(len(records) - n_shown))
         yield omitted
-
-
-@dataclass(frozen=True)
-class InformerState:
-    resource: str
-    objects: int
-    synced: bool
-    stats: InformerStats
 
 
 # InformerStats field -> (exposed counter name without _total, help).

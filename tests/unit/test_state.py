@@ -1,15 +1,15 @@
-"""The per-process state: recently reserved pod UIDs, the views over the informer caches, readiness."""
+"""The shared live state: recently reserved pod UIDs; the views over the informer caches; readiness."""
 
 from __future__ import annotations
 
-import copy
 import types
 
 import pytest
-from fakes import make_harness, make_ns, make_pod, make_record
+from fakes import NoTransport, make_harness, make_ns, make_pod, make_record
 
-from capo_operator import runtime
-from capo_operator.runtime import RecentUIDs, Views
+from capo_operator.flows import state
+from capo_operator.flows.state import RecentUIDs
+from capo_operator.kube.caches import Caches
 
 
 class FakeTime:
@@ -23,7 +23,7 @@ class FakeTime:
 @pytest.fixture
 def fake_time(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
     clock = FakeTime()
-    monkeypatch.setattr(runtime, "time", types.SimpleNamespace(monotonic=clock.monotonic))
+    monkeypatch.setattr(state, "time", types.SimpleNamespace(monotonic=clock.monotonic))
     return clock
 
 
@@ -76,8 +76,8 @@ def test_recent_uids_discard_and_non_strings() -> None:
 # -- Views ------------------------------------------------------------------------------------
 
 
-def test_views_before_attach_are_empty_and_not_synced() -> None:
-    views = Views()
+def test_views_before_the_first_list_are_empty_and_not_synced() -> None:
+    views = Caches(NoTransport(), reservation="capo-reserved-ips").views
     assert not views.synced.is_set()
     assert views.pod("db", "db-0") is None
     assert views.namespace("db") is None
@@ -92,7 +92,7 @@ def test_views_read_the_live_indices() -> None:
     other = h.add_pod(make_pod(name="db-1", uid="u1", ips=("10.0.0.2",)))
     ns = h.add_ns(make_ns("db"))
     rec = h.add_record(make_record("10.0.0.9"))
-    views = h.rt.views
+    views = h.op.views
 
     assert views.synced.is_set()
     assert views.pod("db", "db-0") == pod
@@ -115,7 +115,7 @@ def test_views_read_the_live_indices() -> None:
 def test_ip_holders_leave_out_the_pod_itself() -> None:
     h = make_harness()
     h.add_pod(make_pod(uid="u0", ips=("10.0.0.1",)))
-    views = h.rt.views
+    views = h.op.views
 
     assert views.ip_holders(("10.0.0.1",), except_uid="u0") == {}
     assert views.ip_holders(("10.0.0.1", "10.0.0.5")) == {"10.0.0.1": "u0"}
@@ -131,22 +131,17 @@ def test_ip_holders_leave_out_the_pod_itself() -> None:
     assert "u0" not in views.pod_uids() and "newcomer" not in views.pod_uids()
 
 
-# -- Runtime ----------------------------------------------------------------------------------
+# -- readiness --------------------------------------------------------------------------------
 
 
 def test_ready_needs_the_certificate_then_the_caches() -> None:
     h = make_harness(cert_ready=False, attach=False)
-    rt = h.rt
-    assert rt.ready == (False, "the webhook serving certificate is not loaded")
+    readiness = h.op.readiness
+    assert readiness.check() == (False, "the webhook serving certificate is not loaded")
 
-    rt.cert_ready = True
-    ok, why = rt.ready
+    readiness.cert_ready = True
+    ok, why = readiness.check()
     assert not ok and "caches" in why
 
-    rt.views.synced.set()  # all three informers listed
-    assert rt.ready == (True, "ready")
-
-
-def test_a_copy_of_the_runtime_is_the_runtime() -> None:
-    rt = make_harness().rt
-    assert copy.copy(rt) is rt
+    h.op.views.synced.set()  # all three informers listed
+    assert readiness.check() == (True, "ready")
