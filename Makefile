@@ -33,11 +33,12 @@ test-integration: $(STAMP)
 test-real-rehearsal: $(STAMP)
 	$(BIN)/python hack/rehearse_real_cluster.py
 
-## lint: ruff and mypy (strict)
+## lint: ruff, mypy (strict) and the layering contracts (import-linter, pyproject.toml)
 lint: $(STAMP)
 	$(BIN)/ruff check --no-cache .
 	$(BIN)/ruff format --no-cache --check capo_operator kube_emulator capo_testkit bench demo tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 format: $(STAMP)
 	$(BIN)/ruff format capo_operator kube_emulator capo_testkit bench demo tests

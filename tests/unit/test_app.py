@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from fakes import Harness, eventually, make_harness
+from fakes import Harness, eventually, make_harness, make_ns, make_pod, make_record
 
 from capo_operator import app
 from capo_operator.config import Config, LeaderElection, parse_config
@@ -162,3 +163,59 @@ def test_webhook_server_reloads_a_renewed_certificate_in_place(tmp_path: Path) -
 def test_webhook_server_listens_on_every_address_family(tmp_path: Path) -> None:
     settings = app.kopf_settings(Config(), tmp_path / "c", tmp_path / "k")
     assert settings.admission.server.addr in (None, "::")
+
+
+# -- the composition root ---------------------------------------------------------------------
+
+
+async def test_a_reloaded_config_reaches_the_webhook_the_safety_net_and_the_releaser() -> None:
+    # The parts read the one LiveConfig that `assemble` handed them: none keeps a stale copy.
+    h = make_harness(parse_config(GOOD), config_text=GOOD, leading=True)
+    h.add_ns(make_ns("db"))
+    h.op.reloader.offer(GOOD.replace("40m", "2h").replace("300", "1"), "/etc/capo/capo_config.yaml")
+
+    warnings: list[str] = []
+    await h.op.admission.review(make_pod(), operation="delete", dry_run=False, warnings=warnings)
+    await h.op.reserver.follower.flush()
+    assert warnings == [] and h.records.items["10.0.0.1"].hold == timedelta(hours=2)
+
+    evicted = make_pod("db-1", uid="u1", ips=("10.0.0.2",), phase="Failed", reason="Evicted")
+    task = asyncio.create_task(h.op.safety_net.run())
+    h.op.safety_net.pod_terminated(evicted)
+    await eventually(lambda: "10.0.0.2" in h.records.items)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert h.records.items["10.0.0.2"].hold == timedelta(hours=2)
+
+    await h.op.releaser.pass_once()  # ipReserveMaxCount is 1 now: the older hold goes
+    assert set(h.records.items) == {"10.0.0.2"}
+    assert h.sample("capo_releases_total", reason="cap") == 1
+
+
+def leader(h: Harness) -> float | None:
+    return h.metrics.registry.get_sample_value("leader_election_master_status", {"name": "capo"})
+
+
+def test_losing_leadership_drops_the_queued_manual_releases() -> None:
+    h = make_harness()
+    op = h.op
+    op.leadership_changed(True, "capo")
+    assert leader(h) == 1
+    op.watchers.record_deleted(make_record("10.0.0.7"))  # a person deleted the record
+    assert op.manual_releases == {"10.0.0.7"}
+    assert op.releaser.manual_releases is op.manual_releases  # what the leader's pass takes out
+
+    op.leadership_changed(False, "capo")
+    assert op.manual_releases == set() and not op.leadership.leading
+    assert leader(h) == 0
+    op.watchers.record_deleted(make_record("10.0.0.8"))  # a standby queues nothing
+    assert op.manual_releases == set()
+
+
+def test_the_kopf_memo_carries_the_admission_flow_and_the_login_credentials() -> None:
+    h = make_harness()
+    memo = h.op.memo
+    # Kopf hands each handler a shallow copy: it must share the live parts, not snapshot them.
+    copied = copy.copy(memo)
+    assert copied.admission is h.op.admission and copied.credentials is memo.credentials
+    assert copied.admission.config is h.op.config
