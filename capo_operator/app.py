@@ -10,14 +10,13 @@ import hashlib
 import logging
 import signal
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import kopf
-from aiohttp import web
 from kubernetes.aio import client as k8s
 from kubernetes.aio import watch as k8s_watch
 
@@ -323,6 +322,12 @@ class Operator:
             self.manual_releases.clear()
         logger.info("leadership %s", "acquired" if leading else "lost")
 
+    async def flush_records(self) -> None:
+        """Records still on their way get a moment; what is left, the leader adopts from Calico."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.reserver.follower.flush(), 2)
+        self.reserver.follower.stop()
+
 
 def assemble(
     options: Options,
@@ -452,6 +457,154 @@ async def run(
         return 0
 
 
+@dataclass(frozen=True)
+class Connection:
+    """What start-up learned from the API server before anything is assembled."""
+
+    credentials: Credentials
+    api: k8s.ApiClient
+    calico: CalicoStore
+    missing_permissions: list[access.Permission]
+
+
+async def connect(
+    options: Options, config: Config, metrics: Metrics, supervisor: Supervisor, calico: CalicoStore | None
+) -> Connection:
+    """Credentials, the API client, the Calico API group and object, the CRD and the permission
+    check: everything that must hold before the parts are built. The client is closed by the
+    supervisor, whatever happens later."""
+    credentials = Credentials(Source(kubeconfig=options.kubeconfig))
+    try:
+        configuration = await credentials.load()
+    except CredentialsError as exc:
+        raise StartupError(str(exc)) from exc
+    forbidden = access.ForbiddenLog(
+        lambda verb, res: metrics.api_forbidden.labels(verb=verb, resource=res).inc()
+    )
+    api: k8s.ApiClient = access.ObservedApiClient(configuration, forbidden, credentials.relogin)
+    supervisor.on_close(api.close)
+    try:
+        if calico is None:
+            group = await detect_group(api, config.calico_api_group)
+            calico = CalicoStore(api, name=config.ip_reservation_name, group=group)
+            await calico.ensure()
+        await require_records_crd(api)
+    except StartupError:
+        raise
+    except Exception as exc:
+        raise StartupError(f"cannot reach the Calico IPReservation API: {exc}") from exc
+    logger.info(
+        "writing reservations to %s/%s IPReservation %s",
+        calico.group.value,
+        calico.group.version,
+        calico.name,
+    )
+    missing = await check_permissions(api, credentials, options, config, calico.group.value, metrics)
+    return Connection(credentials=credentials, api=api, calico=calico, missing_permissions=missing)
+
+
+class Supervisor:
+    """The process's loops and servers. A loop that ends ends the process (they run for its life);
+    `stop` closes everything in order: our loops first (the elector releases the Lease so a standby
+    takes over at once), then Kopf (which would otherwise wait for them), then the flushes and
+    the listeners, and the API client last."""
+
+    def __init__(self) -> None:
+        self.loops: list[asyncio.Task[Any]] = []
+        self._one_shots: list[asyncio.Task[Any]] = []
+        self._closers: list[Callable[[], Awaitable[object]]] = []
+        self.kopf: asyncio.Task[None] | None = None
+        self.stop_kopf = asyncio.Event()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        self.loops.append(asyncio.create_task(coro, name=name))
+
+    def one_shot(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._one_shots.append(task)
+        return task
+
+    def on_close(self, closer: Callable[[], Awaitable[object]]) -> None:
+        """Run at the end of `stop`, last registered first."""
+        self._closers.append(closer)
+
+    def kopf_alive(self) -> tuple[bool, str]:
+        if self.kopf is not None and self.kopf.done():
+            return False, "the Kopf operator stopped"
+        return True, "ok"
+
+    async def wait(self, shutdown: asyncio.Event) -> int:
+        """Until a signal (0) or a loop's end (1 if it crashed)."""
+        assert self.kopf is not None
+        signalled = self.one_shot(shutdown.wait(), "shutdown-signal")
+        done, _ = await asyncio.wait([self.kopf, signalled, *self.loops], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task in self.loops and not task.cancelled() and task.exception() is not None:
+                logger.error("task %s crashed: %r", task.get_name(), task.exception())
+                return 1
+        if signalled in done:
+            logger.info("stopping on signal")
+        return 0
+
+    async def stop(self) -> None:
+        for task in [*reversed(self.loops), *self._one_shots]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.stop_kopf.set()
+        if self.kopf is not None and not self.kopf.done():
+            try:
+                await asyncio.wait_for(self.kopf, 15)
+            except (asyncio.CancelledError, Exception) as exc:
+                logger.debug("Kopf stopped with %r", exc)
+        for closer in reversed(self._closers):
+            await closer()
+
+
+async def webhook_certificates(
+    options: Options, api: k8s.ApiClient, metrics: Metrics, supervisor: Supervisor
+) -> tuple[Path, Path, BuiltinCertificates | None]:
+    """The serving certificate: the files given, or the built-in one kept in a Secret and renewed."""
+    if options.certs != "builtin":
+        return options.tls_cert_file, options.tls_key_file, None
+    builtin = BuiltinCertificates(
+        api,
+        namespace=options.namespace,
+        secret_name=CERT_SECRET_NAME,
+        service_name=options.webhook_service,
+        webhook_config_name=options.webhook_config_name,
+        cert_dir=options.tls_cert_file.parent,
+        on_expiry=metrics.cert_expiry.set,
+    )
+    await builtin.prepare()
+    supervisor.spawn(builtin.run(), "certificates")
+    return builtin.cert_file, builtin.key_file, builtin
+
+
+def start_leading(
+    op: Operator, options: Options, config: Config, api: k8s.ApiClient, sup: Supervisor
+) -> None:
+    """The releaser runs only while this replica holds the Lease (or always, without election)."""
+    election = config.leader_election
+    lease_name = election.resource_name
+    op.metrics.set_leader(lease_name, False)
+    if not election.leader_elect:
+        op.leadership_changed(True, lease_name)
+        sup.spawn(op.releaser.lead(), "releaser")
+        return
+    elector = LeaseElector(
+        api,
+        namespace=election.resource_namespace or options.namespace,
+        name=lease_name,
+        identity=options.identity,
+        lease_duration=election.lease_duration,
+        renew_deadline=election.renew_deadline,
+        retry_period=election.retry_period,
+        on_change=lambda leading: op.leadership_changed(leading, lease_name),
+    )
+    sup.spawn(elector.run(op.releaser.lead), "leader-election")
+
+
 async def _run(
     options: Options,
     config: Config,
@@ -462,48 +615,16 @@ async def _run(
     records: RecordStore | None = None,
 ) -> int:
     metrics = Metrics()
-    credentials = Credentials(Source(kubeconfig=options.kubeconfig))
-    try:
-        configuration = await credentials.load()
-    except CredentialsError as exc:
-        raise StartupError(str(exc)) from exc
-    forbidden = access.ForbiddenLog(
-        lambda verb, res: metrics.api_forbidden.labels(verb=verb, resource=res).inc()
-    )
-    api: k8s.ApiClient = access.ObservedApiClient(configuration, forbidden, credentials.relogin)
-    tasks: list[asyncio.Task[Any]] = []  # loops that run for the process's life: one ending is fatal
-    one_shots: list[asyncio.Task[Any]] = []
-    runners: list[web.AppRunner] = []
-    events: EventRecorder | None = None
-    op: Operator | None = None
-    operator_task: asyncio.Task[None] | None = None
-    stop_kopf = asyncio.Event()
+    sup = Supervisor()
     noise = KopfShutdownNoise()
     handlers = list(logging.getLogger().handlers)
     for handler in handlers:
         handler.addFilter(noise)
     try:
-        try:
-            if calico is None:
-                group = await detect_group(api, config.calico_api_group)
-                calico = CalicoStore(api, name=config.ip_reservation_name, group=group)
-                await calico.ensure()
-            await require_records_crd(api)
-        except StartupError:
-            raise
-        except Exception as exc:
-            raise StartupError(f"cannot reach the Calico IPReservation API: {exc}") from exc
-        logger.info(
-            "writing reservations to %s/%s IPReservation %s",
-            calico.group.value,
-            calico.group.version,
-            calico.name,
-        )
-
-        missing_permissions = await check_permissions(
-            api, credentials, options, config, calico.group.value, metrics
-        )
+        conn = await connect(options, config, metrics, sup, calico)
+        api = conn.api
         events = EventRecorder(api, host=options.identity, on_drop=metrics.events_dropped.inc)
+        sup.on_close(events.drain)  # after the records' flush below: they may post Events
         try:
             config_text = options.config_path.read_text()
         except OSError:
@@ -512,37 +633,20 @@ async def _run(
             options,
             config,
             api=api,
-            credentials=credentials,
-            calico=calico,
-            records=records or RecordStore(api, reservation=calico.name),
+            credentials=conn.credentials,
+            calico=conn.calico,
+            records=records or RecordStore(api, reservation=conn.calico.name),
             events=events,
             metrics=metrics,
-            caches=Caches(KubeTransport(api), reservation=calico.name),
+            caches=Caches(KubeTransport(api), reservation=conn.calico.name),
             ledger=Ledger(api, namespace=options.namespace, name=LEDGER_NAME),
             config_text=config_text,
         )
+        sup.on_close(op.flush_records)
         readiness = op.readiness
-        readiness.missing_permissions = missing_permissions
+        readiness.missing_permissions = conn.missing_permissions
 
-        def spawn(coro: Coroutine[Any, Any, Any], name: str) -> None:
-            tasks.append(asyncio.create_task(coro, name=name))
-
-        cert_file, key_file = options.tls_cert_file, options.tls_key_file
-        builtin = None
-        if options.certs == "builtin":
-            builtin = BuiltinCertificates(
-                api,
-                namespace=options.namespace,
-                secret_name=CERT_SECRET_NAME,
-                service_name=options.webhook_service,
-                webhook_config_name=options.webhook_config_name,
-                cert_dir=cert_file.parent,
-                on_expiry=metrics.cert_expiry.set,
-            )
-            await builtin.prepare()
-            cert_file, key_file = builtin.cert_file, builtin.key_file
-            spawn(builtin.run(), "certificates")
-
+        cert_file, key_file, builtin = await webhook_certificates(options, api, metrics, sup)
         settings = kopf_settings(config, cert_file, key_file)
         webhook_server = settings.admission.server
 
@@ -558,94 +662,41 @@ async def _run(
                 return False, "the webhook server is not listening yet"
             return ok, why
 
-        def alive() -> tuple[bool, str]:
-            if operator_task is not None and operator_task.done():
-                return False, "the Kopf operator stopped"
-            return True, "ok"
-
-        runners.append(await probes.serve(probes.probes_app(ready, alive), config.health_probe_bind_address))
-        runners.append(await probes.serve(probes.metrics_app(metrics.registry), config.metrics_bind_address))
-        spawn(events.run(), "events")
-        spawn(credentials.run(), "credentials")
-        spawn(op.caches.run(), "informers")
-        spawn(op.safety_net.run(), "safety-net")
-        spawn(watch_config_file(op.reloader, options.config_path), "config-file")
+        for app, address in (
+            (probes.probes_app(ready, sup.kopf_alive), config.health_probe_bind_address),
+            (probes.metrics_app(metrics.registry), config.metrics_bind_address),
+        ):
+            sup.on_close((await probes.serve(app, address)).cleanup)
+        sup.spawn(events.run(), "events")
+        sup.spawn(conn.credentials.run(), "credentials")
+        sup.spawn(op.caches.run(), "informers")
+        sup.spawn(op.safety_net.run(), "safety-net")
+        sup.spawn(watch_config_file(op.reloader, options.config_path), "config-file")
         if options.config_map:
             key = options.config_path.name
-            spawn(
+            sup.spawn(
                 watch_config_map(op.reloader, api, options.namespace, options.config_map, key), "config-map"
             )
-
-        election = config.leader_election
-        lease_name = election.resource_name
-        metrics.set_leader(lease_name, False)
-        if election.leader_elect:
-            elector = LeaseElector(
-                api,
-                namespace=election.resource_namespace or options.namespace,
-                name=lease_name,
-                identity=options.identity,
-                lease_duration=election.lease_duration,
-                renew_deadline=election.renew_deadline,
-                retry_period=election.retry_period,
-                on_change=lambda leading: op.leadership_changed(leading, lease_name),
-            )
-            spawn(elector.run(op.releaser.lead), "leader-election")
-        else:
-            op.leadership_changed(True, lease_name)
-            spawn(op.releaser.lead(), "releaser")
+        start_leading(op, options, config, api, sup)
 
         kopf_started = asyncio.Event()  # Kopf raises it after its start-up (and its signal handlers)
-        operator_task = asyncio.create_task(
+        sup.kopf = asyncio.create_task(
             kopf.operator(
                 registry=kopf.get_default_registry(),
                 settings=settings,
                 memo=op.memo,
                 standalone=True,
                 clusterwide=True,
-                stop_flag=stop_kopf,
+                stop_flag=sup.stop_kopf,
                 ready_flag=kopf_started,
             ),
             name="kopf",
         )
-        one_shots.append(
-            asyncio.create_task(take_over_signals(shutdown_requested, kopf_started), name="signals")
-        )
-        shutdown = asyncio.create_task(shutdown_requested.wait(), name="shutdown-signal")
-        one_shots.append(shutdown)
+        sup.one_shot(take_over_signals(shutdown_requested, kopf_started), "signals")
         serving.set()
-        done, _ = await asyncio.wait([operator_task, shutdown, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task in tasks and not task.cancelled() and task.exception() is not None:
-                logger.error("task %s crashed: %r", task.get_name(), task.exception())
-                return 1
-        if shutdown in done:
-            logger.info("stopping on signal")
-        return 0
+        return await sup.wait(shutdown_requested)
     finally:
         noise.stopping = True
-        # Our loops go first (the elector releases the Lease so a standby takes over at once),
-        # then Kopf, which would otherwise wait for them.
-        for task in [*reversed(tasks), *one_shots]:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        stop_kopf.set()
-        if operator_task is not None and not operator_task.done():
-            try:
-                await asyncio.wait_for(operator_task, 15)
-            except (asyncio.CancelledError, Exception) as exc:
-                logger.debug("Kopf stopped with %r", exc)
-        if op is not None:
-            # Records still on their way get a moment; what is left, the leader adopts from Calico.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(op.reserver.follower.flush(), 2)
-            op.reserver.follower.stop()
-        if events is not None:
-            with contextlib.suppress(Exception):
-                await events.drain()
-        for runner in runners:
-            await runner.cleanup()
-        await api.close()
+        await sup.stop()
         for handler in handlers:
             handler.removeFilter(noise)
