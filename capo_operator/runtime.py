@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING
 
 from capo_operator.config import Config
 from capo_operator.decisions.policy import NamespaceFacts, PodFacts
-from capo_operator.kube import POD_INDEXERS, POD_IP_INDEX, RECORD_INDEXERS, UID_INDEX, Store
+from capo_operator.kube import (
+    POD_INDEXERS,
+    POD_IP_INDEX,
+    RECORD_INDEXERS,
+    RECORD_POD_UID_INDEX,
+    UID_INDEX,
+    Store,
+)
 from capo_operator.kube.records import Record
 from capo_operator.serving.metrics import Metrics
 
@@ -56,11 +63,33 @@ class Views:
         self._namespaces: Store[NamespaceFacts] = Store()
         self._records: Store[Record] = Store(RECORD_INDEXERS)
         self.synced = asyncio.Event()
+        self._pod_listeners: list[Callable[[PodFacts | None, PodFacts | None], None]] = []
 
     def attach(
         self, *, pods: Store[PodFacts], namespaces: Store[NamespaceFacts], records: Store[Record]
     ) -> None:
         self._pods, self._namespaces, self._records = pods, namespaces, records
+        for listener in self._pod_listeners:
+            pods.listen(listener)
+
+    def on_pod_change(self, listener: Callable[[PodFacts | None, PodFacts | None], None]) -> None:
+        """`listener(old, new)` after every change of the pod cache (see Store.listen)."""
+        self._pod_listeners.append(listener)
+        self._pods.listen(listener)
+
+    def records_generation(self) -> tuple[int, int]:
+        """Changes whenever a record changes."""
+        return (id(self._records), self._records.version)
+
+    def namespaces_generation(self) -> tuple[int, int]:
+        return (id(self._namespaces), self._namespaces.version)
+
+    def has_record_for(self, pod_uid: str) -> bool:
+        """A record refers to this pod (O(1): the records' pod-uid index)."""
+        return pod_uid in self._records.index_keys(RECORD_POD_UID_INDEX)
+
+    def pods_with_uid(self, uid: str) -> list[PodFacts]:
+        return self._pods.by_index(UID_INDEX, uid)
 
     def pod(self, namespace: str, name: str) -> PodFacts | None:
         return self._pods.get_by_name(namespace, name)
