@@ -169,11 +169,24 @@ class Drift:
     invalid_in_calico: frozenset[str] = field(default_factory=frozenset)
 
 
-def drift(calico_ips: Collection[str], record_ips: Collection[str], releasing: Collection[str] = ()) -> Drift:
+def drift(
+    calico_ips: Collection[str],
+    record_ips: Collection[str],
+    releasing: Collection[str] = (),
+    *,
+    canonical: bool = False,
+) -> Drift:
     """Compare the Calico object with the records. IPs in `releasing` (a release in flight: removed from
     Calico, record not yet deleted) are not "missing": the release will finish (invariant 3).
     Nor are they "without record" (a manual release deletes the record first): they are in flight.
-    Entries may be bare IPs or host CIDRs; the result holds canonical bare IPs."""
+    Entries may be bare IPs or host CIDRs; the result holds canonical bare IPs. With `canonical`,
+    every input is a canonical bare IP already (a Snapshot's `ips`, records' `ip`): compared as is."""
+    if canonical:
+        calico_set, records_set, flight = set(calico_ips), set(record_ips), set(releasing)
+        return Drift(
+            missing_in_calico=frozenset(records_set - calico_set - flight),
+            without_record=frozenset(calico_set - records_set - flight),
+        )
     calico: set[str] = set()
     invalid: set[str] = set()
     for entry in calico_ips:

@@ -393,9 +393,9 @@ class Releaser:
 
         namespaces = rt.views.namespace_names()
         gone_namespaces = {
-            r.pod.namespace
-            for r in records.values()
-            if r.pod is not None and (r.pod.namespace not in namespaces or _terminating(rt, r.pod.namespace))
+            ns
+            for ns in {r.pod.namespace for r in records.values() if r.pod is not None}
+            if ns not in namespaces or _terminating(rt, ns)
         }
         holding = self._holding_uids(records.values())
         # Records deleted by a person (our finalizer keeps them until their IP has left Calico).
@@ -442,6 +442,8 @@ class Releaser:
         """The cached records, less those this leader has finished releasing while the cache still
         shows them (its watch lags behind our own deletions): acting on one again would take the IP
         of a fresh record of the same name out of Calico."""
+        if not self._finished:
+            return {record.name: record for record in self.rt.views.records()}
         records: dict[str, Record] = {}
         still_shown: dict[str, str | None] = {}
         for record in self.rt.views.records():
@@ -468,14 +470,14 @@ class Releaser:
         live_ips = {r.ip for name, r in records.items() if name not in releasing and name not in deleted}
         in_flight = p.manual | {records[n].ip for n in releasing} | {r.ip for r in deleted.values()}
         if cached is not None:
-            drift = planner.drift(cached.ips, live_ips, releasing=in_flight)
+            drift = planner.drift(cached.ips, live_ips, releasing=in_flight, canonical=True)
             if drift.missing_in_calico or drift.without_record - p.removed:
                 snapshot = await self._step("read the IPReservation", rt.calico.read(), None)
             else:
                 snapshot = cached
         if snapshot is None:
             return
-        drift = planner.drift(snapshot.ips, live_ips, releasing=in_flight)
+        drift = planner.drift(snapshot.ips, live_ips, releasing=in_flight, canonical=True)
         if drift.missing_in_calico:
             logger.warning(
                 "re-adding %s to Calico: their records exist but the entries were missing",
@@ -714,6 +716,8 @@ class Releaser:
         """Remove, in one write, the pending annotations whose record exists (or whose IP is no
         longer reserved): they are only needed until then, and the object's annotations are bounded.
         Only housekeeping: a failure is retried next pass."""
+        if not snapshot.pending and not snapshot.pending_invalid:
+            return
         reserved = {record_name(ip) for ip in snapshot.ips}
         keys = [
             key
