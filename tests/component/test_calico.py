@@ -453,4 +453,3 @@ async def test_the_watched_copy_follows_the_object_and_only_it(cluster: Cluster,
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
