@@ -464,3 +464,34 @@ def test_a_clock_started_now_is_due_one_hold_later() -> None:
     record = rec("10.0.0.1", expires_in=None, pod_uid="gone", hold=timedelta(minutes=40))
     result = plan([record], now=NOW, max_count=10, alive_pod_uids=())
     assert result.next_deadline == NOW + timedelta(minutes=40)
+
+
+def applied(records: list[RecordView], result: Plan) -> list[RecordView]:
+    """The records as they are once a plan's writes are done (releases gone, clocks changed)."""
+    released = {r.name for r in result.releases}
+    changes = {c.name: c for c in result.clock_changes}
+    out = []
+    for record in records:
+        if record.name in released:
+            continue
+        change = changes.get(record.name)
+        if change is not None:
+            record = dataclasses.replace(record, reserved_at=change.reserved_at, expires_at=change.expires_at)
+        out.append(record)
+    return out
+
+
+@PROPERTY
+@given(scenarios, st.integers(1, 4000), st.sampled_from([DEFAULT_GRACE, timedelta(seconds=10)]))
+def test_nothing_changes_before_the_next_deadline(scenario: Scenario, later_s: int, grace: timedelta) -> None:
+    """What lets a pass skip planning: with the same inputs, planning again at any moment before
+    `next_deadline` gives nothing to do. The deadline is in the future (no busy planning); it may
+    be early (a grace that ends with nothing to stop), never late."""
+    records, kwargs = scenario
+    first = plan(records, grace=grace, **kwargs)  # type: ignore[arg-type]
+    after = applied(records, first)
+    later = NOW + timedelta(seconds=later_s)
+    again = plan(after, grace=grace, **{**kwargs, "now": later})  # type: ignore[arg-type]
+    if first.next_deadline is None or later < first.next_deadline:
+        assert (again.releases, again.clock_changes) == ((), ())
+    assert first.next_deadline is None or first.next_deadline > NOW
