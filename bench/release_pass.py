@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import statistics
 import sys
@@ -142,14 +143,32 @@ def one_record_changed(pods: int, records: int) -> dict[str, Any]:
 
 
 def unrelated_churn(pods: int, records: int, churn: int = 1_000) -> dict[str, Any]:
+    """`churn` pods that no record refers to change (an annotation) between two passes. Also the
+    releaser's share of each pod event (its pod-cache listener), from the same changes applied
+    with and without it."""
     h, r, _ = build(pods, records, 0)
     asyncio.run(steady(h, r))
-    for i in range(churn):
-        pod = make_pod(f"redis-{i}", f"ns-{i % NAMESPACES}", uid=f"u{i}", ips=(pod_ip(i),), labels={"x": "1"})
-        h.add_pod(pod)
+
+    def change(tag: str) -> float:
+        t0 = time.process_time()
+        for i in range(churn):
+            pod = h.rt.views.pod(f"ns-{i % NAMESPACES}", f"redis-{i}")
+            assert pod is not None
+            h.add_pod(dataclasses.replace(pod, annotations={"bench": tag}))
+        return time.process_time() - t0
+
+    with_listener = change("1")
     seconds = cpu(r.pass_once())
-    # The ledger follows the pods (it lists the selected ones); the plan does not run.
-    return {"cpu_ms": seconds * 1000, "api_calls": len(h.journal), "ops": sorted(set(h.journal.ops()))}
+    calls = sorted(set(h.journal.ops()))
+    listeners, h.pods._listeners = h.pods._listeners, []
+    without = change("2")
+    h.pods._listeners = listeners
+    return {
+        "cpu_ms": seconds * 1000,
+        "api_calls": len(h.journal),
+        "ops": calls,
+        "listener_us_per_event": max(0.0, (with_listener - without) / churn * 1e6),
+    }
 
 
 def expiries(pods: int, records: int, due: int) -> dict[str, Any]:
@@ -192,6 +211,7 @@ def measure(pods: int = 20_000, records: int = 10_000, due: int = 1_000, runs: i
         "unrelated_churn_pods": 1_000,
         "unrelated_churn_cpu_ms": round(statistics.median(x["cpu_ms"] for x in churn), 1),
         "unrelated_churn_calls": churn[0]["ops"],
+        "listener_us_per_pod_event": round(statistics.median(x["listener_us_per_event"] for x in churn), 2),
         "expiries": due,
         "expiries_released": min(x["released"] for x in busy),
         "expiries_wall_ms": round(statistics.median(x["wall_ms"] for x in busy), 1),
@@ -229,6 +249,7 @@ def table(report: dict[str, Any]) -> str:
     lines.append(
         f"leader idle CPU from passes every {PERIOD_S:g} s: {r['leader_idle_cpu_pct_from_passes']} %"
     )
+    lines.append(f"the releaser's share of one pod event (its listener): {r['listener_us_per_pod_event']} us")
     return "\n".join(lines)
 
 

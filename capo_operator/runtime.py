@@ -81,6 +81,10 @@ class Views:
         """Changes whenever a record changes."""
         return (id(self._records), self._records.version)
 
+    def pod_cache_id(self) -> int:
+        """Changes when another pod store is attached (what was derived pod by pod is stale)."""
+        return id(self._pods)
+
     def namespaces_generation(self) -> tuple[int, int]:
         return (id(self._namespaces), self._namespaces.version)
 

@@ -157,8 +157,8 @@ class Releaser:
         self._reported_malformed: set[str] = set()
         self._ledger_saved: dict[str, LedgerEntry] | None = None
         self._ledger_pending: dict[str, LedgerEntry] = {}
-        # What is derived from every pod is rebuilt only when a pod or namespace (or the config)
-        # changed: at 20,000 pods that was most of a pass's CPU with nothing to do.
+        # The ledger's entries (the selected live pods' IPs): rebuilt from every pod only when the
+        # pod cache, the namespaces or the config changed; otherwise kept in step pod by pod.
         self._selected_key: tuple[object, ...] | None = None
         self._selected: dict[str, LedgerEntry] = {}
         # Work proportional to change (decisions/schedule.py): each step remembers what it saw.
@@ -209,27 +209,43 @@ class Releaser:
     # -- the ledger -------------------------------------------------------------------------
 
     def _selected_entries(self) -> dict[str, LedgerEntry]:
-        cfg = self.rt.config
         out: dict[str, LedgerEntry] = {}
         for pod in self.rt.views.pods():
-            if pod.terminal or pod.host_network or not pod.ips or not policy.selected(pod, cfg):
-                continue
-            ns = self.rt.views.namespace(pod.namespace)
-            if ns is None or not ns.enabled:
-                continue
-            for ip in pod.ips:
-                out[ip] = LedgerEntry(
-                    ip=ip,
-                    namespace=pod.namespace,
-                    name=pod.name,
-                    uid=pod.uid,
-                    node=pod.node,
-                    owner_kind=pod.owner.kind if pod.owner else None,
-                    owner_name=pod.owner.name if pod.owner else None,
-                    owner_uid=pod.owner.uid if pod.owner else None,
-                    reserve_time=_reserve_time(pod),
-                )
+            self._select(pod, out)
         return out
+
+    def _select(self, pod: PodFacts, into: dict[str, LedgerEntry]) -> None:
+        """Put a selected live pod's IPs into the ledger's entries `into`."""
+        if pod.terminal or pod.host_network or not pod.ips or not policy.selected(pod, self.rt.config):
+            return
+        ns = self.rt.views.namespace(pod.namespace)
+        if ns is None or not ns.enabled:
+            return
+        for ip in pod.ips:
+            into[ip] = LedgerEntry(
+                ip=ip,
+                namespace=pod.namespace,
+                name=pod.name,
+                uid=pod.uid,
+                node=pod.node,
+                owner_kind=pod.owner.kind if pod.owner else None,
+                owner_name=pod.owner.name if pod.owner else None,
+                owner_uid=pod.owner.uid if pod.owner else None,
+                reserve_time=_reserve_time(pod),
+            )
+
+    def _reselect(self, old: PodFacts | None, new: PodFacts | None) -> None:
+        """Keep the ledger's entries in step with one pod's change (a full rebuild is O(pods)):
+        valid until the namespaces or the config change, which rebuild them (`_save_ledger`)."""
+        if self._selected_key is None:
+            return
+        if old is not None:
+            for ip in old.ips:
+                entry = self._selected.get(ip)
+                if entry is not None and entry.uid == old.uid:
+                    del self._selected[ip]
+        if new is not None:
+            self._select(new, self._selected)
 
     async def recover_from_ledger(self) -> None:
         """Reserve the IPs of selected pods that vanished while no replica was watching."""
@@ -301,11 +317,12 @@ class Releaser:
         )
 
     async def _save_ledger(self) -> None:
-        key = (self.rt.views.generation(), self.rt.config)
+        views = self.rt.views
+        key = (views.pod_cache_id(), views.namespaces_generation(), self.rt.config)
         if key != self._selected_key:
             self._selected, self._selected_key = self._selected_entries(), key
         entries = dict(self._selected)
-        recorded = {r.ip for r in self.rt.views.records()}
+        recorded = {r.ip for r in views.records()} if self._ledger_pending else set()
         for ip, entry in list(self._ledger_pending.items()):
             if ip in recorded or ip in entries:
                 del self._ledger_pending[ip]
@@ -360,10 +377,12 @@ class Releaser:
 
     def _pod_changed(self, old: PodFacts | None, new: PodFacts | None) -> None:
         """Every change of the pod cache (synchronous, in the informer's task): only a pod that a
-        record refers to can change a plan (its record's clock stops or starts)."""
+        record refers to can change a plan (its record's clock stops or starts); the ledger's
+        entries follow the pod."""
         pod = new if new is not None else old
         if pod is not None and self.rt.views.has_record_for(pod.uid):
             self._record_pods += 1
+        self._reselect(old, new)
 
     async def _gone_owners(self, enabled: bool) -> frozenset[str]:
         """The owners found deleted, checked only every OWNER_CHECK_PERIOD and only for the records

@@ -1217,3 +1217,28 @@ async def test_a_new_leadership_term_plans_and_reads_again(h: Harness) -> None:
 
     assert "calico.read" in api_calls(h)  # another leader may have changed anything meanwhile
     assert r._cache is None
+
+
+async def test_the_ledger_follows_pod_changes_as_a_full_rebuild_would(h: Harness) -> None:
+    h.add_ns(make_ns("off", enabled=False))
+    ledger = FakeLedger()
+    r = leading(h, ledger=ledger)
+    pods = [h.add_pod(make_pod(name=f"db-{i}", uid=f"u{i}", ips=(f"10.0.2.{i}",))) for i in range(6)]
+    await r.pass_once()
+    assert set(ledger.entries) == {f"10.0.2.{i}" for i in range(6)}
+
+    h.remove_pod(pods[0])  # gone
+    h.add_pod(dataclasses.replace(pods[1], phase="Failed"))  # terminal: its IP is free
+    h.add_pod(dataclasses.replace(pods[2], ips=("10.0.2.20",)))  # another IP
+    h.add_pod(dataclasses.replace(pods[3], annotations={"capo.io/reserve-time": "3h"}))
+    h.add_pod(make_pod(name="web-0", namespace="off", uid="w0", ips=("10.0.3.1",)))  # not selected
+    h.add_pod(make_pod(name="db-9", uid="u9", ips=("10.0.2.9",)))  # new
+    await r.pass_once()
+
+    assert ledger.entries == r._selected_entries()  # what a rebuild from every pod gives
+    assert set(ledger.entries) == {"10.0.2.20", "10.0.2.3", "10.0.2.4", "10.0.2.5", "10.0.2.9"}
+    assert ledger.entries["10.0.2.3"].reserve_time == "3h"
+
+    h.add_ns(make_ns("db", enabled=False))  # the namespace leaves: rebuilt whole
+    await r.pass_once()
+    assert ledger.entries == {}
