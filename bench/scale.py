@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -210,51 +209,11 @@ async def measure_operator(
 # -- the release pass, in-process ---------------------------------------------------------------
 
 
-def release_pass(
-    pods: int = 20_000, records: int = 10_000, due: int = 1_000, runs: int = 5
-) -> dict[str, Any]:
-    """CPU time of `Releaser.pass_once` with in-memory stores (no I/O): nothing due, then `due`
-    expiries. Also counts the store calls a pass with nothing due makes."""
-    from fakes import NOW, FakeLedger, make_harness, make_ns, make_pod, make_record  # type: ignore[import-not-found]
+def release_pass(runs: int = 5) -> dict[str, Any]:
+    """The release pass in-process (bench/release_pass.py): nothing due, 1,000 expiries."""
+    import release_pass as bench_release_pass
 
-    from capo_operator.config import Config
-    from capo_operator.decisions.record import PodRef
-    from capo_operator.flows.releaser import Releaser
-
-    def build(expired: int) -> tuple[Any, Releaser]:
-        h = make_harness(Config(ip_reserve_max_count=1_000_000), leading=True)
-        for n in range(NAMESPACES):
-            h.add_ns(make_ns(f"ns-{n}", enabled=n < ENABLED))
-        for i in range(pods):
-            h.add_pod(make_pod(f"redis-{i}", f"ns-{i % NAMESPACES}", uid=f"u{i}", ips=(str(POOL[i + 1]),)))
-        for i in range(records):
-            ip = record_ip(i)
-            gone = PodRef("ns-0", f"gone-{i}", f"gone-uid-{i}", "n1")
-            expires = timedelta(minutes=-1) if i < expired else timedelta(minutes=30)
-            h.add_record(make_record(ip, pod=gone, expires_in=expires))
-        return h, h.releaser(FakeLedger(), clock=lambda: NOW)
-
-    async def timed(expired: int) -> tuple[float, int]:
-        h, releaser = build(expired)
-        await releaser.pass_once()  # the first pass: finalizers, ledger
-        if expired:
-            h, releaser = build(expired)
-            await releaser._save_ledger()  # the same state as a steady leader
-        h.journal.clear()
-        t0 = time.process_time()
-        await releaser.pass_once()
-        return time.process_time() - t0, len(h.journal)
-
-    idle = [asyncio.run(timed(0)) for _ in range(runs)]
-    busy = [asyncio.run(timed(due)) for _ in range(max(1, runs // 2))]
-    return {
-        "pods": pods,
-        "records": records,
-        "nothing_due_ms": round(statistics.median(t for t, _ in idle) * 1000, 1),
-        "nothing_due_store_calls": idle[0][1],
-        "expiries": due,
-        "expiries_ms": round(statistics.median(t for t, _ in busy) * 1000, 1),
-    }
+    return bench_release_pass.measure(runs=runs)
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -274,14 +233,15 @@ def table(report: dict[str, Any]) -> str:
     lines = [" | ".join(title for _, title in cols), " | ".join("---" for _ in cols)]
     for row in report["operator"]:
         lines.append(" | ".join(str(row[key]) for key, _ in cols))
-    rp = report["release_pass"]
     lines.append("")
-    lines.append(
-        f"release pass at {rp['pods']} pods / {rp['records']} records: nothing due "
-        f"{rp['nothing_due_ms']} ms CPU ({rp['nothing_due_store_calls']} store calls), "
-        f"{rp['expiries']} expiries {rp['expiries_ms']} ms CPU"
-    )
+    lines.append(bench_release_pass_table(report["release_pass"]))
     return "\n".join(lines)
+
+
+def bench_release_pass_table(rp: dict[str, Any]) -> str:
+    import release_pass as bench_release_pass
+
+    return bench_release_pass.table(rp)
 
 
 async def run_sizes(sizes: list[int], idle: float, work: Path) -> list[dict[str, Any]]:

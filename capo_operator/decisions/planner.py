@@ -49,6 +49,9 @@ class ClockChange:
 class Plan:
     releases: tuple[Release, ...]
     clock_changes: tuple[ClockChange, ...]
+    # The earliest moment at which the same inputs give another plan (a running clock expires, a
+    # pod's grace ends); None: never, until an input changes. Until then a pass has nothing to do.
+    next_deadline: datetime | None = None
 
 
 def plan(
@@ -81,6 +84,8 @@ def plan(
     Cap order uses the reserved_at in force after this pass (a clock started now counts as the
     newest); `held` is measured from the record's original reserved_at (how long its IP was held).
     Releases come in record order (reserved_at, name), cap releases last; clock changes by name.
+    `next_deadline`: the earliest expiry among the records kept with a running clock (or the end
+    of a live pod's grace), so that the caller plans again only then or when an input changed.
     """
     alive = set(alive_pod_uids)
     gone_ns = set(gone_namespaces)
@@ -90,6 +95,7 @@ def plan(
     releases: list[Release] = []
     changes: dict[str, ClockChange] = {}
     kept: list[tuple[datetime, str, RecordView]] = []  # (effective reserved_at, name, record)
+    deadlines: dict[str, datetime] = {}  # of the kept records, by name
     for record in ordered:
         pod_alive = record.pod_uid is not None and record.pod_uid in alive
         if pod_alive and now - record.reserved_at > grace:
@@ -98,6 +104,8 @@ def plan(
                 changes[record.name] = ClockChange(record.name, record.reserved_at, None, record.hold)
             kept.append((record.reserved_at, record.name, record))
             continue
+        if pod_alive:  # within grace: the next pass after it ends stops the clock
+            deadlines[record.name] = record.reserved_at + grace + _TICK
         reserved_at, expires_at = record.reserved_at, record.expires_at
         if expires_at is None and not pod_alive:
             reserved_at, expires_at = now, now + record.hold
@@ -116,6 +124,8 @@ def plan(
             changes.pop(record.name, None)
         else:
             kept.append((reserved_at, record.name, record))
+            if expires_at is not None and not pod_alive:
+                deadlines[record.name] = min(expires_at, deadlines.get(record.name, expires_at))
 
     excess = len(kept) - max(max_count, 0)
     if excess > 0:
@@ -123,7 +133,16 @@ def plan(
         for _, name, record in kept[:excess]:
             releases.append(Release(name, record.ip, "cap", now - record.reserved_at))
             changes.pop(name, None)
-    return Plan(tuple(releases), tuple(changes[name] for name in sorted(changes)))
+            deadlines.pop(name, None)
+    return Plan(
+        tuple(releases),
+        tuple(changes[name] for name in sorted(changes)),
+        min(deadlines.values(), default=None),
+    )
+
+
+# "Strictly after": a pod's grace ends once `now - reserved_at > grace`.
+_TICK = timedelta(microseconds=1)
 
 
 def retime(records: Collection[RecordView], *, new: timedelta, policy: str) -> tuple[ClockChange, ...]:
@@ -150,11 +169,24 @@ class Drift:
     invalid_in_calico: frozenset[str] = field(default_factory=frozenset)
 
 
-def drift(calico_ips: Collection[str], record_ips: Collection[str], releasing: Collection[str] = ()) -> Drift:
+def drift(
+    calico_ips: Collection[str],
+    record_ips: Collection[str],
+    releasing: Collection[str] = (),
+    *,
+    canonical: bool = False,
+) -> Drift:
     """Compare the Calico object with the records. IPs in `releasing` (a release in flight: removed from
     Calico, record not yet deleted) are not "missing": the release will finish (invariant 3).
     Nor are they "without record" (a manual release deletes the record first): they are in flight.
-    Entries may be bare IPs or host CIDRs; the result holds canonical bare IPs."""
+    Entries may be bare IPs or host CIDRs; the result holds canonical bare IPs. With `canonical`,
+    every input is a canonical bare IP already (a Snapshot's `ips`, records' `ip`): compared as is."""
+    if canonical:
+        calico_set, records_set, flight = set(calico_ips), set(record_ips), set(releasing)
+        return Drift(
+            missing_in_calico=frozenset(records_set - calico_set - flight),
+            without_record=frozenset(calico_set - records_set - flight),
+        )
     calico: set[str] = set()
     invalid: set[str] = set()
     for entry in calico_ips:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -107,6 +107,11 @@ class Record:
     resource_version: str | None = None
     finalizers: tuple[str, ...] = (FINALIZER,)  # records made before finalizers existed have none
     deleting: bool = False  # metadata.deletionTimestamp is set: release now (reason manual)
+    # metadata.uid: which object of this name it is. Writes that act on a decision taken from a
+    # cached view carry it as a precondition, so that a record deleted and made again under the
+    # same name (the IP reserved anew) is never released by a decision about the old one.
+    # Identity, not content: left out of equality (a record written and read back is equal).
+    uid: str | None = field(default=None, compare=False)
 
     @functools.cached_property
     def name(self) -> str:
@@ -226,6 +231,7 @@ class Record:
             resource_version=metadata.get("resourceVersion"),
             finalizers=tuple(finalizers),
             deleting=bool(metadata.get("deletionTimestamp")),
+            uid=metadata.get("uid") or None,
         )
 
     def without_finalizer(self) -> list[str]:

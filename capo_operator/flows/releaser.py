@@ -4,10 +4,11 @@ Calico object and the records in agreement (DESIGN invariants 1-4); keep the led
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -20,9 +21,10 @@ from capo_operator.decisions.addresses import record_name
 from capo_operator.decisions.durations import format_duration
 from capo_operator.decisions.policy import Owner, PodFacts
 from capo_operator.decisions.record import DEFAULT_POLICY_PREFIX, FINALIZER, KIND, Record
+from capo_operator.decisions.schedule import Gate
 from capo_operator.flows.reserver import Reserver
 from capo_operator.kube.caches import Views
-from capo_operator.kube.calico import CalicoStore, Snapshot
+from capo_operator.kube.calico import CalicoStore, ReservationCache, Snapshot
 from capo_operator.kube.events import EventRecorder, ObjectRef
 from capo_operator.kube.ledger import Ledger, LedgerEntry, reconcile
 from capo_operator.kube.records import RecordStore
@@ -31,6 +33,9 @@ from capo_operator.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 OWNER_CHECK_PERIOD = 30.0
+# The watched copy of the IPReservation is trusted this long; then the object is read once more
+# (a cheap guard against a watch that silently stopped delivering).
+CALICO_REREAD_PERIOD = timedelta(minutes=5)
 # An owner must be missing in two checks this far apart: a delete-and-recreate (helm, kubectl
 # replace) is not a deliberate deletion of the cluster.
 OWNER_GONE_CONFIRM = timedelta(seconds=60)
@@ -50,6 +55,18 @@ def holding_uids(pods: Iterable[PodFacts]) -> set[str]:
     """Pods still using their IP: present and not Failed/Succeeded. A terminating pod still runs
     (long grace period, partitioned node), so its hold has not begun (DESIGN invariant 4)."""
     return {pod.uid for pod in pods if not pod.terminal}
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """What one plan-and-release step saw and did, for the reconciliation after it."""
+
+    records: dict[str, Record]
+    releasing: dict[str, str]  # name -> reason: marked records, their release in flight
+    deleted: dict[str, Record]  # deleted by a person, not finished yet
+    manual: set[str]  # IPs whose records were deleted while this replica led
+    removed: frozenset[str]  # IPs taken out of Calico by this pass
+    next_deadline: datetime | None
 
 
 def _name(item: object) -> str:
@@ -85,6 +102,10 @@ class OwnerChecker:
         self._missing_since: dict[_OwnerKey, datetime] = {}
         self._last_check = 0.0
         self._gone: frozenset[str] = frozenset()
+
+    def due(self) -> bool:
+        """A check is due (every OWNER_CHECK_PERIOD)."""
+        return time.monotonic() - self._last_check >= OWNER_CHECK_PERIOD
 
     async def gone_owner_uids(self, records: Iterable[Record]) -> frozenset[str]:
         if time.monotonic() - self._last_check < OWNER_CHECK_PERIOD:
@@ -160,16 +181,37 @@ class Releaser:
         self._reported_malformed: set[str] = set()
         self._ledger_saved: dict[str, LedgerEntry] | None = None
         self._ledger_pending: dict[str, LedgerEntry] = {}
-        # What is derived from every pod is rebuilt only when a pod or namespace (or the config)
-        # changed: at 20,000 pods that was most of a pass's CPU with nothing to do.
+        # The ledger's entries (the selected live pods' IPs): rebuilt from every pod only when the
+        # pod cache, the namespaces or the config changed; otherwise kept in step pod by pod.
         self._selected_key: tuple[object, ...] | None = None
         self._selected: dict[str, LedgerEntry] = {}
-        self._holding_key: tuple[object, ...] | None = None
-        self._holding: set[str] = set()
+        # Work proportional to change (decisions/schedule.py): each step remembers what it saw.
+        self._plan_gate = Gate()
+        self._reconcile_gate = Gate()
+        self._reread_gate = Gate()  # a read of the object now and then, whatever the watch says
+        self._ledger_gate = Gate()
+        self._record_pods = 0  # bumped by every change of a pod that a record refers to
+        views.on_pod_change(self._pod_changed)
+        self._gone: frozenset[str] = frozenset()
+        self._finished: dict[str, str | None] = {}  # record name -> uid this leader released
+        self._cache: ReservationCache | None = None  # the watched IPReservation, while leading
 
     async def lead(self) -> None:
         """Runs while this process leads; cancelled at once when leadership is lost."""
         await self.views.synced.wait()
+        for gate in (self._plan_gate, self._reconcile_gate, self._reread_gate, self._ledger_gate):
+            gate.reset()  # another leader may have changed anything meanwhile
+        self._cache = self.calico.cache()
+        watch = asyncio.create_task(self._cache.run(), name="ipreservation-watch")
+        try:
+            await self._lead()
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watch
+            self._cache = None
+
+    async def _lead(self) -> None:
         try:
             await self.recover_from_ledger()
         except Exception:
@@ -191,26 +233,43 @@ class Releaser:
     # -- the ledger -------------------------------------------------------------------------
 
     def _selected_entries(self) -> dict[str, LedgerEntry]:
-        cfg = self.config.current
         out: dict[str, LedgerEntry] = {}
         for pod in self.views.pods():
-            if pod.terminal or pod.host_network or not pod.ips or not policy.selected(pod, cfg):
-                continue
-            ns = self.views.namespace(pod.namespace)
-            if ns is None or not ns.enabled:
-                continue
-            for ip in pod.ips:
-                out[ip] = LedgerEntry(
-                    ip=ip,
-                    namespace=pod.namespace,
-                    name=pod.name,
-                    uid=pod.uid,
-                    node=pod.node,
-                    owner_kind=pod.owner.kind if pod.owner else None,
-                    owner_name=pod.owner.name if pod.owner else None,
-                    owner_uid=pod.owner.uid if pod.owner else None,
-                )
+            self._select(pod, out)
         return out
+
+    def _select(self, pod: PodFacts, into: dict[str, LedgerEntry]) -> None:
+        """Put a selected live pod's IPs into the ledger's entries `into`."""
+        if pod.terminal or pod.host_network or not pod.ips or not policy.selected(pod, self.config.current):
+            return
+        ns = self.views.namespace(pod.namespace)
+        if ns is None or not ns.enabled:
+            return
+        for ip in pod.ips:
+            into[ip] = LedgerEntry(
+                ip=ip,
+                namespace=pod.namespace,
+                name=pod.name,
+                uid=pod.uid,
+                node=pod.node,
+                owner_kind=pod.owner.kind if pod.owner else None,
+                owner_name=pod.owner.name if pod.owner else None,
+                owner_uid=pod.owner.uid if pod.owner else None,
+                reserve_time=_reserve_time(pod),
+            )
+
+    def _reselect(self, old: PodFacts | None, new: PodFacts | None) -> None:
+        """Keep the ledger's entries in step with one pod's change (a full rebuild is O(pods)):
+        valid until the namespaces or the config change, which rebuild them (`_save_ledger`)."""
+        if self._selected_key is None:
+            return
+        if old is not None:
+            for ip in old.ips:
+                entry = self._selected.get(ip)
+                if entry is not None and entry.uid == old.uid:
+                    del self._selected[ip]
+        if new is not None:
+            self._select(new, self._selected)
 
     async def recover_from_ledger(self) -> None:
         """Reserve the IPs of selected pods that vanished while no replica was watching."""
@@ -273,18 +332,21 @@ class Releaser:
                 self.metrics.safety_net_catches.labels(trigger=trigger).inc(len(done.created))
         self._ledger_saved = dict(saved)
 
-    def _holding_uids(self) -> set[str]:
-        key = self.views.generation()
-        if key != self._holding_key:
-            self._holding, self._holding_key = holding_uids(self.views.pods()), key
-        return self._holding
+    def _holding_uids(self, records: Iterable[Record]) -> set[str]:
+        """Of the pods that records refer to, those still using their IP (by uid: O(records), not
+        O(pods))."""
+        views = self.views
+        return holding_uids(
+            pod for r in records if r.pod is not None and r.pod.uid for pod in views.pods_with_uid(r.pod.uid)
+        )
 
     async def _save_ledger(self) -> None:
-        key = (self.views.generation(), self.config.current)
+        views = self.views
+        key = (views.pod_cache_id(), views.namespaces_generation(), self.config.current)
         if key != self._selected_key:
             self._selected, self._selected_key = self._selected_entries(), key
         entries = dict(self._selected)
-        recorded = {r.ip for r in self.views.records()}
+        recorded = {r.ip for r in views.records()} if self._ledger_pending else set()
         for ip, entry in list(self._ledger_pending.items()):
             if ip in recorded or ip in entries:
                 del self._ledger_pending[ip]
@@ -297,25 +359,88 @@ class Releaser:
     # -- one pass ---------------------------------------------------------------------------
 
     async def pass_once(self) -> int:
-        """One pass; returns how many steps failed. Every record's work is isolated: a failed
-        write is logged and counted, the record is retried next pass, and the others go on
-        (concurrently, at most MAX_CONCURRENT_WRITES at a time)."""
-        cfg, now = self.config.current, self.clock()
+        """One pass; returns how many steps failed. Each step runs only when it is due (see
+        decisions/schedule.py): the plan when the records, the namespaces, the pods that records
+        refer to, the config or the owners found gone changed, or its next expiry has come; the
+        Calico reconciliation when the IPReservation or the records changed; the ledger when the
+        pods changed. So a pass with nothing due makes no API call and costs a few comparisons.
+        Every record's work is isolated: a failed write is logged and counted, the record is
+        retried next pass, and the others go on (concurrently, at most MAX_CONCURRENT_WRITES)."""
+        cfg, now, views = self.config.current, self.clock(), self.views
         self._failures = 0
-        records = {r.name: r for r in self.views.records()}
+        gone_owners = await self._gone_owners(cfg.release_on_owner_deletion)
+        records_gen = views.records_generation()
+        plan_inputs = (records_gen, views.namespaces_generation(), self._record_pods, cfg, gone_owners)
+        planned: _Planned | None = None
+        if self.manual_releases or self._plan_gate.due(plan_inputs, now):
+            failures = self._failures
+            planned = await self._plan_and_release(now, gone_owners)
+            self._plan_gate.ran(plan_inputs, ok=self._failures == failures, deadline=planned.next_deadline)
+
+        cache = self._cache
+        cache_version = cache.version if cache is not None and cache.synced.is_set() else None
+        reconcile_inputs = (cache_version, records_gen)
+        # Without a synced watch (not yet, or not allowed by RBAC) the object is read every pass.
+        if (
+            planned is not None
+            or cache_version is None
+            or self._orphan_passes
+            or self._reread_gate.due(None, now)
+            or self._reconcile_gate.due(reconcile_inputs, now)
+        ):
+            failures = self._failures
+            await self._reconcile(now, planned or self._current(), reread=self._reread_gate.due(None, now))
+            self._reconcile_gate.ran(reconcile_inputs, ok=self._failures == failures)
+
+        ledger_inputs = (views.generation(), cfg, records_gen)
+        if self._ledger_pending or self._ledger_gate.due(ledger_inputs, now):
+            failures = self._failures
+            await self._step("save the ledger", self._save_ledger(), None)
+            self._ledger_gate.ran(ledger_inputs, ok=self._failures == failures)
+        return self._failures
+
+    def _pod_changed(self, old: PodFacts | None, new: PodFacts | None) -> None:
+        """Every change of the pod cache (synchronous, in the informer's task): only a pod that a
+        record refers to can change a plan (its record's clock stops or starts); the ledger's
+        entries follow the pod."""
+        pod = new if new is not None else old
+        if pod is not None and self.views.has_record_for(pod.uid):
+            self._record_pods += 1
+        self._reselect(old, new)
+
+    async def _gone_owners(self, enabled: bool) -> frozenset[str]:
+        """The owners found deleted, checked only every OWNER_CHECK_PERIOD and only for the records
+        whose pod is gone: the only ones an owner's deletion releases (one GET per distinct owner
+        of those; none when there are none)."""
+        if not enabled:
+            self._gone = frozenset()
+        elif self.owners.due():
+            records = [r for r in self.views.records() if r.pod is not None and r.owner is not None]
+            holding = self._holding_uids(records)
+            candidates = [r for r in records if r.pod is not None and r.pod.uid not in holding]
+            self._gone = await self._step("owner check", self.owners.gone_owner_uids(candidates), self._gone)
+        return self._gone
+
+    def _current(self) -> _Planned:
+        """What the reconciliation needs when no plan ran this pass: the records as cached."""
+        records = self._fresh_records()
+        releasing = {n: r.releasing for n, r in records.items() if r.releasing is not None}
+        deleted = {n: r for n, r in records.items() if r.deleting and r.releasing is None}
+        return _Planned(records, releasing, deleted, set(self.manual_releases), frozenset(), None)
+
+    async def _plan_and_release(self, now: datetime, gone_owners: frozenset[str]) -> _Planned:
+        cfg = self.config.current
+        records = self._fresh_records()
         records, unsettled = await self._retime(records, cfg.ip_reserve_time)
         await self._add_finalizers(records.values())
 
         namespaces = self.views.namespace_names()
         gone_namespaces = {
-            r.pod.namespace
-            for r in records.values()
-            if r.pod is not None
-            and (r.pod.namespace not in namespaces or _terminating(self.views, r.pod.namespace))
+            ns
+            for ns in {r.pod.namespace for r in records.values() if r.pod is not None}
+            if ns not in namespaces or _terminating(self.views, ns)
         }
-        gone_owners: Collection[str] = ()
-        if cfg.release_on_owner_deletion:
-            gone_owners = await self._step("owner check", self.owners.gone_owner_uids(records.values()), ())
+        holding = self._holding_uids(records.values())
         # Records deleted by a person (our finalizer keeps them until their IP has left Calico).
         deleted = {n: r for n, r in records.items() if r.deleting and r.releasing is None}
         the_plan = planner.plan(
@@ -326,7 +451,7 @@ class Releaser:
             ],
             now=now,
             max_count=cfg.ip_reserve_max_count,
-            alive_pod_uids=self._holding_uids(),
+            alive_pod_uids=holding,
             gone_namespaces=gone_namespaces,
             gone_owner_uids=gone_owners,
         )
@@ -341,8 +466,12 @@ class Releaser:
         releasing = {r.name: r.releasing for r in records.values() if r.releasing is not None}
         marked = await self._each(
             the_plan.releases,
+            # With the uid: a decision about this record never marks another of the same name.
             lambda rel: self.records.mark_releasing(
-                rel.name, rel.reason, finalizers=records[rel.name].without_finalizer()
+                rel.name,
+                rel.reason,
+                finalizers=records[rel.name].without_finalizer(),
+                uid=records[rel.name].uid,
             ),
             "mark for release",
         )
@@ -350,28 +479,62 @@ class Releaser:
         releasing.update((rel.name, rel.reason) for rel in marked)
         manual = set(self.manual_releases)
         removed = await self._release(records, releasing, deleted, manual, now)
+        return _Planned(records, releasing, deleted, manual, removed, the_plan.next_deadline)
 
-        snapshot = await self._step("read the IPReservation", self.calico.read(), None)
-        if snapshot is not None:
-            live_ips = {r.ip for name, r in records.items() if name not in releasing and name not in deleted}
-            in_flight = manual | {records[n].ip for n in releasing} | {r.ip for r in deleted.values()}
-            drift = planner.drift(snapshot.ips, live_ips, releasing=in_flight)
-            if drift.missing_in_calico:
-                logger.warning(
-                    "re-adding %s to Calico: their records exist but the entries were missing",
-                    ",".join(sorted(drift.missing_in_calico)),
-                )
-                await self._step(
-                    "re-add to the IPReservation",
-                    self._count_calico_error("append", self.calico.append(sorted(drift.missing_in_calico))),
-                    None,
-                )
-            await self._adopt(drift.without_record - removed, now, snapshot)
-            await self._step("clear pending record details", self._clear_pending(snapshot, records), None)
-            # After adoption: the cleaning rewrite also turns bare IPs into host CIDRs.
-            await self._step("remove malformed entries", self._clean(snapshot.malformed), None)
-        await self._step("save the ledger", self._save_ledger(), None)
-        return self._failures
+    def _fresh_records(self) -> dict[str, Record]:
+        """The cached records, less those this leader has finished releasing while the cache still
+        shows them (its watch lags behind our own deletions): acting on one again would take the IP
+        of a fresh record of the same name out of Calico."""
+        if not self._finished:
+            return {record.name: record for record in self.views.records()}
+        records: dict[str, Record] = {}
+        still_shown: dict[str, str | None] = {}
+        for record in self.views.records():
+            if record.uid is not None and self._finished.get(record.name) == record.uid:
+                still_shown[record.name] = record.uid
+                continue
+            records[record.name] = record
+        self._finished = still_shown  # bounded: only what the cache still shows
+        return records
+
+    async def _reconcile(self, now: datetime, p: _Planned, *, reread: bool) -> None:
+        """Invariants 1 and 2 between the IPReservation and the records: re-add missing entries,
+        adopt entries without a record, clear pending details, remove malformed entries. From the
+        watched copy of the object when there is one (no read); a decision to write because of it
+        is confirmed with a read first, since the copy lags behind the writes."""
+        cache = self._cache
+        snapshot: Snapshot | None = None
+        cached = cache.snapshot() if cache is not None and not reread else None
+        if cached is None:
+            snapshot = await self._step("read the IPReservation", self.calico.read(), None)
+            if snapshot is not None:
+                self._reread_gate.ran(None, ok=True, deadline=now + CALICO_REREAD_PERIOD)
+        records, releasing, deleted = p.records, p.releasing, p.deleted
+        live_ips = {r.ip for name, r in records.items() if name not in releasing and name not in deleted}
+        in_flight = p.manual | {records[n].ip for n in releasing} | {r.ip for r in deleted.values()}
+        if cached is not None:
+            drift = planner.drift(cached.ips, live_ips, releasing=in_flight, canonical=True)
+            if drift.missing_in_calico or drift.without_record - p.removed:
+                snapshot = await self._step("read the IPReservation", self.calico.read(), None)
+            else:
+                snapshot = cached
+        if snapshot is None:
+            return
+        drift = planner.drift(snapshot.ips, live_ips, releasing=in_flight, canonical=True)
+        if drift.missing_in_calico:
+            logger.warning(
+                "re-adding %s to Calico: their records exist but the entries were missing",
+                ",".join(sorted(drift.missing_in_calico)),
+            )
+            await self._step(
+                "re-add to the IPReservation",
+                self._count_calico_error("append", self.calico.append(sorted(drift.missing_in_calico))),
+                None,
+            )
+        await self._adopt(drift.without_record - p.removed, now, snapshot)
+        await self._step("clear pending record details", self._clear_pending(snapshot, records), None)
+        # After adoption: the cleaning rewrite also turns bare IPs into host CIDRs.
+        await self._step("remove malformed entries", self._clean(snapshot.malformed), None)
 
     async def _step(self, what: str, coro: Awaitable[T], fallback: T) -> T:
         """One step of the pass whose failure must not stop the others."""
@@ -481,11 +644,16 @@ class Releaser:
 
         async def finish(name: str) -> None:
             # The view may lag behind our own deletions: count only the deletion that happened.
-            if await self.records.delete(name):
-                self._count_release(records[name], releasing[name], now)
+            # The uid: a fresh record of the same name made since stays.
+            record = records[name]
+            if await self.records.delete(name, uid=record.uid):
+                self._count_release(record, releasing[name], now)
+            self._finished[name] = record.uid
 
         async def finish_manual(record: Record) -> None:
-            if await self.records.finish_manual(record.name, finalizers=record.without_finalizer()):
+            if await self.records.finish_manual(
+                record.name, finalizers=record.without_finalizer(), uid=record.uid
+            ):
                 self._count_release(record, "manual", now)
 
         await self._each(releasing, finish, "delete the released record")
@@ -589,6 +757,8 @@ class Releaser:
         """Remove, in one write, the pending annotations whose record exists (or whose IP is no
         longer reserved): they are only needed until then, and the object's annotations are bounded.
         Only housekeeping: a failure is retried next pass."""
+        if not snapshot.pending and not snapshot.pending_invalid:
+            return
         reserved = {record_name(ip) for ip in snapshot.ips}
         keys = [
             key
@@ -604,17 +774,28 @@ def _terminating(views: Views, namespace: str) -> bool:
     return ns is None or ns.terminating
 
 
+# Longer values are not durations (policy.hold_for would refuse them and use ipReserveTime, as it
+# does when none is kept): the ledger does not grow with a pathological annotation.
+MAX_KEPT_RESERVE_TIME = 64
+
+
+def _reserve_time(pod: PodFacts) -> str | None:
+    value = pod.annotations.get(policy.RESERVE_TIME_ANNOTATION)
+    return value if value is not None and len(value) <= MAX_KEPT_RESERVE_TIME else None
+
+
 def _facts_from_entry(entry: LedgerEntry) -> PodFacts:
     owner = None
     if entry.owner_kind and entry.owner_name and entry.owner_uid:
         owner = Owner(api_version="", kind=entry.owner_kind, name=entry.owner_name, uid=entry.owner_uid)
+    annotations = {} if entry.reserve_time is None else {policy.RESERVE_TIME_ANNOTATION: entry.reserve_time}
     return PodFacts(
         namespace=entry.namespace,
         name=entry.name,
         uid=entry.uid,
         node=entry.node,
         labels={},
-        annotations={},
+        annotations=annotations,
         ips=(entry.ip,),
         host_network=False,
         phase=None,

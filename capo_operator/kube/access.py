@@ -77,6 +77,9 @@ def required(n: Names) -> list[Permission]:
             "get", cg, "ipreservations", "reading the reserved IPs", name=n.ip_reservation, critical=True
         ),
         Permission("update", cg, "ipreservations", "releasing IPs", name=n.ip_reservation, critical=True),
+        # Without these the leader reads the object every pass instead of watching it.
+        Permission("list", cg, "ipreservations", "the IPReservation cache", name=n.ip_reservation),
+        Permission("watch", cg, "ipreservations", "the IPReservation cache", name=n.ip_reservation),
         Permission("list", "capo.io", "reservedips", "the record cache", critical=True),
         Permission("watch", "capo.io", "reservedips", "the record cache", critical=True),
         Permission("create", "capo.io", "reservedips", "one record per reserved IP", critical=True),

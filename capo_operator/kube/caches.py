@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from capo_operator.decisions.policy import NamespaceFacts, PodFacts
 from capo_operator.decisions.record import Record
 from capo_operator.kube import (
     POD_IP_INDEX,
+    RECORD_POD_UID_INDEX,
     UID_INDEX,
     Informer,
     InformerStats,
@@ -59,6 +60,28 @@ class Views:
     ) -> None:
         self._pods, self._namespaces, self._records = pods, namespaces, records
         self.synced = synced
+
+    def on_pod_change(self, listener: Callable[[PodFacts | None, PodFacts | None], None]) -> None:
+        """`listener(old, new)` after every change of the pod cache (see Store.listen)."""
+        self._pods.listen(listener)
+
+    def records_generation(self) -> tuple[int, int]:
+        """Changes whenever a record changes."""
+        return (id(self._records), self._records.version)
+
+    def pod_cache_id(self) -> int:
+        """Changes when another pod store is used (what was derived pod by pod is stale)."""
+        return id(self._pods)
+
+    def namespaces_generation(self) -> tuple[int, int]:
+        return (id(self._namespaces), self._namespaces.version)
+
+    def has_record_for(self, pod_uid: str) -> bool:
+        """A record refers to this pod (O(1): the records' pod-uid index)."""
+        return pod_uid in self._records.index_keys(RECORD_POD_UID_INDEX)
+
+    def pods_with_uid(self, uid: str) -> list[PodFacts]:
+        return self._pods.by_index(UID_INDEX, uid)
 
     def pod(self, namespace: str, name: str) -> PodFacts | None:
         return self._pods.get_by_name(namespace, name)

@@ -23,11 +23,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
+import msgspec
 from kubernetes.aio import client as k8s
 
 from capo_operator.decisions import pending
 from capo_operator.decisions.addresses import AddressError, host_cidr, ip_of, parse_calico_entry
 from capo_operator.decisions.record import Record
+from capo_operator.kube.informer import Informer
+from capo_operator.kube.models import Kind, ObjectMeta
+from capo_operator.kube.transport import KubeTransport, Transport
 
 logger = logging.getLogger(__name__)
 
@@ -447,18 +451,81 @@ class CalicoStore:
         """The object's entries; an absent object reads as empty."""
         obj = await self._get()
         if obj is None:
-            return Snapshot(ips=frozenset(), malformed=(), resource_version=None)
-        parsed = _parse(_entries(obj))
-        records, invalid = pending.read((obj.get("metadata") or {}).get("annotations"))
-        return Snapshot(
-            ips=frozenset(parsed.ips),
-            malformed=tuple(parsed.malformed),
-            resource_version=(obj.get("metadata") or {}).get("resourceVersion"),
-            networks=tuple(parsed.networks),
-            bare=parsed.bare,
-            pending=records,
-            pending_invalid=invalid,
+            return EMPTY
+        metadata = obj.get("metadata") or {}
+        return snapshot_of(_entries(obj), metadata.get("annotations"), metadata.get("resourceVersion"))
+
+    def cache(self, **options: Any) -> ReservationCache:
+        """A watch on this one object (see ReservationCache); `run()` it while it is needed."""
+        return ReservationCache(KubeTransport(self.api), self.group, self.name, **options)
+
+
+EMPTY = Snapshot(ips=frozenset(), malformed=(), resource_version=None)
+
+
+def snapshot_of(entries: Any, annotations: Any, resource_version: str | None) -> Snapshot:
+    """What the object says: its `spec.reservedCIDRs` as read, its annotations (pending records)."""
+    parsed = _parse(entries)
+    records, invalid = pending.read(annotations if isinstance(annotations, Mapping) else None)
+    return Snapshot(
+        ips=frozenset(parsed.ips),
+        malformed=tuple(parsed.malformed),
+        resource_version=resource_version or None,
+        networks=tuple(parsed.networks),
+        bare=parsed.bare,
+        pending=records,
+        pending_invalid=invalid,
+    )
+
+
+class ReservationItem(msgspec.Struct, frozen=True):
+    metadata: ObjectMeta = ObjectMeta()
+    spec: Any = None  # read as `_parse` reads a GET's body: anything unexpected is malformed
+
+
+def reservation_kind(group: CalicoGroup) -> Kind[Snapshot]:
+    """The IPReservation as an informer kind: each version of the object becomes a Snapshot."""
+
+    def convert(item: ReservationItem) -> Snapshot:
+        entries = item.spec.get("reservedCIDRs") if isinstance(item.spec, dict) else None
+        return snapshot_of(entries, item.metadata.annotations, item.metadata.resourceVersion)
+
+    return Kind(group.value, group.version, PLURAL, False, ReservationItem, convert)
+
+
+class ReservationCache:
+    """The one IPReservation as a watch sees it: an informer (paginated list, watch with
+    bookmarks, relist on 410, resync) narrowed to the object by `fieldSelector=metadata.name=X`,
+    which RBAC's `resourceNames` authorizes for list and watch. It lets the leader skip reading the
+    object when nothing changed: `version` moves with every change seen.
+
+    The view lags behind the writes of this process (and everyone else's) by a watch event, so a
+    decision that would write because of what it shows (a missing entry, an entry without a
+    record) is confirmed with a read first."""
+
+    def __init__(self, transport: Transport, group: CalicoGroup, name: str, **options: Any) -> None:
+        self.name = name
+        self.informer: Informer[Snapshot] = Informer(
+            transport, reservation_kind(group), field_selector=f"metadata.name={name}", **options
         )
+
+    @property
+    def synced(self) -> asyncio.Event:
+        return self.informer.synced
+
+    @property
+    def version(self) -> int:
+        """Moves whenever the cached object changed (or appeared, or went)."""
+        return self.informer.store.version
+
+    def snapshot(self) -> Snapshot | None:
+        """The object as last seen (an absent object reads as empty); None before the first list."""
+        if not self.informer.synced.is_set():
+            return None
+        return self.informer.store.get(self.name) or EMPTY
+
+    async def run(self) -> None:
+        await self.informer.run()
 
 
 def host_cidrs(ips: Iterable[str]) -> list[str]:

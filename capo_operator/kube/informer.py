@@ -70,6 +70,19 @@ class Store(Generic[T]):
         self._indices: dict[str, dict[str, str | set[str]]] = {name: {} for name in self._indexers}
         # Bumped by every change: readers cache what they derive from the store until it moves.
         self.version = 0
+        self._listeners: list[Callable[[T | None, T | None], None]] = []
+
+    def listen(self, listener: Callable[[T | None, T | None], None]) -> None:
+        """Call `listener(old, new)` after every change (None: absent before/after), synchronously
+        in the writer's task: for readers that must know *which* objects changed, cheaply."""
+        self._listeners.append(listener)
+
+    def _changed(self, old: T | None, new: T | None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(old, new)
+            except Exception:
+                logger.exception("store listener %r failed", listener)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -137,6 +150,8 @@ class Store(Generic[T]):
                 self._unindex(values, value, key)
             for value in after - before:
                 self._index(values, value, key)
+        if self._listeners:
+            self._changed(old, obj)
         return old
 
     def _remove(self, key: str) -> T | None:
@@ -147,6 +162,8 @@ class Store(Generic[T]):
         for index, values in self._indices.items():
             for value in self._index_values_of(index, entry[2]):
                 self._unindex(values, value, key)
+        if self._listeners:
+            self._changed(entry[2], None)
         return entry[2]
 
     @staticmethod
@@ -232,6 +249,7 @@ class Informer(Generic[T]):
         resync_period: float | None = 600.0,
         watch_timeout: float = 300.0,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         backoff: Backoff | None = None,
         max_list_restarts: int = 3,
     ) -> None:
@@ -249,6 +267,7 @@ class Informer(Generic[T]):
         self.resync_period = resync_period
         self.watch_timeout = watch_timeout
         self.label_selector = label_selector
+        self.field_selector = field_selector
         self.backoff = backoff or Backoff()
         self.max_list_restarts = max_list_restarts
         self.stats = InformerStats()
@@ -321,7 +340,10 @@ class Informer(Generic[T]):
                 await asyncio.sleep(delay)
 
     def _params(self) -> dict[str, str]:
-        return {"labelSelector": self.label_selector} if self.label_selector else {}
+        params = {"labelSelector": self.label_selector} if self.label_selector else {}
+        if self.field_selector:
+            params["fieldSelector"] = self.field_selector
+        return params
 
     async def _list(self) -> None:
         """One complete, consistent LIST (all pages at one resourceVersion), then the diff."""

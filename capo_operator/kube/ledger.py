@@ -75,6 +75,9 @@ class LedgerEntry:
     owner_kind: str | None = None
     owner_name: str | None = None
     owner_uid: str | None = None
+    # The pod's capo.io/reserve-time annotation as written (None: none): a pod that vanishes while
+    # no replica watches gets the hold the webhook would have given it.
+    reserve_time: str | None = None
 
     def to_json(self) -> dict[str, str]:
         fields = {
@@ -85,6 +88,7 @@ class LedgerEntry:
             "ok": self.owner_kind,
             "on": self.owner_name,
             "ou": self.owner_uid,
+            "rt": self.reserve_time,
         }
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -111,6 +115,7 @@ class LedgerEntry:
             owner_kind=text("ok"),
             owner_name=text("on"),
             owner_uid=text("ou"),
+            reserve_time=text("rt"),
         )
 
 
@@ -189,6 +194,9 @@ def legacy_decode(text: str) -> dict[str, LedgerEntry]:
 # -- format 2: shards ------------------------------------------------------------------------
 
 _COLUMNS = ("ns", "pod", "uid", "node", "ok", "on", "ou")
+# Columns added later: written only when a row has a value (so a shard without any is byte-equal to
+# what older versions wrote), read as all-None when absent; older versions ignore them.
+_OPTIONAL_COLUMNS = ("rt",)
 _REQUIRED = frozenset({"ns", "pod", "uid"})
 
 
@@ -209,10 +217,14 @@ def shard_content(entries: Mapping[str, LedgerEntry]) -> bytes:
     rows sorted, so equal entries give equal bytes."""
     pods: dict[tuple[str | None, ...], list[str]] = defaultdict(list)
     for e in entries.values():
-        key = (e.namespace, e.name, e.uid, e.node, e.owner_kind, e.owner_name, e.owner_uid)
+        key = (e.namespace, e.name, e.uid, e.node, e.owner_kind, e.owner_name, e.owner_uid, e.reserve_time)
         pods[key].append(e.ip)
     rows = sorted(pods.items(), key=lambda item: tuple(v or "" for v in item[0]))
-    doc: dict[str, list[Any]] = {column: [key[i] for key, _ in rows] for i, column in enumerate(_COLUMNS)}
+    columns = _COLUMNS + tuple(
+        c for i, c in enumerate(_OPTIONAL_COLUMNS, len(_COLUMNS)) if any(key[i] for key, _ in rows)
+    )
+    every = _COLUMNS + _OPTIONAL_COLUMNS
+    doc: dict[str, list[Any]] = {column: [key[every.index(column)] for key, _ in rows] for column in columns}
     doc["ips"] = [sorted(ips) for _, ips in rows]
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -304,10 +316,12 @@ def decode_shard(meta_text: str, payload: bytes) -> DecodedShard:
     if not isinstance(ips, list):
         raise CorruptShard("column 'ips' is missing")
     columns = {name: _column(doc, name, len(ips)) for name in _COLUMNS}
+    for name in _OPTIONAL_COLUMNS:
+        columns[name] = _column(doc, name, len(ips)) if name in doc else [None] * len(ips)
     entries: dict[str, LedgerEntry] = {}
     try:
         for row, row_ips in enumerate(ips):
-            fields = {name: columns[name][row] for name in _COLUMNS}
+            fields = {name: column[row] for name, column in columns.items()}
             if not isinstance(row_ips, list) or not row_ips:
                 raise ValueError(f"row {row} has no IPs")
             if shards and shard_of(str(fields["uid"]), shards) != shard:

@@ -208,6 +208,7 @@ def record(item: RecordItem) -> Record:
     body = {
         "metadata": {
             "name": meta.name,
+            "uid": meta.uid or None,
             "annotations": meta.annotations or {},
             "resourceVersion": meta.resourceVersion or None,
             # The releaser acts on these: our finalizer, and a person's deletion of the record.

@@ -62,38 +62,38 @@ class RecordStore:
             if exc.status != 404:
                 raise
 
-    async def mark_releasing(self, name: str, reason: str, *, finalizers: Sequence[str] = ()) -> None:
+    async def mark_releasing(
+        self, name: str, reason: str, *, finalizers: Sequence[str] = (), uid: str | None = None
+    ) -> None:
         """Set the releasing annotation and drop our finalizer, in one merge patch; `finalizers` are
         the record's other finalizers, kept (a merge patch replaces the list). Once marked, the
         release is finished by any later pass, so the finalizer has no more work to do.
-        A missing record is not an error."""
-        await self._merge(
-            name,
-            {
-                "metadata": {
-                    "annotations": {RELEASING_ANNOTATION: reason},
-                    "finalizers": list(finalizers) or None,
-                }
-            },
-        )
+        With `uid`, only that object is marked: the patch carries `metadata.uid`, which the API
+        server refuses for another object of the same name (409 or 422, raised: the decision was
+        taken on a stale view). A missing record is not an error."""
+        metadata: dict[str, Any] = {
+            "annotations": {RELEASING_ANNOTATION: reason},
+            "finalizers": list(finalizers) or None,
+        }
+        if uid:
+            metadata["uid"] = uid
+        await self._merge(name, {"metadata": metadata})
 
-    async def finish_manual(self, name: str, *, finalizers: Sequence[str] = ()) -> bool:
+    async def finish_manual(
+        self, name: str, *, finalizers: Sequence[str] = (), uid: str | None = None
+    ) -> bool:
         """A record deleted by a person, whose IP has left Calico: mark it (the records watch then
         knows the release was done) and drop our finalizer, so the pending deletion completes.
-        False when it was already gone."""
+        False when it was already gone. With `uid`: only that object (see mark_releasing)."""
+        metadata: dict[str, Any] = {
+            "annotations": {RELEASING_ANNOTATION: "manual"},
+            "finalizers": list(finalizers) or None,
+        }
+        if uid:
+            metadata["uid"] = uid
         try:
             await self._custom.patch_cluster_custom_object(
-                GROUP,
-                VERSION,
-                PLURAL,
-                name,
-                {
-                    "metadata": {
-                        "annotations": {RELEASING_ANNOTATION: "manual"},
-                        "finalizers": list(finalizers) or None,
-                    }
-                },
-                _content_type=MERGE_PATCH,
+                GROUP, VERSION, PLURAL, name, {"metadata": metadata}, _content_type=MERGE_PATCH
             )
         except k8s.ApiException as exc:
             if exc.status == 404:
@@ -127,14 +127,17 @@ class RecordStore:
             spec["policy"] = policy
         await self._merge(name, {"spec": spec})
 
-    async def delete(self, name: str) -> bool:
-        """Delete; False when it was already gone. A record that still carries our finalizer (marked
-        by an older version, or a stale view) stays Terminating after the DELETE: the finalizer is
-        then dropped so that the deletion completes."""
+    async def delete(self, name: str, *, uid: str | None = None) -> bool:
+        """Delete; False when it was already gone. With `uid`, only that object: a DELETE with a
+        uid precondition, so another record made since under the same name stays (False: the one
+        meant is gone). A record that still carries our finalizer (marked by an older version, or a
+        stale view) stays Terminating after the DELETE: the finalizer is then dropped so that the
+        deletion completes."""
+        options = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=uid)) if uid else None
         try:
-            gone = await self._custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+            gone = await self._custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name, body=options)
         except k8s.ApiException as exc:
-            if exc.status == 404:
+            if exc.status == 404 or (uid and exc.status == 409):
                 return False
             raise
         metadata = (gone.get("metadata") if isinstance(gone, Mapping) else None) or {}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from typing import Any, cast
 
 import pytest
-from component_support import Cluster
+from component_support import Cluster, eventually
 
 from capo_operator.kube.calico import CalicoError, CalicoGroup, CalicoStore, detect_group
 
@@ -423,3 +424,32 @@ async def test_group_commit_under_write_latency_with_concurrent_removals(
     assert removed == set(initial)
     assert commit.writes <= len(new) // 4, f"{commit.writes} writes for {len(new)} appends"
     assert remover_calls.count("PUT") >= len(initial) // 4
+
+
+async def test_the_watched_copy_follows_the_object_and_only_it(cluster: Cluster, group: CalicoGroup) -> None:
+    """ReservationCache: list+watch narrowed to the one object by `metadata.name`; every change
+    (ours or someone else's) moves its version and shows in its snapshot; another object of the
+    same kind is never seen."""
+    store = CalicoStore(cluster.api, name=NAME, group=group)
+    cache = store.cache(resync_period=None)
+    task = asyncio.create_task(cache.run())
+    try:
+        await asyncio.wait_for(cache.synced.wait(), 5)
+        absent = cache.snapshot()
+        assert absent is not None and absent.ips == frozenset()  # no object yet: empty
+
+        await store.append(["10.0.0.1", "10.0.0.2"])
+        await eventually(lambda: (cache.snapshot() or absent).ips == {"10.0.0.1", "10.0.0.2"})
+        version = cache.version
+
+        other = CalicoStore(cluster.api, name="another-teams-reservation", group=group)
+        await other.append(["10.9.9.9"])
+        await store.remove(["10.0.0.1"])  # a write after theirs: once seen, theirs was delivered
+        await eventually(lambda: (cache.snapshot() or absent).ips == {"10.0.0.2"})
+        assert cache.version != version
+        assert cache.informer.store.keys() == [NAME]
+        assert (cache.snapshot() or absent).resource_version == (await store.read()).resource_version
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

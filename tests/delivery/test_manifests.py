@@ -200,7 +200,7 @@ CALLS = [
     *[
         (g, "ipreservations", v, "", "capo-reserved-ips")
         for g in ("crd.projectcalico.org", "projectcalico.org")
-        for v in ("get", "update", "patch")
+        for v in ("get", "list", "watch", "update", "patch")
     ],
     *[("apps", r, "get", "", None) for r in ("statefulsets", "replicasets", "deployments", "daemonsets")],
     ("coordination.k8s.io", "leases", "create", NS, None),
@@ -244,6 +244,8 @@ def test_rbac_allows_every_documented_call(default_docs: list[Doc], call: tuple[
         ("", "configmaps", "list", NS, None),
         ("coordination.k8s.io", "leases", "update", NS, "someone-elses-lease"),
         ("crd.projectcalico.org", "ipreservations", "update", "", "another-teams-reservation"),
+        ("crd.projectcalico.org", "ipreservations", "watch", "", None),
+        ("projectcalico.org", "ipreservations", "watch", "", "another-teams-reservation"),
         ("crd.projectcalico.org", "ippools", "list", "", None),
         ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch", "", "other-webhook"),
         ("", "pods", "delete", "", None),

@@ -49,10 +49,20 @@ async def test_deletions_in_a_watch_gap_are_reserved_and_leave_no_ghost(capo: Ha
 
 
 @pytest.mark.emulator_only
-async def test_kopf_opens_no_watch_only_the_three_informers_do(capo: Harness) -> None:
+async def test_kopf_opens_no_watch_only_the_informers_do(capo: Harness) -> None:
+    """The three caches, and the leader's watch on its one IPReservation (by name)."""
     c = capo.cluster
     [op] = await capo.start_operators(1)
     await asyncio.sleep(1)  # Kopf's tasks have all started by now
     paths = sorted(w.path.split("?")[0] for w in c.emulator.cluster.http.watchers)
-    assert paths == ["/api/v1/namespaces", "/api/v1/pods", "/apis/capo.io/v1/reservedips"], paths
+    assert paths == [
+        "/api/v1/namespaces",
+        "/api/v1/pods",
+        "/apis/capo.io/v1/reservedips",
+        "/apis/crd.projectcalico.org/v1/ipreservations",
+    ], paths
+    [calico] = [w.path for w in c.emulator.cluster.http.watchers if "ipreservations" in w.path]
+    assert "fieldSelector=metadata.name%3Dcapo-reserved-ips" in calico or (
+        "fieldSelector=metadata.name=capo-reserved-ips" in calico
+    ), calico
     assert "Not enough permissions" not in op.log_text()

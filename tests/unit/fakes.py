@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from kubernetes.aio.client import ApiException
+
 from capo_operator.app import Operator, Options, assemble
 from capo_operator.config import Config
 from capo_operator.decisions import pending
@@ -37,6 +39,7 @@ STS = Owner(api_version="apps/v1", kind="StatefulSet", name="db", uid="sts-uid")
 Call = tuple[str, Any]
 
 _versions = itertools.count(1)
+_uids = itertools.count(1)
 
 
 def put(store: Store[Any], key: str, obj: Any, *, uid: str) -> None:
@@ -120,6 +123,21 @@ class FakeCalico(_Failures):
     async def read(self) -> Snapshot:
         self.journal.append(("calico.read", None))
         self.check("read")
+        return self.snapshot()
+
+    def state(self) -> tuple[object, ...]:
+        return (
+            frozenset(self.ips),
+            tuple(self.malformed),
+            frozenset(self.bare),
+            tuple(sorted(self.annotations.items())),
+        )
+
+    def cache(self) -> FakeReservationCache:
+        return FakeReservationCache(self)
+
+    def snapshot(self) -> Snapshot:
+        """The object as it is now (no journal entry: what a watch delivers costs no call)."""
         records, invalid = pending.read(self.annotations)
         return Snapshot(
             ips=frozenset(self.ips),
@@ -129,6 +147,32 @@ class FakeCalico(_Failures):
             pending=records,
             pending_invalid=invalid,
         )
+
+
+class FakeReservationCache:
+    """The watched IPReservation (kube.calico.ReservationCache) over a FakeCalico: synced at once,
+    and up to date at once unless `frozen` (a watch that lags: it shows the state frozen)."""
+
+    def __init__(self, calico: FakeCalico) -> None:
+        self.calico = calico
+        self.synced = asyncio.Event()
+        self.synced.set()
+        self.frozen: tuple[tuple[object, ...], Snapshot] | None = None
+
+    @property
+    def version(self) -> object:
+        return self.frozen[0] if self.frozen is not None else self.calico.state()
+
+    def snapshot(self) -> Snapshot | None:
+        if not self.synced.is_set():
+            return None
+        return self.frozen[1] if self.frozen is not None else self.calico.snapshot()
+
+    def freeze(self) -> None:
+        self.frozen = (self.calico.state(), self.calico.snapshot())
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
 
 
 class FakeRecords(_Failures):
@@ -147,14 +191,23 @@ class FakeRecords(_Failures):
         if self.index is None:
             return
         if name in self.items:
-            put(self.index, name, self.items[name], uid=name)
+            put(self.index, name, self.items[name], uid=self.items[name].uid or name)
         else:
             self.index._remove(name)
 
     def put(self, record: Record) -> None:
-        """Seed a record (no journal entry)."""
+        """Seed a record (no journal entry). Like the API server, it gets a uid when it has none."""
+        if record.uid is None:
+            record = replace(record, uid=f"{record.name}-{next(_uids)}")
         self.items[record.name] = record
         self._sync(record.name)
+
+    def _check_uid(self, name: str, uid: str | None) -> None:
+        """A write with a uid precondition, about another object of that name: a 409, as the
+        API server (and the emulator) answer."""
+        record = self.items.get(name)
+        if uid is not None and record is not None and record.uid != uid:
+            raise ApiException(status=409, reason=f"Precondition failed: UID in precondition: {uid}")
 
     async def create(self, record: Record) -> bool:
         self.journal.append(("records.create", record.name))
@@ -166,20 +219,26 @@ class FakeRecords(_Failures):
         self.put(record)
         return True
 
-    async def mark_releasing(self, name: str, reason: str, *, finalizers: Sequence[str] = ()) -> None:
+    async def mark_releasing(
+        self, name: str, reason: str, *, finalizers: Sequence[str] = (), uid: str | None = None
+    ) -> None:
         self.journal.append(("records.mark_releasing", (name, reason)))
         self.check("mark_releasing")
+        self._check_uid(name, uid)
         if name in self.items:
             self.items[name] = replace(self.items[name], releasing=reason, finalizers=tuple(finalizers))
             self._sync(name)
 
-    async def finish_manual(self, name: str, *, finalizers: Sequence[str] = ()) -> bool:
+    async def finish_manual(
+        self, name: str, *, finalizers: Sequence[str] = (), uid: str | None = None
+    ) -> bool:
         """Drops our finalizer from a record being deleted: with no finalizer left it goes."""
         self.journal.append(("records.finish_manual", name))
         self.check("finish_manual")
         record = self.items.get(name)
         if record is None:
             return False
+        self._check_uid(name, uid)
         if finalizers:
             self.items[name] = replace(record, releasing="manual", finalizers=tuple(finalizers))
         else:
@@ -225,9 +284,12 @@ class FakeRecords(_Failures):
             )
             self._sync(name)
 
-    async def delete(self, name: str) -> bool:
+    async def delete(self, name: str, *, uid: str | None = None) -> bool:
         self.journal.append(("records.delete", name))
         self.check("delete")
+        record = self.items.get(name)
+        if record is not None and uid is not None and record.uid != uid:
+            return False  # the uid precondition: another object of that name stays
         if self.items.pop(name, None) is None:
             return False
         self._sync(name)

@@ -166,6 +166,7 @@ def ledgers_of_pods(draw: st.DrawFn) -> dict[str, LedgerEntry]:
             "owner_kind": draw(optional),
             "owner_name": draw(optional),
             "owner_uid": draw(optional),
+            "reserve_time": draw(optional),
         }
         for ip in draw(st.lists(ipv4 | ipv6, min_size=1, max_size=2, unique=True)):
             out[ip] = LedgerEntry(ip=ip, **pod)
@@ -377,3 +378,16 @@ def test_steady_state_still_reshards_when_a_shard_outgrows_the_target(
     stored = {e.shard: L.StoredShard(parts[e.shard], e.content, len(e.payload)) for e in encoded}
     bigger, encoded, _ = L.encode_changes(realistic(3000), shards, stored, 2)
     assert bigger > shards and len(encoded) == bigger
+
+
+def test_the_hold_annotation_is_kept_and_older_shards_without_it_still_read() -> None:
+    with_hold = {"10.0.0.1": entry("10.0.0.1", "u1", reserve_time="2h")}
+    without = {"10.0.0.2": entry("10.0.0.2", "u2")}
+    shard = encode_shard(with_hold, shard=0, shards=1, generation=1)
+    assert decode_shard(shard.meta, shard.payload).entries["10.0.0.1"].reserve_time == "2h"
+    # No row has one: the column is left out, so the bytes are what the previous version wrote
+    # (and read back as None); the previous version ignores a column it does not know.
+    assert "rt" not in json.loads(L.shard_content(without))
+    shard = encode_shard(without, shard=0, shards=1, generation=1)
+    assert decode_shard(shard.meta, shard.payload).entries == without
+    assert L.legacy_decode(L.legacy_encode(with_hold)) == with_hold

@@ -45,7 +45,7 @@ def reasons(result: Plan) -> dict[str, str]:
 
 def test_nothing_to_do() -> None:
     result = plan([rec("10.0.0.1"), rec("10.0.0.2")], now=NOW, max_count=10, alive_pod_uids=())
-    assert result == Plan((), ())
+    assert result == Plan((), (), next_deadline=NOW + timedelta(minutes=30))
 
 
 def test_expired_records_are_released() -> None:
@@ -116,7 +116,13 @@ def test_a_pod_still_present_stops_the_clock_at_once() -> None:
 def test_alive_pod_within_an_explicit_grace_keeps_its_running_clock() -> None:
     grace = timedelta(seconds=10)
     record = rec("10.0.0.1", age=timedelta(seconds=3), pod_uid="p")
-    assert plan([record], now=NOW, max_count=10, alive_pod_uids={"p"}, grace=grace) == Plan((), ())
+    result = plan([record], now=NOW, max_count=10, alive_pod_uids={"p"}, grace=grace)
+    assert (result.releases, result.clock_changes) == ((), ())
+    # Planned again once the grace is over (then the clock stops).
+    assert result.next_deadline is not None
+    assert (
+        record.reserved_at + grace < result.next_deadline <= record.reserved_at + grace + timedelta(seconds=1)
+    )
     just_over = rec("10.0.0.1", age=timedelta(seconds=11), pod_uid="p")
     assert plan([just_over], now=NOW, max_count=10, alive_pod_uids={"p"}, grace=grace).clock_changes
 
@@ -434,3 +440,58 @@ def test_a_hold_shorter_than_the_grace_does_not_expire_while_the_pod_holds_its_i
     record = rec("10.0.0.1", age=timedelta(seconds=5), expires_in=timedelta(seconds=-3), pod_uid="p")
     assert plan([record], now=NOW, max_count=10, alive_pod_uids={"p"}).releases == ()
     assert plan([record], now=NOW, max_count=10, alive_pod_uids=()).releases[0].reason == "expired"
+
+
+def test_next_deadline_is_the_earliest_running_clock_of_the_records_kept() -> None:
+    soon = rec("10.0.0.1", expires_in=timedelta(minutes=5))
+    later = rec("10.0.0.2", expires_in=timedelta(minutes=9))
+    stopped = rec("10.0.0.3", expires_in=None, pod_uid="alive")
+    due = rec("10.0.0.4", expires_in=timedelta(minutes=-1))
+    result = plan([soon, later, stopped, due], now=NOW, max_count=10, alive_pod_uids={"alive"})
+    assert [r.name for r in result.releases] == [due.name]
+    assert result.next_deadline == NOW + timedelta(minutes=5)
+
+
+def test_next_deadline_ignores_stopped_clocks_and_records_released_by_the_cap() -> None:
+    capped = rec("10.0.0.1", age=timedelta(hours=2), expires_in=timedelta(minutes=1))
+    stopped = rec("10.0.0.2", expires_in=timedelta(minutes=2), pod_uid="alive")
+    result = plan([capped, stopped], now=NOW, max_count=1, alive_pod_uids={"alive"})
+    assert [(r.name, r.reason) for r in result.releases] == [(capped.name, "cap")]
+    assert result.next_deadline is None
+
+
+def test_a_clock_started_now_is_due_one_hold_later() -> None:
+    record = rec("10.0.0.1", expires_in=None, pod_uid="gone", hold=timedelta(minutes=40))
+    result = plan([record], now=NOW, max_count=10, alive_pod_uids=())
+    assert result.next_deadline == NOW + timedelta(minutes=40)
+
+
+def applied(records: list[RecordView], result: Plan) -> list[RecordView]:
+    """The records as they are once a plan's writes are done (releases gone, clocks changed)."""
+    released = {r.name for r in result.releases}
+    changes = {c.name: c for c in result.clock_changes}
+    out = []
+    for record in records:
+        if record.name in released:
+            continue
+        change = changes.get(record.name)
+        if change is not None:
+            record = dataclasses.replace(record, reserved_at=change.reserved_at, expires_at=change.expires_at)
+        out.append(record)
+    return out
+
+
+@PROPERTY
+@given(scenarios, st.integers(1, 4000), st.sampled_from([DEFAULT_GRACE, timedelta(seconds=10)]))
+def test_nothing_changes_before_the_next_deadline(scenario: Scenario, later_s: int, grace: timedelta) -> None:
+    """What lets a pass skip planning: with the same inputs, planning again at any moment before
+    `next_deadline` gives nothing to do. The deadline is in the future (no busy planning); it may
+    be early (a grace that ends with nothing to stop), never late."""
+    records, kwargs = scenario
+    first = plan(records, grace=grace, **kwargs)  # type: ignore[arg-type]
+    after = applied(records, first)
+    later = NOW + timedelta(seconds=later_s)
+    again = plan(after, grace=grace, **{**kwargs, "now": later})  # type: ignore[arg-type]
+    if first.next_deadline is None or later < first.next_deadline:
+        assert (again.releases, again.clock_changes) == ((), ())
+    assert first.next_deadline is None or first.next_deadline > NOW

@@ -924,3 +924,321 @@ async def test_a_failed_lengthening_never_releases_early(h: Harness) -> None:
 
     await r.pass_once()
     assert h.records.items["10.0.0.1"].expires_at == NOW - timedelta(minutes=41) + timedelta(hours=2)
+
+
+# -- a stale view never acts on a fresh record of the same name (issue 10) --------------------------
+
+
+def stale_view(h: Harness, old: Any, fresh: Any) -> None:
+    """The record `old` was released and deleted, and the IP reserved anew (`fresh`, same name, a
+    new object) before the records watch delivered either change: the cache still shows `old`."""
+    h.records.items.pop(old.name)
+    h.records.put(fresh)  # the store: a new uid
+    h.index_record(old)  # the cache: still the old object
+
+
+async def test_a_stale_view_never_marks_a_fresh_record_of_the_same_name(h: Harness) -> None:
+    old = h.add_record(make_record("10.0.0.1", age=timedelta(minutes=41), expires_in=timedelta(minutes=-1)))
+    old = h.records.items[old.name]
+    stale_view(h, old, make_record("10.0.0.1", age=timedelta(seconds=5), expires_in=timedelta(minutes=40)))
+
+    await releaser(h).pass_once()
+
+    fresh = h.records.items["10.0.0.1"]
+    assert fresh.uid != old.uid and fresh.releasing is None  # the fresh hold is untouched
+    assert h.calico.ips == {"10.0.0.1"}  # its IP is still reserved
+    assert h.sample("capo_releases_total", reason="expired") == 0
+
+
+async def test_a_stale_view_never_finishes_the_release_of_a_fresh_record(h: Harness) -> None:
+    old = h.add_record(make_record("10.0.0.1", releasing="expired"))  # marked; the pass finishes it
+    old = h.records.items[old.name]
+    stale_view(h, old, make_record("10.0.0.1", age=timedelta(seconds=5), expires_in=timedelta(minutes=40)))
+    r = releaser(h)
+    r._finished[old.name] = old.uid  # this leader deleted the old one itself a moment ago
+
+    await r.pass_once()
+
+    assert h.records.items["10.0.0.1"].uid != old.uid  # the fresh record stays
+    assert h.calico.ips == {"10.0.0.1"}  # and its IP in Calico
+    assert h.journal.ops("records.delete") == []
+
+
+async def test_a_delete_with_a_stale_uid_leaves_the_fresh_record(h: Harness) -> None:
+    # Without the leader's own memory (another leader released it): the uid precondition still holds.
+    old = h.add_record(make_record("10.0.0.1", releasing="expired"))
+    old = h.records.items[old.name]
+    stale_view(h, old, make_record("10.0.0.1", age=timedelta(seconds=5), expires_in=timedelta(minutes=40)))
+
+    await releaser(h).pass_once()
+
+    assert h.records.items["10.0.0.1"].uid != old.uid
+    assert h.sample("capo_releases_total", reason="expired") == 0
+
+
+# -- ledger recovery honours the hold annotation (issue 10) -------------------------------------------
+
+
+async def test_recovery_of_a_vanished_pod_honours_its_hold_annotation(h: Harness) -> None:
+    """The pod had `capo.io/reserve-time: 2h` and vanished while no replica watched: the ledger
+    written while it lived must give it the hold the webhook would have given it."""
+    pod = h.add_pod(make_pod(uid="annotated", annotations={"capo.io/reserve-time": "2h"}))
+    h.add_pod(make_pod(name="db-1", uid="plain", ips=("10.0.0.2",)))
+    ledger = FakeLedger()
+    await releaser(h, ledger).pass_once()  # a leader saves the ledger
+    h.remove_pod(pod)
+    h.remove_pod(h.op.views.pod("db", "db-1"))  # type: ignore[arg-type]
+
+    await releaser(h, ledger).recover_from_ledger()  # the next leader, after the outage
+
+    assert h.records.items["10.0.0.1"].hold == timedelta(hours=2)
+    assert h.records.items["10.0.0.1"].policy == "annotation capo.io/reserve-time=2h"
+    assert h.records.items["10.0.0.2"].hold == HOLD
+
+
+async def test_recovery_clamps_a_long_hold_annotation_as_the_webhook_does(h: Harness) -> None:
+    h.op.config.current = Config(max_ip_reserve_time=timedelta(hours=3))
+    pod = h.add_pod(make_pod(uid="greedy", annotations={"capo.io/reserve-time": "48h"}))
+    ledger = FakeLedger()
+    await releaser(h, ledger).pass_once()
+    h.remove_pod(pod)
+
+    await releaser(h, ledger).recover_from_ledger()
+
+    assert h.records.items["10.0.0.1"].hold == timedelta(hours=3)
+
+
+# -- work proportional to change: a pass with nothing due makes no API call ---------------------------
+
+
+def leading(h: Harness, clock: Clock | None = None, ledger: FakeLedger | None = None) -> Releaser:
+    """A releaser as `lead()` runs it: with the watched IPReservation."""
+    r = releaser(h, ledger, clock)
+    r._cache = h.calico.cache()  # type: ignore[assignment]
+    return r
+
+
+def api_calls(h: Harness) -> list[str]:
+    return h.journal.ops()
+
+
+@pytest.fixture
+def plans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many records each full plan was given."""
+    seen: list[int] = []
+    real = releaser_module.planner.plan
+
+    def counting(records: Any, **kw: Any) -> Any:
+        seen.append(len(records))
+        return real(records, **kw)
+
+    monkeypatch.setattr(releaser_module.planner, "plan", counting)
+    return seen
+
+
+async def settled(h: Harness, r: Releaser) -> None:
+    """Passes until one makes no call (the first ones save the ledger, see their own writes)."""
+    for _ in range(4):
+        h.journal.clear()
+        await r.pass_once()
+        if not h.journal:
+            return
+    raise AssertionError(f"still calling after 4 passes: {h.journal}")
+
+
+async def test_a_pass_with_nothing_due_makes_no_api_call_and_plans_nothing(
+    h: Harness, plans: list[int]
+) -> None:
+    for i in range(20):
+        h.add_record(make_record(f"10.0.1.{i}", expires_in=timedelta(minutes=30)))
+    h.add_pod(make_pod(uid="live"))
+    r = leading(h)
+    await settled(h, r)
+    planned = len(plans)
+
+    for _ in range(5):
+        await r.pass_once()
+
+    assert api_calls(h) == []  # not even a read of the IPReservation
+    assert len(plans) == planned
+
+
+async def test_pod_churn_unrelated_to_records_plans_nothing(h: Harness, plans: list[int]) -> None:
+    h.add_record(make_record("10.0.0.1"))
+    r = leading(h)
+    await settled(h, r)
+    planned = len(plans)
+
+    for i in range(50):  # pods come and go; no record refers to them
+        pod = h.add_pod(make_pod(name=f"web-{i}", namespace="web", uid=f"web-{i}", ips=(f"10.1.0.{i}",)))
+        h.remove_pod(pod)
+    await r.pass_once()
+
+    assert len(plans) == planned
+    assert api_calls(h) == []
+
+
+async def test_a_change_of_a_pod_that_a_record_refers_to_plans_again(h: Harness, plans: list[int]) -> None:
+    record = h.add_record(make_record("10.0.0.1", expires_in=None))  # its pod is alive: clock stopped
+    pod = h.add_pod(make_pod(uid=record.pod.uid))  # type: ignore[union-attr]
+    r = leading(h)
+    await settled(h, r)
+    assert h.records.items["10.0.0.1"].expires_at is None
+
+    h.remove_pod(pod)  # now it is really gone: the clock starts
+    await r.pass_once()
+
+    assert h.records.items["10.0.0.1"].expires_at == NOW + HOLD
+
+
+async def test_a_due_expiry_is_released_on_time_with_no_other_change(h: Harness) -> None:
+    clock = Clock()
+    h.add_record(make_record("10.0.0.1", expires_in=timedelta(seconds=30)))
+    h.add_record(make_record("10.0.0.2", expires_in=timedelta(minutes=30)))
+    r = leading(h, clock)
+    await settled(h, r)
+
+    clock.now = NOW + timedelta(seconds=29)
+    await r.pass_once()
+    assert api_calls(h) == []  # not yet
+
+    clock.now = NOW + timedelta(seconds=30)
+    await r.pass_once()
+    assert set(h.records.items) == {"10.0.0.2"} and h.calico.ips == {"10.0.0.2"}
+    assert h.sample("capo_releases_total", reason="expired") == 1
+
+
+async def test_an_entry_removed_by_hand_is_re_added_at_the_next_pass(h: Harness) -> None:
+    h.add_record(make_record("10.0.0.1"))
+    h.add_record(make_record("10.0.0.2"))
+    r = leading(h)
+    await settled(h, r)
+
+    h.calico.ips.discard("10.0.0.1")  # `kubectl edit ipreservation`: the watch sees it
+    await r.pass_once()
+
+    assert h.calico.ips == {"10.0.0.1", "10.0.0.2"}
+    assert [op for op, _ in writes(h)] == ["calico.append"]
+
+
+async def test_a_malformed_entry_added_by_hand_is_removed_at_the_next_pass(h: Harness) -> None:
+    h.add_record(make_record("10.0.0.1"))
+    r = leading(h)
+    await settled(h, r)
+
+    h.calico.malformed.append("10.0.0.0/255.0.0.0")
+    await r.pass_once()
+
+    assert h.calico.malformed == [] and h.calico.ips == {"10.0.0.1"}
+    assert h.sample("capo_calico_malformed_entries_total") == 1
+    await settled(h, r)  # and then quiet again
+
+
+async def test_drift_in_a_lagging_watch_is_confirmed_by_a_read_before_any_write(h: Harness) -> None:
+    h.add_record(make_record("10.0.0.1"))
+    r = leading(h)
+    assert r._cache is not None
+    h.calico.ips.clear()
+    r._cache.freeze()  # type: ignore[attr-defined]
+    h.calico.ips.add("10.0.0.1")  # the object is fine; the watch has not delivered it yet
+    h.calico.ips.add("10.0.0.7")  # nor this entry, which has no record
+
+    await r.pass_once()
+
+    assert "calico.read" in api_calls(h)
+    assert h.journal.ops("calico.append") == []  # nothing re-added on the watch's word alone
+
+
+async def test_without_a_synced_watch_the_object_is_read_every_pass(h: Harness) -> None:
+    h.add_record(make_record("10.0.0.1"))
+    r = leading(h)
+    assert r._cache is not None
+    r._cache.synced.clear()  # type: ignore[attr-defined]  # not listed yet, or RBAC refuses the watch
+
+    for _ in range(3):
+        h.journal.clear()
+        await r.pass_once()
+        assert h.journal.ops("calico.read") == ["calico.read"]
+
+
+async def test_the_object_is_read_again_after_the_reread_period(h: Harness) -> None:
+    clock = Clock()
+    h.add_record(make_record("10.0.0.1", expires_in=timedelta(hours=1)))
+    r = leading(h, clock)
+    await settled(h, r)
+
+    clock.now = NOW + releaser_module.CALICO_REREAD_PERIOD
+    h.journal.clear()
+    await r.pass_once()
+    assert api_calls(h) == ["calico.read"]
+    await settled(h, r)
+
+
+@pytest.mark.usefixtures("every_pass")
+async def test_owner_checks_read_only_the_owners_of_records_whose_pod_is_gone(h: Harness) -> None:
+    alive = h.add_record(owned("10.0.0.1", "StatefulSet", "web", "sts-web"))
+    h.add_pod(make_pod(uid=alive.pod.uid))  # type: ignore[union-attr]
+    h.add_record(owned("10.0.0.2", "StatefulSet", "db", "sts-db"))  # its pod is gone
+    h.add_record(make_record("10.0.0.3"))  # no owner
+    r = leading(h)
+    apps = FakeApps({("StatefulSet", "db", "db"), ("StatefulSet", "db", "web")})
+    r.owners.apps = apps  # type: ignore[assignment]
+
+    await r.pass_once()
+
+    assert apps.calls == [("StatefulSet", "db", "db")]
+
+
+async def test_no_owner_check_is_due_between_periods(h: Harness) -> None:
+    h.add_record(owned("10.0.0.2", "StatefulSet", "db", "sts-db"))
+    r = leading(h)
+    apps = FakeApps({("StatefulSet", "db", "db")})
+    r.owners.apps = apps  # type: ignore[assignment]
+    await settled(h, r)
+    assert len(apps.calls) == 1
+
+    await r.pass_once()
+    await r.pass_once()
+
+    assert len(apps.calls) == 1  # within OWNER_CHECK_PERIOD
+
+
+async def test_a_new_leadership_term_plans_and_reads_again(h: Harness) -> None:
+    h.add_record(make_record("10.0.0.1"))
+    r = leading(h)
+    await settled(h, r)
+    h.op.views.synced.set()
+
+    task = asyncio.create_task(r.lead())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert "calico.read" in api_calls(h)  # another leader may have changed anything meanwhile
+    assert r._cache is None
+
+
+async def test_the_ledger_follows_pod_changes_as_a_full_rebuild_would(h: Harness) -> None:
+    h.add_ns(make_ns("off", enabled=False))
+    ledger = FakeLedger()
+    r = leading(h, ledger=ledger)
+    pods = [h.add_pod(make_pod(name=f"db-{i}", uid=f"u{i}", ips=(f"10.0.2.{i}",))) for i in range(6)]
+    await r.pass_once()
+    assert set(ledger.entries) == {f"10.0.2.{i}" for i in range(6)}
+
+    h.remove_pod(pods[0])  # gone
+    h.add_pod(dataclasses.replace(pods[1], phase="Failed"))  # terminal: its IP is free
+    h.add_pod(dataclasses.replace(pods[2], ips=("10.0.2.20",)))  # another IP
+    h.add_pod(dataclasses.replace(pods[3], annotations={"capo.io/reserve-time": "3h"}))
+    h.add_pod(make_pod(name="web-0", namespace="off", uid="w0", ips=("10.0.3.1",)))  # not selected
+    h.add_pod(make_pod(name="db-9", uid="u9", ips=("10.0.2.9",)))  # new
+    await r.pass_once()
+
+    assert ledger.entries == r._selected_entries()  # what a rebuild from every pod gives
+    assert set(ledger.entries) == {"10.0.2.20", "10.0.2.3", "10.0.2.4", "10.0.2.5", "10.0.2.9"}
+    assert ledger.entries["10.0.2.3"].reserve_time == "3h"
+
+    h.add_ns(make_ns("db", enabled=False))  # the namespace leaves: rebuilt whole
+    await r.pass_once()
+    assert ledger.entries == {}

@@ -145,3 +145,27 @@ def test_ready_needs_the_certificate_then_the_caches() -> None:
 
     h.op.views.synced.set()  # all three informers listed
     assert readiness.check() == (True, "ready")
+
+
+def test_pod_listeners_see_every_change() -> None:
+    h = make_harness(attach=False)
+    seen: list[tuple[str | None, str | None]] = []
+    views = h.op.views
+    views.on_pod_change(lambda old, new: seen.append((old and old.uid, new and new.uid)))
+    pod = h.add_pod(make_pod(uid="a"))
+    h.add_pod(pod)
+    h.remove_pod(pod)
+    assert seen == [(None, "a"), ("a", "a"), ("a", None)]
+
+
+def test_has_record_for_answers_from_the_records_pod_uid_index() -> None:
+    h = make_harness()
+    record = h.add_record(make_record("10.0.0.1"))
+    assert record.pod is not None
+    assert h.op.views.has_record_for(record.pod.uid)
+    assert not h.op.views.has_record_for("someone-else")
+    before = h.op.views.records_generation()
+    h.records.items.clear()
+    h.record_index._remove(record.name)
+    assert not h.op.views.has_record_for(record.pod.uid)
+    assert h.op.views.records_generation() != before
