@@ -77,6 +77,7 @@ def restart_needed(old: Config, new: Config) -> list[str]:
         "leaderElection": (old.leader_election, new.leader_election),
         "ipReservationName": (old.ip_reservation_name, new.ip_reservation_name),
         "calicoAPIGroup": (old.calico_api_group, new.calico_api_group),
+        "namespaceSelector": (old.namespace_selector, new.namespace_selector),
     }
     return [name for name, (a, b) in fields.items() if a != b]
 

@@ -38,7 +38,10 @@ async def namespace_facts(rt: Runtime, name: str) -> NamespaceFacts | None:
         if exc.status == 404:
             return None
         raise
-    return NamespaceFacts.from_namespace(rt.api.sanitize_for_serialization(ns))
+    raw = rt.api.sanitize_for_serialization(ns)
+    if not rt.config.namespace_selector.matches((raw.get("metadata") or {}).get("labels") or {}):
+        return None  # outside namespaceSelector: unknown to this operator, as in its cache
+    return NamespaceFacts.from_namespace(raw)
 
 
 async def pod_facts(rt: Runtime, namespace: str, name: str) -> PodFacts | None:

@@ -282,11 +282,10 @@ class Releaser:
         records, unsettled = await self._retime(records, cfg.ip_reserve_time)
         await self._add_finalizers(records.values())
 
-        namespaces = rt.views.namespace_names()
         gone_namespaces = {
             r.pod.namespace
             for r in records.values()
-            if r.pod is not None and (r.pod.namespace not in namespaces or _terminating(rt, r.pod.namespace))
+            if r.pod is not None and _namespace_gone(rt, r.pod.namespace)
         }
         gone_owners: Collection[str] = ()
         if cfg.release_on_owner_deletion:
@@ -576,9 +575,14 @@ class Releaser:
             await self.rt.calico.clear_pending(keys)
 
 
-def _terminating(rt: Runtime, namespace: str) -> bool:
+def _namespace_gone(rt: Runtime, namespace: str) -> bool:
+    """Deleted or being deleted. Missing from the cache means deleted, unless `namespaceSelector`
+    keeps namespaces out of the cache: then it may well exist, so only a namespace seen terminating
+    counts (a hold then runs its time: the safe side)."""
     ns = rt.views.namespace(namespace)
-    return ns is None or ns.terminating
+    if ns is None:
+        return not rt.config.namespace_selector.requirements
+    return ns.terminating
 
 
 def _facts_from_entry(entry: LedgerEntry) -> PodFacts:

@@ -32,7 +32,10 @@ class Watchers:
 
     def __init__(self, rt: Runtime, transport: Transport, **options: Any) -> None:
         self.rt = rt
-        self.namespaces: Informer[NamespaceFacts] = namespace_informer(transport, **options)
+        # Namespaces outside `namespaceSelector` are not even cached: unknown, nothing in them is reserved.
+        self.namespaces: Informer[NamespaceFacts] = namespace_informer(
+            transport, label_selector=rt.config.namespace_selector.query(), **options
+        )
         self.pods: Informer[PodFacts] = pod_informer(transport, **options)
         # Records are labelled with the name of the IPReservation they belong to.
         self.records: Informer[Record] = record_informer(transport, rt.calico.name, **options)

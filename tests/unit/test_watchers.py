@@ -13,6 +13,7 @@ from fakes import Harness, eventually, make_harness, make_ns, make_pod, make_rec
 from informer_fakes import FakeKube, Obj, pod
 from prometheus_client import generate_latest
 
+from capo_operator.config import parse_config
 from capo_operator.decisions.policy import PodFacts
 from capo_operator.flows.watchers import Watchers
 from capo_operator.kube.records import PodRef
@@ -312,3 +313,10 @@ async def test_informer_statistics_are_exposed_as_metrics(running: tuple[Harness
     assert 'capo_informer_relists_total{resource="pods"} 1.0' in text
     assert 'capo_informer_synced{resource="reservedips"} 1.0' in text
     assert json.dumps(h.sample("capo_informer_lists_total", resource="pods")) == "2.0"
+
+
+def test_the_namespace_informer_asks_only_for_the_selected_namespaces() -> None:
+    h = make_harness(parse_config("namespaceSelector: {matchLabels: {capo.io/test-run: r1}}"))
+    watchers = Watchers(h.rt, Router())
+    assert watchers.namespaces._params() == {"labelSelector": "capo.io/test-run in (r1)"}
+    assert Watchers(make_harness().rt, Router()).namespaces._params() == {}
