@@ -29,7 +29,7 @@ from kubernetes.aio import client as k8s
 from capo_operator.decisions import pending
 from capo_operator.decisions.addresses import AddressError, host_cidr, ip_of, parse_calico_entry
 from capo_operator.kube.records import Record
-from capo_operator.kube.transport import ApiError
+from capo_operator.kube.transport import ApiError, send_json
 
 logger = logging.getLogger(__name__)
 
@@ -229,24 +229,10 @@ class CalicoStore:
         self.pending_bytes = pending.total_size(annotations)
 
     async def _json_patch(self, patch: list[dict[str, Any]]) -> None:
-        """The append's PATCH, sent through the client's own endpoint, TLS, credentials and 401/403
-        handling (`call_api`) but without the generated method: no per-call argument validation or
-        model serialization, and only the annotations are decoded from the answer (the IPReservation
-        it returns holds every entry; parsing all of it was most of the client's share of the
-        write). ApiError for an answer other than 200."""
-        method, url, headers, _body, _post = await self.api.param_serialize(
-            "PATCH",
-            self._path,
-            header_params={"Content-Type": JSON_PATCH, "Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-        response = await self.api.call_api(method, url, header_params=headers, body=patch)
-        try:
-            data: bytes = await response.read()
-        finally:
-            response.response.release()
-        if response.status != 200:
-            raise ApiError.from_body(response.status, data)
+        """The append's PATCH, without the generated method (`send_json`); only the annotations are
+        decoded from the answer (the IPReservation it returns holds every entry; parsing all of it
+        was most of the client's share of the write). ApiError for an answer other than 2xx."""
+        data = await send_json(self.api, "PATCH", self._path, patch, content_type=JSON_PATCH)
         try:
             self._saw_annotations(_WRITTEN.decode(data).metadata.annotations)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -1,4 +1,4 @@
-"""The operator's side of the awaited Calico write: the generated client method against the lean path.
+"""The operator's CPU per API write: the generated client methods against its own lean writes.
 
 Method (docs/performance.md, "Delete path"). One emulator process holds an IPReservation like the
 one the delete benchmark builds up (--entries host CIDRs, each with its pending annotation). In one
@@ -109,9 +109,10 @@ async def run(entries: int, appends: int, block: int) -> dict[str, Any]:
                         cpu[name].append(time.process_time() - c0)
                         wall[name].append(time.perf_counter() - w0)
                         n += 1
+            events = await event_costs(api, appends // 2, block)
         finally:
             await api.close()
-    result: dict[str, Any] = {"entries_at_start": entries, "entries_at_end": n}
+    result: dict[str, Any] = {"entries_at_start": entries, "entries_at_end": n, "events": events}
     for name in ways:
         result[name] = {
             "appends": len(cpu[name]),
@@ -124,6 +125,61 @@ async def run(entries: int, appends: int, block: int) -> dict[str, Any]:
             result[name]["cpu_ms_mean"] / result["before"]["cpu_ms_mean"], 3
         )
     return result
+
+
+async def event_costs(api: client.ApiClient, count: int, block: int) -> dict[str, Any]:
+    """The same Event posted through the generated CoreV1Api (models built, call validated, answer
+    parsed), as EventRecorder did, and through EventRecorder._send (a dict via `send_json`)."""
+    from datetime import UTC, datetime
+
+    from capo_operator.kube.events import COMPONENT, EventRecorder, ObjectRef
+
+    core = client.CoreV1Api(api)
+    recorder = EventRecorder(api, host="bench")
+    ref = ObjectRef("Pod", "redis-0", "default", "2d1c5b1e-9f0a-4c11-8f4e-aa0f3b6c9d21")
+    message = "Reserved IP 10.244.0.17 of pod default/redis-0 for 40m (delete)"
+
+    async def generated() -> None:
+        now = datetime.now(UTC)
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name="redis-0."),
+            involved_object=client.V1ObjectReference(
+                api_version="v1", kind="Pod", name=ref.name, namespace=ref.namespace, uid=ref.uid
+            ),
+            reason="IPReserved",
+            message=message,
+            type="Normal",
+            source=client.V1EventSource(component=COMPONENT, host="bench"),
+            reporting_component=COMPONENT,
+            reporting_instance="bench",
+            first_timestamp=now,
+            last_timestamp=now,
+            event_time=now,
+            action="IPReserved",
+            count=1,
+        )
+        await core.create_namespaced_event("default", body)
+
+    async def lean() -> None:
+        await recorder._send(ref, "Normal", "IPReserved", message)
+
+    ways = {"generated": generated, "lean": lean}
+    cpu: dict[str, list[float]] = {k: [] for k in ways}
+    for fn in ways.values():
+        await fn()
+    for _ in range(count // (len(ways) * block)):
+        for name, fn in ways.items():
+            for _ in range(block):
+                c0 = time.process_time()
+                await fn()
+                cpu[name].append(time.process_time() - c0)
+    out: dict[str, Any] = {
+        name: {"posts": len(v), "cpu_ms_mean": round(statistics.fmean(v) * 1000, 3)}
+        for name, v in cpu.items()
+    }
+    ratio = out["lean"]["cpu_ms_mean"] / out["generated"]["cpu_ms_mean"]
+    out["cpu_ratio_lean_to_generated"] = round(ratio, 3)
+    return out
 
 
 def main() -> None:
