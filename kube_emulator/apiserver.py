@@ -529,6 +529,8 @@ class ApiServer:
                 return current, False  # a longer or equal grace period on a terminating pod: nothing
             if admit:
                 await self._admit_delete(rt, namespace, name, current, options, ctx, collection)
+            if step == "finalizing":
+                return current, False  # already being deleted, waiting for finalizers: admitted, no write
             if ctx.dry_run:
                 current = self.get(rt, namespace, name)
                 self._check_preconditions(rt, name, current, options)
@@ -591,21 +593,23 @@ class ApiServer:
 
     def _delete_step(self, rt: ResourceType, current: Obj, options: Obj) -> tuple[str, int]:
         """What the next write of a delete is (rest.BeforeDelete): "remove", "mark" (set
-        deletionTimestamp with the returned grace period), "namespace" or "pending" (no write)."""
+        deletionTimestamp with the returned grace period), "namespace", "finalizing" (already being
+        deleted and waiting for finalizers: admitted, nothing written) or "pending" (a terminating
+        pod asked for an equal or longer grace period: neither admitted nor written)."""
         meta = current["metadata"]
         if _is_namespace(rt):
-            return ("pending", 0) if meta.get("deletionTimestamp") else ("namespace", 0)
+            return ("finalizing", 0) if meta.get("deletionTimestamp") else ("namespace", 0)
         if not self._graceful(rt):
             return (
                 ("mark", 0)
                 if meta.get("finalizers") and not meta.get("deletionTimestamp")
-                else (("pending", 0) if meta.get("finalizers") else ("remove", 0))
+                else (("finalizing", 0) if meta.get("finalizers") else ("remove", 0))
             )
         grace = self._grace_period(rt, current, options)
         if meta.get("deletionTimestamp"):
             old_grace = meta.get("deletionGracePeriodSeconds")
             if not old_grace:
-                return ("pending", 0) if meta.get("finalizers") else ("remove", 0)
+                return ("finalizing", 0) if meta.get("finalizers") else ("remove", 0)
             if grace >= int(old_grace):
                 return "pending", int(old_grace)
         return "mark", grace

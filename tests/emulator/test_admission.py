@@ -133,6 +133,25 @@ async def test_every_pod_delete_is_two_writes_each_admitted(
     assert all(r["options"]["gracePeriodSeconds"] == 0 for r in deletes)
 
 
+async def test_a_pod_held_by_a_finalizer_is_marked_once_and_every_delete_is_admitted(
+    http: Http, webhook: WebhookServer, tenant: str
+) -> None:
+    await install(http, webhook)
+    held = pod("held", schedulerName="elsewhere")
+    held["metadata"]["finalizers"] = ["example.com/keep"]
+    await http.post(PODS, held)
+    s, marked, _ = await http.delete(f"{PODS}/held")
+    assert s == 200 and marked["metadata"]["deletionTimestamp"]
+    # Already being deleted: kube-apiserver admits the request again but writes nothing.
+    s, again, _ = await http.delete(f"{PODS}/held")
+    assert s == 200 and again["metadata"]["resourceVersion"] == marked["metadata"]["resourceVersion"]
+    assert [r["name"] for r in webhook.requests("DELETE")] == ["held", "held"]
+    # The last finalizer removed: the pod goes, without another admission of a DELETE.
+    s, _, _ = await http.patch(f"{PODS}/held", {"metadata": {"finalizers": None}})
+    assert s == 200 and await gone(http, f"{PODS}/held", 1.0)
+    assert len(webhook.requests("DELETE")) == 2
+
+
 async def test_a_grace_zero_pod_delete_is_watched_as_modified_then_deleted(
     http: Http, emu: Emulator, tenant: str
 ) -> None:
