@@ -77,7 +77,7 @@ def zero_webhook(cert: ServingCert) -> Any:
     argv = [sys.executable, __file__, "zero-webhook", str(port), str(cert.cert_file), str(cert.key_file)]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     try:
-        yield port
+        yield port, proc.pid
     finally:
         proc.terminate()
         try:
@@ -88,6 +88,12 @@ def zero_webhook(cert: ServingCert) -> Any:
 
 
 # -- measuring ------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -225,6 +231,7 @@ async def phase(
     count: int,
     clients: int,
     op: OperatorProcess | None,
+    pids: dict[str, int],
 ) -> dict[str, Any]:
     pods = await create_pods(cluster, namespace, label, count)
     await asyncio.sleep(1.0)  # the operator's pod cache has seen them (as it has in a real cluster)
@@ -232,9 +239,11 @@ async def phase(
     outcomes_before = await review_outcomes(op)
     cluster.control.clear_admission_log()
     before = await mark(cluster.kube, namespace)
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     started = time.perf_counter()
     latencies, versions, warnings = await delete_pods(cluster.kube, pods, clients)
     elapsed = time.perf_counter() - started
+    cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items()}
     after = await mark(cluster.kube, namespace)
     handler_after = await handler_time(op)
     result: dict[str, Any] = {
@@ -246,6 +255,11 @@ async def phase(
         "max_ms": round(max(latencies) * 1000, 2),
         "deletions_per_s": round(count / elapsed, 1),
         "admission_warnings": len(warnings),
+        # CPU the processes spent during the deletions, per deletion (steadier than wall time on a
+        # loaded machine; the emulator stands for the API server, "webhook" for the webhook's process).
+        "cpu_ms_per_deletion": {
+            name: round((cpu_after[name] - cpu_before[name]) / count * 1000, 3) for name in pids
+        },
     }
     # How the emulator's calls to the webhook ended ("ignored": failed, let through by failurePolicy).
     webhook_calls: dict[str, int] = {}
@@ -306,15 +320,18 @@ async def one_run(
         namespace = await cluster.create_namespace(f"bench-{run}")
         watch = ReservationWatch(cluster.kube, cluster.calico_group, cluster.reservation_name)
         await watch.start()
-        with zero_webhook(cert) as zero_port:
+        with zero_webhook(cert) as (zero_port, zero_pid):
             for latency in latencies:
                 emu.control.set_write_latency(latency)
                 for config in CONFIGS:
                     op: OperatorProcess | None = None
+                    assert emu.process is not None
+                    pids = {"emulator": emu.process.pid}
                     if config == "none":
                         await cluster.remove_webhook()
                     elif config == "zero-work":
                         await cluster.install_webhook(f"https://127.0.0.1:{zero_port}", cert.ca_bundle)
+                        pids["webhook"] = zero_pid
                     else:
                         op = OperatorProcess(
                             workdir=workdir / "operator",
@@ -331,6 +348,8 @@ async def one_run(
                         )
                         op.start()
                         await op.wait_ready(60)
+                        assert op.proc is not None
+                        pids["webhook"] = op.proc.pid
                         await cluster.install_webhook(f"https://127.0.0.1:{op.webhook_port}", cert.ca_bundle)
                     try:
                         tag = f"{config[:4]}-{int(latency * 1000)}ms"
@@ -344,6 +363,7 @@ async def one_run(
                                 count,
                                 clients,
                                 op,
+                                pids,
                             )
                             row.update(run=run, write_latency_ms=latency * 1000, config=config)
                             rows.append(row)
@@ -373,6 +393,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         for key in ("p50_ms", "p99_ms", "max_ms", "deletions_per_s"):
             summary[key] = round(statistics.median(r[key] for r in runs), 2)
+        summary["cpu_ms_per_deletion"] = {
+            name: round(statistics.median(r["cpu_ms_per_deletion"][name] for r in runs), 3)
+            for name in runs[0].get("cpu_ms_per_deletion", {})
+        }
         if config == "operator":
             summary["calico_writes"] = statistics.median(r["calico_writes"] for r in runs)
             summary["calico_append_writes"] = statistics.median(r["calico_append_writes"] for r in runs)
@@ -396,18 +420,22 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def table(summary: list[dict[str, Any]]) -> str:
     head = (
         f"{'write':>6} {'mode':<10} {'config':<9} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
-        f"{'x0 p50':>6} {'x0 p99':>6} {'writes':>11} {'reserved':>9}"
+        f"{'x0 p50':>6} {'x0 p99':>6} {'writes':>11} {'reserved':>9} {'cpu emu':>8} {'cpu hook':>8}"
     )
     lines = [head, "-" * len(head)]
     for s in summary:
         writes = f"{s['calico_append_writes']:g}/{s['ips']}" if "ips" in s else ""
         reserved = ("yes" if s["all_reserved_before_answer"] else "NO") if "ips" in s else ""
+        cpu = s.get("cpu_ms_per_deletion", {})
+        hook = f"{cpu['webhook']:.2f}" if "webhook" in cpu else ""
         lines.append(
             f"{s['write_latency_ms']:>4g}ms {s['mode']:<10} {s['config']:<9} {s['p50_ms']:>7.1f} "
             f"{s['p99_ms']:>7.1f} {s['max_ms']:>7.1f} {s.get('p50_vs_zero_work', 1):>6.2f} "
-            f"{s.get('p99_vs_zero_work', 1):>6.2f} {writes:>11} {reserved:>9}"
+            f"{s.get('p99_vs_zero_work', 1):>6.2f} {writes:>11} {reserved:>9} "
+            f"{cpu.get('emulator', 0):>8.2f} {hook:>8}"
         )
     lines.append("writes: IPReservation writes that added IPs / IPs deleted (operator, burst and sequential)")
+    lines.append("cpu emu / cpu hook: CPU ms per deletion of the emulator / of the webhook's process")
     return "\n".join(lines)
 
 

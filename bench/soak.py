@@ -680,7 +680,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table(result))
     if args.json:
         args.json.write_text(text + "\n")
-    return 1 if any(result["checker"].values()) else 0
+    # A finding of the checker, or a replica that exited on its own (nothing in the operator exits
+    # by design), fails the run: CI runs it (`make soak-ci` in .ci/run).
+    return 1 if any(result["checker"].values()) or result["replica_crashes"] else 0
 
 
 if __name__ == "__main__":

@@ -102,6 +102,7 @@ def restart_needed(old: Config, new: Config) -> list[str]:
         "leaderElection": (old.leader_election, new.leader_election),
         "ipReservationName": (old.ip_reservation_name, new.ip_reservation_name),
         "calicoAPIGroup": (old.calico_api_group, new.calico_api_group),
+        "namespaceSelector": (old.namespace_selector, new.namespace_selector),
     }
     return [name for name, (a, b) in fields.items() if a != b]
 
@@ -638,7 +639,11 @@ async def _run(
             records=records or RecordStore(api, reservation=conn.calico.name),
             events=events,
             metrics=metrics,
-            caches=Caches(KubeTransport(api), reservation=conn.calico.name),
+            caches=Caches(
+                KubeTransport(api),
+                reservation=conn.calico.name,
+                namespace_selector=config.namespace_selector.query(),
+            ),
             ledger=Ledger(api, namespace=options.namespace, name=LEDGER_NAME),
             config_text=config_text,
         )

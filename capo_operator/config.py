@@ -16,6 +16,7 @@ from capo_operator.decisions.durations import DurationError, format_duration, pa
 from capo_operator.decisions.selector import (
     DEFAULT_SELECTOR,
     AnySelector,
+    NamespaceSelector,
     SelectorError,
     dns1123_subdomain_error,
 )
@@ -51,6 +52,7 @@ _KNOWN = {
         "ipReserveTime",
         "ipReleasePeriod",
         "labelSelector",
+        "namespaceSelector",
         "ipReservationName",
         "calicoAPIGroup",
         "maxIPReserveTime",
@@ -100,6 +102,8 @@ class Config:
     ip_reserve_time: timedelta = timedelta(minutes=40)
     ip_release_period: timedelta = timedelta(seconds=5)
     label_selector: AnySelector = DEFAULT_SELECTOR
+    # Namespaces the operator acts in at all (besides ip-reserve=enabled); read at start.
+    namespace_selector: NamespaceSelector = field(default_factory=NamespaceSelector)
     leader_election: LeaderElection = field(default_factory=LeaderElection)
     health_probe_bind_address: str = ":8081"
     metrics_bind_address: str = ":8080"
@@ -380,6 +384,17 @@ def parse_config(text: str) -> Config:
                     "capo.io/reserve=true are reserved"
                 )
 
+    namespace_selector = NamespaceSelector()
+    raw_ns_selector = top.get("namespaceSelector")
+    if raw_ns_selector is not None:
+        if not isinstance(raw_ns_selector, Mapping):
+            raise p.fail("namespaceSelector", f"must be a mapping, got {_describe(raw_ns_selector)}")
+        try:
+            namespace_selector = NamespaceSelector.from_dict(raw_ns_selector)
+        except SelectorError as error:
+            path = "namespaceSelector" if error.field == "<selector>" else f"namespaceSelector.{error.field}"
+            raise p.fail(path, error.reason) from None
+
     reservation_name = p.string(top, "ipReservationName", "ipReservationName", "capo-reserved-ips")
     problem = dns1123_subdomain_error(reservation_name)
     if problem:
@@ -431,6 +446,7 @@ def parse_config(text: str) -> Config:
         ip_reserve_time=reserve_time,
         ip_release_period=release_period,
         label_selector=selector,
+        namespace_selector=namespace_selector,
         leader_election=leader,
         health_probe_bind_address=health_address,
         metrics_bind_address=metrics_address,

@@ -167,6 +167,10 @@ class Cluster:
         if not self.is_emulator:
             await self._create_node()
 
+    def run_namespace_selector(self) -> dict[str, Any]:
+        """The operator's `namespaceSelector` that confines it to this run's namespaces."""
+        return {"matchLabels": {RUN_LABEL: self.run_id}}
+
     def _run_labels(self) -> dict[str, str]:
         return {} if self.is_emulator else {RUN_LABEL: self.run_id}
 

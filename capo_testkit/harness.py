@@ -78,6 +78,9 @@ class Harness:
         if not self.cluster.is_emulator:
             extra = dict(config.pop("extra", None) or {})
             extra.setdefault("ipReservationName", self.cluster.reservation_name)
+            # The safety net watches pods cluster-wide: without this, a run's operators would reserve
+            # the IPs of other workloads (or other runs) in namespaces labelled ip-reserve=enabled.
+            extra.setdefault("namespaceSelector", self.cluster.run_namespace_selector())
             config["extra"] = extra
         op = OperatorProcess(
             workdir=self.workdir / "operators",

@@ -510,26 +510,126 @@ class ApiServer:
         admit: bool = True,
         collection: bool = False,
     ) -> tuple[Obj, bool]:
-        """Delete one object; returns (object, removed-now)."""
-        current = self.get(rt, namespace, name)
-        self._check_preconditions(rt, name, current, options)
-        if admit:
-            delete_options: Obj = {"kind": "DeleteOptions", "apiVersion": "meta.k8s.io/v1"}
-            delete_options.update({k: v for k, v in options.items() if k not in ("kind", "apiVersion")})
+        """Delete one object; returns (object, removed-now).
+
+        As kube-apiserver's registry store (Store.Delete): a pod is always deleted gracefully, even
+        with gracePeriodSeconds 0, i.e. in two writes: one that sets deletionTimestamp and
+        deletionGracePeriodSeconds (watchers see MODIFIED), then, if the grace period is 0 and no
+        finalizer is left, the removal (DELETED). Each write admits the DELETE against the object it
+        is about to change, so a grace-0 pod delete calls validating webhooks twice. Admission runs
+        before the write without holding the object: a write that got in meanwhile makes the
+        attempt start over on the newer object (optimistic concurrency, as GuaranteedUpdate and
+        conditionalDelete retry on a revision conflict), admission included."""
+        options = dict(options)
+        for _ in range(_MAX_RETRIES):
+            current = self.get(rt, namespace, name)
+            self._check_preconditions(rt, name, current, options)
+            step, grace = self._delete_step(rt, current, options)
+            if step == "pending":
+                return current, False  # a longer or equal grace period on a terminating pod: nothing
+            if admit:
+                await self._admit_delete(rt, namespace, name, current, options, ctx, collection)
+            if step == "finalizing":
+                return current, False  # already being deleted, waiting for finalizers: admitted, no write
             if ctx.dry_run:
-                delete_options["dryRun"] = ["All"]
-            await self._admit(
-                rt, "DELETE", "", namespace, "" if collection else name, None, current, ctx, delete_options
-            )
+                current = self.get(rt, namespace, name)
+                self._check_preconditions(rt, name, current, options)
+                return current, False
+            async with self._one_writer(rt, namespace, name):
+                if self._changed(rt, namespace, name, current):
+                    continue
+                await self._commit_cost()
+                if self._changed(rt, namespace, name, current):
+                    continue  # an unserialized in-process writer (kubelet status) got in first
+                if orphan_requested(options):
+                    self.orphaning.add(str(current["metadata"].get("uid")))
+                if step == "remove":
+                    return self._remove(rt, namespace, name), True
+                if step == "namespace":
+                    return self._mark_namespace(rt, current), False
+                marked = self._mark_deleting(rt, current, grace)
+            marked_meta = marked["metadata"]
+            if grace > 0 or marked_meta.get("finalizers") or not self._graceful(rt):
+                return marked, False
+            # Grace 0 and nothing left to wait for: the same request removes it now (second write).
+            if (options.get("preconditions") or {}).get("resourceVersion"):
+                options["preconditions"] = {
+                    **options["preconditions"],
+                    "resourceVersion": marked_meta["resourceVersion"],
+                }
+        raise E.conflict(rt.plural, rt.group, name)
+
+    async def _admit_delete(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        current: Obj,
+        options: Obj,
+        ctx: RequestContext,
+        collection: bool,
+    ) -> None:
+        delete_options: Obj = {"kind": "DeleteOptions", "apiVersion": "meta.k8s.io/v1"}
+        delete_options.update({k: v for k, v in options.items() if k not in ("kind", "apiVersion")})
+        if self._graceful(rt):
+            # The pod strategy writes the grace period it settled on back into the options.
+            delete_options["gracePeriodSeconds"] = self._grace_period(rt, current, options)
         if ctx.dry_run:
-            current = self.get(rt, namespace, name)
-            self._check_preconditions(rt, name, current, options)
-            return current, False
-        async with self._one_writer(rt, namespace, name):
-            await self._commit_cost()
-            current = self.get(rt, namespace, name)
-            self._check_preconditions(rt, name, current, options)
-            return self._delete_now(rt, namespace, name, current, options)
+            delete_options["dryRun"] = ["All"]
+        await self._admit(
+            rt, "DELETE", "", namespace, "" if collection else name, None, current, ctx, delete_options
+        )
+
+    def _changed(self, rt: ResourceType, namespace: str | None, name: str, seen: Obj) -> bool:
+        latest = self.store.get(rt.key, namespace, name)
+        if latest is None:
+            raise E.not_found(rt.plural, rt.group, name)
+        return bool(latest["metadata"]["resourceVersion"] != seen["metadata"]["resourceVersion"])
+
+    @staticmethod
+    def _graceful(rt: ResourceType) -> bool:
+        """Resources whose strategy deletes gracefully (in the built-in registry: pods)."""
+        return rt.group == "" and rt.plural == "pods"
+
+    def _delete_step(self, rt: ResourceType, current: Obj, options: Obj) -> tuple[str, int]:
+        """What the next write of a delete is (rest.BeforeDelete): "remove", "mark" (set
+        deletionTimestamp with the returned grace period), "namespace", "finalizing" (already being
+        deleted and waiting for finalizers: admitted, nothing written) or "pending" (a terminating
+        pod asked for an equal or longer grace period: neither admitted nor written)."""
+        meta = current["metadata"]
+        if _is_namespace(rt):
+            return ("finalizing", 0) if meta.get("deletionTimestamp") else ("namespace", 0)
+        if not self._graceful(rt):
+            return (
+                ("mark", 0)
+                if meta.get("finalizers") and not meta.get("deletionTimestamp")
+                else (("finalizing", 0) if meta.get("finalizers") else ("remove", 0))
+            )
+        grace = self._grace_period(rt, current, options)
+        if meta.get("deletionTimestamp"):
+            old_grace = meta.get("deletionGracePeriodSeconds")
+            if not old_grace:
+                return ("finalizing", 0) if meta.get("finalizers") else ("remove", 0)
+            if grace >= int(old_grace):
+                return "pending", int(old_grace)
+        return "mark", grace
+
+    def _mark_deleting(self, rt: ResourceType, current: Obj, grace: int) -> Obj:
+        new = copy.deepcopy(current)
+        new_meta = new["metadata"]
+        new_meta["deletionTimestamp"] = rfc3339(now() + timedelta(seconds=grace))
+        new_meta["deletionGracePeriodSeconds"] = grace
+        if rt.generation:
+            new_meta["generation"] = int(new_meta.get("generation") or 0) + 1
+        return self.store.put(rt.key, new)
+
+    def _mark_namespace(self, rt: ResourceType, current: Obj) -> Obj:
+        # Namespaces always go through Terminating; the namespace controller removes them.
+        new = copy.deepcopy(current)
+        new["metadata"]["deletionTimestamp"] = rfc3339()
+        new["metadata"]["deletionGracePeriodSeconds"] = 0
+        new.setdefault("status", {})["phase"] = "Terminating"
+        return self.store.put(rt.key, new)
 
     def _check_preconditions(self, rt: ResourceType, name: str, current: Obj, options: Obj) -> None:
         pre = options.get("preconditions") or {}
@@ -550,42 +650,6 @@ class ApiServer:
                 f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, "
                 f"ResourceVersion in object meta: {meta.get('resourceVersion')}",
             )
-
-    def _delete_now(
-        self, rt: ResourceType, namespace: str | None, name: str, current: Obj, options: Obj
-    ) -> tuple[Obj, bool]:
-        meta = current["metadata"]
-        grace = self._grace_period(rt, current, options)
-        if orphan_requested(options):
-            self.orphaning.add(str(meta.get("uid")))
-        if _is_namespace(rt):
-            # Namespaces always go through Terminating; the namespace controller removes them.
-            if meta.get("deletionTimestamp"):
-                return current, False
-            new = copy.deepcopy(current)
-            new["metadata"]["deletionTimestamp"] = rfc3339()
-            new["metadata"]["deletionGracePeriodSeconds"] = 0
-            new.setdefault("status", {})["phase"] = "Terminating"
-            return self.store.put(rt.key, new), False
-        if meta.get("deletionTimestamp"):
-            old_grace = meta.get("deletionGracePeriodSeconds")
-            if grace == 0 and not meta.get("finalizers"):
-                return self._remove(rt, namespace, name), True
-            if old_grace is not None and grace < old_grace:
-                new = copy.deepcopy(current)
-                new["metadata"]["deletionGracePeriodSeconds"] = grace
-                new["metadata"]["deletionTimestamp"] = rfc3339(now() + timedelta(seconds=grace))
-                return self.store.put(rt.key, new), False
-            return current, False
-        if grace > 0 or meta.get("finalizers"):
-            new = copy.deepcopy(current)
-            new_meta = new["metadata"]
-            new_meta["deletionTimestamp"] = rfc3339(now() + timedelta(seconds=grace))
-            new_meta["deletionGracePeriodSeconds"] = grace
-            if rt.generation:
-                new_meta["generation"] = int(new_meta.get("generation") or 0) + 1
-            return self.store.put(rt.key, new), False
-        return self._remove(rt, namespace, name), True
 
     def _grace_period(self, rt: ResourceType, obj: Obj, options: Obj) -> int:
         if _is_namespace(rt):
@@ -679,12 +743,8 @@ class ApiServer:
             self._check_disruption_budgets(pod)
         if ctx.dry_run:
             return E.success_status(201)
-        # The eviction handler deletes the pod itself: no second admission for this delete.
-        async with self._one_writer(rt, namespace, name):
-            await self._commit_cost()
-            pod = self.get(rt, namespace, name)
-            self._check_preconditions(rt, name, pod, delete_options)
-            self._delete_now(rt, namespace, name, pod, delete_options)
+        # The eviction handler deletes the pod itself (the same graceful steps, no second admission).
+        await self.delete(rt, namespace, name, delete_options, ctx, admit=False)
         return E.success_status(201)
 
     def _check_disruption_budgets(self, pod: Obj) -> None:

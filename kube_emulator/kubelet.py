@@ -247,7 +247,10 @@ class Kubelet(Background):
     # Delete ------------------------------------------------------------------------------
 
     async def _finish_delete(self, ns: str, name: str, uid: str, grace: float) -> None:
-        await asyncio.sleep(min(self.cluster.options.kubelet_delay, grace))
+        # Stopping the containers takes the grace period at most; with grace 0 the kill itself still
+        # takes a moment, by which time the deleting request has usually removed the pod.
+        delay = self.cluster.options.kubelet_delay
+        await asyncio.sleep(min(delay, grace) if grace > 0 else delay)
         rt = self.cluster.registry.get("", "v1", "pods")
         assert rt is not None
         while True:

@@ -68,6 +68,20 @@ def size(annotation: str, value: str) -> int:
     return len(annotation.encode()) + len(value.encode())
 
 
+def total_size(annotations: Mapping[Any, Any]) -> int:
+    """`size` summed over the pending annotations among `annotations` (others, and non-string
+    entries, count 0). Runs after every append over the whole map: ASCII text (the usual case)
+    is measured without encoding it."""
+    total = 0
+    for k, v in annotations.items():
+        if isinstance(k, str) and isinstance(v, str) and k.startswith(PREFIX):
+            if k.isascii() and v.isascii():
+                total += len(k) + len(v)
+            else:
+                total += len(k.encode()) + len(v.encode())
+    return total
+
+
 def decode(annotation: str, value: Any) -> Record:
     """The record an annotation describes, its clock running from the real reservation time.
     PendingError when the value is not a valid entry or does not belong to the key's IP."""

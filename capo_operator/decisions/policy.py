@@ -236,9 +236,14 @@ def decide(
     if dry_run:
         return _skip(Skip.DRY_RUN, f"Dry-run request for {who}: nothing is reserved.")
     if namespace is None:
+        scope = config.namespace_selector
+        why = ""
+        if scope.requirements:
+            why = f" (not seen yet, or outside namespaceSelector {scope.describe()})"
         return _skip(
             Skip.NAMESPACE_NOT_ENABLED,
-            f"Namespace {pod.namespace} is unknown to the operator, so the IPs of {who} are not reserved.",
+            f"Namespace {pod.namespace} is unknown to the operator{why}, "
+            f"so the IPs of {who} are not reserved.",
         )
     if not namespace.enabled:
         return _skip(

@@ -203,3 +203,36 @@ DEFAULT_SELECTOR = AnySelector(
         Requirement("brokerId", "Exists"),
     )
 )
+
+
+@dataclass(frozen=True)
+class NamespaceSelector:
+    """`namespaceSelector`: a Kubernetes label selector (ALL requirements must match; empty
+    matches every namespace), sent to the API server as the namespace watch's labelSelector."""
+
+    requirements: tuple[Requirement, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: object) -> NamespaceSelector:
+        """Same fields and validation as `AnySelector.from_dict`. Raises SelectorError."""
+        return cls(AnySelector.from_dict(data).requirements)
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return all(r.matches(labels) for r in self.requirements)
+
+    def query(self) -> str | None:
+        """The `labelSelector` query parameter (kube-apiserver's string syntax); None if empty."""
+        parts: list[str] = []
+        for r in self.requirements:
+            if r.operator == "In":
+                parts.append(f"{r.key} in ({','.join(r.values)})")
+            elif r.operator == "NotIn":
+                parts.append(f"{r.key} notin ({','.join(r.values)})")
+            elif r.operator == "Exists":
+                parts.append(r.key)
+            else:
+                parts.append(f"!{r.key}")
+        return ",".join(parts) or None
+
+    def describe(self) -> str:
+        return self.query() or "(every namespace)"

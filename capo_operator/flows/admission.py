@@ -67,7 +67,11 @@ class Admission:
             if exc.status == 404:
                 return None
             raise
-        return NamespaceFacts.from_namespace(self.api.sanitize_for_serialization(ns))
+        raw = self.api.sanitize_for_serialization(ns)
+        labels = (raw.get("metadata") or {}).get("labels") or {}
+        if not self.config.current.namespace_selector.matches(labels):
+            return None  # outside namespaceSelector: unknown to this operator, as in its cache
+        return NamespaceFacts.from_namespace(raw)
 
     async def pod_facts(self, namespace: str, name: str) -> PodFacts | None:
         cached = self.views.pod(namespace, name)

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from kubernetes.aio import client as k8s
 
-from capo_operator.config import LiveConfig
+from capo_operator.config import Config, LiveConfig
 from capo_operator.decisions import pending, planner, policy
 from capo_operator.decisions.addresses import record_name
 from capo_operator.decisions.durations import format_duration
@@ -434,11 +434,10 @@ class Releaser:
         records, unsettled = await self._retime(records, cfg.ip_reserve_time)
         await self._add_finalizers(records.values())
 
-        namespaces = self.views.namespace_names()
         gone_namespaces = {
             ns
             for ns in {r.pod.namespace for r in records.values() if r.pod is not None}
-            if ns not in namespaces or _terminating(self.views, ns)
+            if _namespace_gone(self.views, cfg, ns)
         }
         holding = self._holding_uids(records.values())
         # Records deleted by a person (our finalizer keeps them until their IP has left Calico).
@@ -769,9 +768,14 @@ class Releaser:
             await self.calico.clear_pending(keys)
 
 
-def _terminating(views: Views, namespace: str) -> bool:
+def _namespace_gone(views: Views, cfg: Config, namespace: str) -> bool:
+    """Deleted or being deleted. Missing from the cache means deleted, unless `namespaceSelector`
+    keeps namespaces out of the cache: then it may well exist, so only a namespace seen terminating
+    counts (a hold then runs its time: the safe side)."""
     ns = views.namespace(namespace)
-    return ns is None or ns.terminating
+    if ns is None:
+        return not cfg.namespace_selector.requirements
+    return ns.terminating
 
 
 # Longer values are not durations (policy.hold_for would refuse them and use ipReserveTime, as it

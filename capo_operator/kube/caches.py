@@ -137,8 +137,13 @@ class Views:
 class Caches:
     """The three informers of one replica and the views over them."""
 
-    def __init__(self, transport: Transport, *, reservation: str, **options: Any) -> None:
-        self.namespaces: Informer[NamespaceFacts] = namespace_informer(transport, **options)
+    def __init__(
+        self, transport: Transport, *, reservation: str, namespace_selector: str | None = None, **options: Any
+    ) -> None:
+        # Namespaces outside `namespaceSelector` are not even cached: unknown, nothing in them is reserved.
+        self.namespaces: Informer[NamespaceFacts] = namespace_informer(
+            transport, label_selector=namespace_selector, **options
+        )
         self.pods: Informer[PodFacts] = pod_informer(transport, **options)
         # Records are labelled with the name of the IPReservation they belong to.
         self.records: Informer[Record] = record_informer(transport, reservation, **options)

@@ -31,7 +31,7 @@ from capo_operator.decisions.addresses import AddressError, host_cidr, ip_of, pa
 from capo_operator.decisions.record import Record
 from capo_operator.kube.informer import Informer
 from capo_operator.kube.models import Kind, ObjectMeta
-from capo_operator.kube.transport import KubeTransport, Transport
+from capo_operator.kube.transport import ApiError, KubeTransport, Transport, send_json
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,20 @@ MAX_ATTEMPTS = 12  # read-modify-write attempts before giving up on conflicts
 MANAGED_BY = "capo.io/managed-by"
 MANAGED_BY_VALUE = "capo-operator"
 MAX_BATCH = 256  # IPs in one group-commit patch (a drain of a large node writes a few patches)
+
+
+class _AnnotationsOnly(msgspec.Struct):
+    annotations: dict[str, str] = {}
+
+
+class _WrittenObject(msgspec.Struct):
+    """What an append reads back from the object the server returns: its annotations only (the
+    decoder skips the rest, `spec.reservedCIDRs` included, without building Python objects)."""
+
+    metadata: _AnnotationsOnly = msgspec.field(default_factory=_AnnotationsOnly)
+
+
+_WRITTEN = msgspec.json.Decoder(_WrittenObject)
 
 
 class CalicoGroup(enum.StrEnum):
@@ -204,18 +218,28 @@ class CalicoStore:
         self.name = name
         self.group = group
         self._custom = k8s.CustomObjectsApi(api)
+        self._path = f"/apis/{group.value}/{group.version}/{PLURAL}/{name}"
         # Bytes of pending annotations on the object as our last write or read saw it: bounds what
         # the next append adds (the object's annotations may hold 256 KiB in all).
         self.pending_bytes = 0
 
     def _saw(self, obj: Any) -> None:
         if isinstance(obj, Mapping):
-            annotations = (obj.get("metadata") or {}).get("annotations") or {}
-            self.pending_bytes = sum(
-                pending.size(k, v)
-                for k, v in annotations.items()
-                if isinstance(k, str) and isinstance(v, str) and pending.is_key(k)
-            )
+            self._saw_annotations((obj.get("metadata") or {}).get("annotations") or {})
+
+    def _saw_annotations(self, annotations: Mapping[Any, Any]) -> None:
+        self.pending_bytes = pending.total_size(annotations)
+
+    async def _json_patch(self, patch: list[dict[str, Any]]) -> None:
+        """The append's PATCH, without the generated method (`send_json`); only the annotations are
+        decoded from the answer (the IPReservation it returns holds every entry; parsing all of it
+        was most of the client's share of the write). ApiError for an answer other than 2xx."""
+        data = await send_json(self.api, "PATCH", self._path, patch, content_type=JSON_PATCH)
+        try:
+            self._saw_annotations(_WRITTEN.decode(data).metadata.annotations)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # The write happened; only the size estimate for the next append is stale.
+            logger.warning("could not read the IPReservation the server returned: %s", exc)
 
     # -- low-level calls -------------------------------------------------------------------------
 
@@ -360,19 +384,18 @@ class CalicoStore:
         for name, value in self._annotations(cidrs, details, self.pending_bytes).items():
             patch.append({"op": "add", "path": "/metadata/annotations/" + _pointer(name), "value": value})
         try:
-            self._saw(
-                await self._custom.patch_cluster_custom_object(
-                    self.group.value, self.group.version, PLURAL, self.name, patch, _content_type=JSON_PATCH
-                )
-            )
+            await self._json_patch(patch)
             return
-        except k8s.ApiException as exc:
+        except ApiError as exc:
             if exc.status == 404:
                 if await self._create(cidrs, details):
                     return
                 # Someone created it between our patch and our create: fall through to the checked path.
             elif exc.status not in (400, 409, 422):
-                raise _error(f"appending to IPReservation {self.name}", exc) from exc
+                raise CalicoError(
+                    f"appending to IPReservation {self.name}: HTTP {exc.status}: {exc.message or exc.reason}",
+                    status=exc.status,
+                ) from exc
             # 422: a duplicate under list-type set, a missing list or annotation map ("path not
             # found"), a legacy bare IP that a strict CRD no longer accepts, or annotations over the
             # size limit; 400 is how some servers report the missing path.

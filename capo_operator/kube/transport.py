@@ -51,6 +51,29 @@ class ApiError(Exception):
         return self.status == 410
 
 
+async def send_json(
+    api: k8s.ApiClient, method: str, path: str, body: Any, *, content_type: str = "application/json"
+) -> bytes:
+    """One write through the client's own endpoint, TLS, credentials and 401/403 handling
+    (`call_api`) without the generated method around it: no per-call argument validation, no model
+    (de)serialization. `body` is JSON data (a list for a JSON patch). Returns the answer's body;
+    ApiError for a status of 300 or more."""
+    method, url, headers, _body, _post = await api.param_serialize(
+        method,
+        path,
+        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        auth_settings=["BearerToken"],
+    )
+    response = await api.call_api(method, url, header_params=headers, body=body)
+    try:
+        data: bytes = await response.read()
+    finally:
+        response.response.release()
+    if response.status >= 300:
+        raise ApiError.from_body(response.status, data, response.headers.get("Retry-After"))
+    return data
+
+
 class Transport(Protocol):
     """What an informer needs from the API server (a fake implements it in the unit tests)."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -73,7 +74,9 @@ def free_port() -> int:
         return port
 
 
-async def test_graceful_delete_calls_admission_twice(http: Http, webhook: WebhookServer, tenant: str) -> None:
+async def test_graceful_delete_admits_the_request_and_both_writes_of_the_final_delete(
+    http: Http, webhook: WebhookServer, tenant: str
+) -> None:
     await install(http, webhook)
     p = await running_pod(http, "db-0")
     s, body, _ = await http.delete(f"{PODS}/db-0")
@@ -84,10 +87,10 @@ async def test_graceful_delete_calls_admission_twice(http: Http, webhook: Webhoo
     )
     assert await gone(http, f"{PODS}/db-0")
     deletes = webhook.requests("DELETE")
-    assert [r["userInfo"]["username"] for r in deletes] == [
-        "kube-emulator-admin",
-        f"system:node:{p['spec']['nodeName']}",
-    ]
+    # The kubelet's final delete (grace 0) shortens the grace period (one write) and then removes
+    # the pod (a second write): kube-apiserver admits each write, so the webhook hears it twice.
+    node = f"system:node:{p['spec']['nodeName']}"
+    assert [r["userInfo"]["username"] for r in deletes] == ["kube-emulator-admin", node, node]
     first = deletes[0]
     assert (
         first["name"] == "db-0"
@@ -99,13 +102,18 @@ async def test_graceful_delete_calls_admission_twice(http: Http, webhook: Webhoo
     )
     assert first["oldObject"]["status"]["podIPs"] == p["status"]["podIPs"] and first["object"] is None
     assert first["options"]["kind"] == "DeleteOptions" and first["dryRun"] is False
+    assert first["options"]["gracePeriodSeconds"] == 30
     assert deletes[1]["options"]["gracePeriodSeconds"] == 0
-    assert deletes[1]["oldObject"]["metadata"]["deletionTimestamp"]
+    assert deletes[1]["oldObject"]["metadata"]["deletionGracePeriodSeconds"] == 30
+    assert deletes[2]["oldObject"]["metadata"]["deletionGracePeriodSeconds"] == 0
 
 
-async def test_unscheduled_and_immediate_deletes_call_admission_once(
+async def test_every_pod_delete_is_two_writes_each_admitted(
     http: Http, webhook: WebhookServer, tenant: str
 ) -> None:
+    # kube-apiserver's pod strategy always deletes gracefully (CheckGracefulDelete returns true, with
+    # grace 0 for an unscheduled pod): the first write sets deletionTimestamp, the second removes the
+    # pod, and each runs the DELETE through admission. Other resources are removed in one write.
     await install(http, webhook)
     await http.post(PODS, pod("pending", schedulerName="elsewhere"))
     s, _, _ = await http.delete(f"{PODS}/pending")
@@ -113,8 +121,56 @@ async def test_unscheduled_and_immediate_deletes_call_admission_once(
     await running_pod(http, "now")
     s, _, _ = await http.delete(f"{PODS}/now?gracePeriodSeconds=0")
     assert s == 200 and await gone(http, f"{PODS}/now", 0.1)
-    await asyncio.sleep(0.3)
-    assert [r["name"] for r in webhook.requests("DELETE")] == ["pending", "now"]
+    await asyncio.sleep(0.5)  # a kubelet's late final delete would show up here
+    deletes = webhook.requests("DELETE")
+    assert [r["name"] for r in deletes] == ["pending", "pending", "now", "now"]
+    assert [bool(r["oldObject"]["metadata"].get("deletionTimestamp")) for r in deletes] == [
+        False,
+        True,
+        False,
+        True,
+    ]
+    assert all(r["options"]["gracePeriodSeconds"] == 0 for r in deletes)
+
+
+async def test_a_pod_held_by_a_finalizer_is_marked_once_and_every_delete_is_admitted(
+    http: Http, webhook: WebhookServer, tenant: str
+) -> None:
+    await install(http, webhook)
+    held = pod("held", schedulerName="elsewhere")
+    held["metadata"]["finalizers"] = ["example.com/keep"]
+    await http.post(PODS, held)
+    s, marked, _ = await http.delete(f"{PODS}/held")
+    assert s == 200 and marked["metadata"]["deletionTimestamp"]
+    # Already being deleted: kube-apiserver admits the request again but writes nothing.
+    s, again, _ = await http.delete(f"{PODS}/held")
+    assert s == 200 and again["metadata"]["resourceVersion"] == marked["metadata"]["resourceVersion"]
+    assert [r["name"] for r in webhook.requests("DELETE")] == ["held", "held"]
+    # The last finalizer removed: the pod goes, without another admission of a DELETE.
+    s, _, _ = await http.patch(f"{PODS}/held", {"metadata": {"finalizers": None}})
+    assert s == 200 and await gone(http, f"{PODS}/held", 1.0)
+    assert len(webhook.requests("DELETE")) == 2
+
+
+async def test_a_grace_zero_pod_delete_is_watched_as_modified_then_deleted(
+    http: Http, emu: Emulator, tenant: str
+) -> None:
+    await running_pod(http, "seen")
+    _, listed, _ = await http.get(PODS)
+    rv = listed["metadata"]["resourceVersion"]
+    await emu.control.set_write_latency(0.05)
+    started = time.monotonic()
+    s, _, _ = await http.delete(f"{PODS}/seen?gracePeriodSeconds=0")
+    elapsed = time.monotonic() - started
+    assert s == 200
+    seen = await http.watch(f"{PODS}?watch=1&resourceVersion={rv}&timeoutSeconds=1", limit=3)
+    events = [
+        (e["type"], bool(e["object"]["metadata"].get("deletionTimestamp")))
+        for e in seen
+        if e["object"]["metadata"].get("name") == "seen"
+    ]
+    assert events == [("MODIFIED", True), ("DELETED", True)]
+    assert elapsed >= 2 * 0.05  # two writes, each paying the commit latency
 
 
 async def test_eviction(http: Http, webhook: WebhookServer, tenant: str) -> None:
@@ -127,6 +183,8 @@ async def test_eviction(http: Http, webhook: WebhookServer, tenant: str) -> None
     reqs = webhook.requests()
     assert [(r["operation"], r.get("subResource"), r["userInfo"]["username"]) for r in reqs] == [
         ("CREATE", "eviction", "kube-emulator-admin"),
+        # The kubelet's final delete: the write shortening the grace period to 0, then the removal.
+        ("DELETE", None, f"system:node:{p['spec']['nodeName']}"),
         ("DELETE", None, f"system:node:{p['spec']['nodeName']}"),
     ]
     ev = reqs[0]
@@ -290,7 +348,7 @@ async def test_service_client_config_checks_service_hostname(
     await http.post(VWC, webhook_configuration("svc", svc))
     await http.post(PODS, pod("a", schedulerName="none"))
     s, _, _ = await http.delete(f"{PODS}/a")
-    assert s == 200 and len(webhook.requests()) == 1
+    assert s == 200 and len(webhook.requests()) == 2  # a pod delete is two admitted writes
     # The certificate does not name "wrong.capo-system.svc": the call fails although the URL is the same.
     await emu.control.set_service("capo-system", "wrong", 443, webhook.url)
     bad = webhook_configuration(
@@ -321,7 +379,7 @@ async def test_namespace_selector(http: Http, webhook: WebhookServer, tenant: st
     await http.delete(f"{PODS}/in")
     await http.delete("/api/v1/namespaces/plain/pods/out")
     await http.delete("/api/v1/namespaces/kube-system/pods/sys")
-    assert [r["name"] for r in webhook.requests()] == ["in"]
+    assert [r["name"] for r in webhook.requests()] == ["in", "in"]
 
 
 async def test_object_selector_never_matches_an_eviction(
@@ -342,7 +400,7 @@ async def test_object_selector_never_matches_an_eviction(
     # Only the kubelet's DELETE matched (the old object has the label); the eviction did not.
     assert [(r["operation"], r["userInfo"]["username"]) for r in reqs] == [
         ("DELETE", f"system:node:{p['spec']['nodeName']}")
-    ]
+    ] * 2
 
 
 async def test_rule_matching_with_wildcards(http: Http, webhook: WebhookServer, tenant: str) -> None:
@@ -379,8 +437,8 @@ async def test_delete_collection_calls_admission_per_pod_without_name(
     s, body, _ = await http.request("DELETE", f"{PODS}?labelSelector=grp%3Dx")
     assert s == 200 and body["kind"] == "PodList" and len(body["items"]) == 2
     reqs = webhook.requests("DELETE")
-    assert len(reqs) == 2 and all("name" not in r for r in reqs)
-    assert sorted(r["oldObject"]["metadata"]["name"] for r in reqs) == ["c1", "c2"]
+    assert len(reqs) == 4 and all("name" not in r for r in reqs)  # two admitted writes per pod
+    assert sorted(r["oldObject"]["metadata"]["name"] for r in reqs) == ["c1", "c1", "c2", "c2"]
     s, _, _ = await http.get(f"{PODS}/c3")
     assert s == 200
 
@@ -407,7 +465,8 @@ async def test_webhook_connections_are_kept_alive_and_reused(
         await http.post(PODS, pod(f"k{i}", schedulerName="none"))
         s, _, _ = await http.delete(f"{PODS}/k{i}")
         assert s == 200
-    assert len(webhook.peers) == 5 and len(set(webhook.peers)) == 1  # one connection for every call
+    # Two calls per pod delete (two admitted writes), all on one connection.
+    assert len(webhook.peers) == 10 and len(set(webhook.peers)) == 1
     # Concurrent calls open connections side by side (no limit), then those stay pooled for reuse.
     names = [f"c{i}" for i in range(6)]
     for name in names:
@@ -415,12 +474,12 @@ async def test_webhook_connections_are_kept_alive_and_reused(
     webhook.delay = 0.2
     results = await asyncio.gather(*(http.delete(f"{PODS}/{name}") for name in names))
     assert [s for s, _, _ in results] == [200] * 6
-    burst = set(webhook.peers[5:])
+    burst = set(webhook.peers[10:])
     assert len(burst) > 1
     webhook.delay = 0.0
     await http.post(PODS, pod("after", schedulerName="none"))
     s, _, _ = await http.delete(f"{PODS}/after")
-    assert s == 200 and webhook.peers[-1] in burst | set(webhook.peers[:5])
+    assert s == 200 and webhook.peers[-1] in burst | set(webhook.peers[:10])
     assert emu.cluster.admission.clients == 1
 
 
@@ -446,7 +505,7 @@ async def test_webhook_client_changes_with_its_ca_bundle_and_survives_a_restart(
         config["webhooks"][0]["clientConfig"]["caBundle"] = server.pki.ca_bundle
         assert (await http.request("PUT", f"{VWC}/test", config))[0] == 200
         s, _, _ = await http.delete(f"{PODS}/r2")
-        assert s == 200 and len(server.peers) == 2 and server.peers[0] != server.peers[1]
+        assert s == 200 and len(server.peers) == 4 and server.peers[0] != server.peers[-1]
         assert emu.cluster.admission.clients == 2
     finally:
         await server.stop()

@@ -39,12 +39,14 @@ def test_default_quarantine_is_the_real_one() -> None:
 async def test_orphan_is_failed_then_force_deleted(gc_http: Http) -> None:
     s, _, _ = await gc_http.post(PODS, pod("orphan", nodeName="ghost"))
     assert s == 201
-    task = asyncio.create_task(gc_http.watch(f"{PODS}?watch=true&timeoutSeconds=5", until=3))
+    task = asyncio.create_task(gc_http.watch(f"{PODS}?watch=true&timeoutSeconds=5", until=4))
     await asyncio.sleep(0.2)
     assert (await gc_http.get(f"{PODS}/orphan"))[0] == 200  # still quarantined
     assert await gone(gc_http, "orphan", 5)
     events: list[dict[str, Any]] = await task
-    assert [e["type"] for e in events] == ["ADDED", "MODIFIED", "DELETED"]
+    # Failed, then the force delete's two writes (deletionTimestamp with grace 0, then the removal).
+    assert [e["type"] for e in events] == ["ADDED", "MODIFIED", "MODIFIED", "DELETED"]
+    assert events[2]["object"]["metadata"]["deletionGracePeriodSeconds"] == 0
     failed = events[1]["object"]["status"]
     assert failed["phase"] == "Failed"
     target = next(c for c in failed["conditions"] if c["type"] == "DisruptionTarget")

@@ -349,3 +349,35 @@ def test_load_reads_the_file(tmp_path: Path) -> None:
     path = tmp_path / "capo_config.yaml"
     path.write_text("ipReserveMaxCount: 12\n")
     assert load_config(str(path)).ip_reserve_max_count == 12
+
+
+def test_namespace_selector_is_a_kubernetes_selector_sent_to_the_server() -> None:
+    assert parse_config("ipReserveTime: 40m").namespace_selector.query() is None  # every namespace
+    config = parse_config(
+        "namespaceSelector:\n"
+        "  matchLabels: {capo.io/test-run: a1b2c3}\n"
+        "  matchExpressions:\n"
+        "    - {key: team, operator: NotIn, values: [qa, dev]}\n"
+        "    - {key: tier, operator: Exists}\n"
+        "    - {key: legacy, operator: DoesNotExist}\n"
+    )
+    selector = config.namespace_selector
+    assert selector.query() == "capo.io/test-run in (a1b2c3),team notin (qa,dev),tier,!legacy"
+    # ALL requirements must match (Kubernetes semantics, unlike labelSelector's ANY).
+    assert selector.matches({"capo.io/test-run": "a1b2c3", "tier": "db"})
+    assert not selector.matches({"capo.io/test-run": "a1b2c3"})
+    assert not selector.matches({"capo.io/test-run": "other", "tier": "db"})
+    assert not selector.matches({"capo.io/test-run": "a1b2c3", "tier": "db", "legacy": "1"})
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("namespaceSelector: [a]", "namespaceSelector"),
+        ("namespaceSelector: {matchLabels: {'bad key!': x}}", "namespaceSelector.matchLabels.bad key!"),
+        ("namespaceSelector: {matchExpressions: [{key: a, operator: in, values: [b]}]}", "operator"),
+        ("namespaceSelector: {selector: {}}", "namespaceSelector.selector"),
+    ],
+)
+def test_a_bad_namespace_selector_is_refused(text: str, where: str) -> None:
+    assert where in str(error_of(text))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from fakes import NOW, STS
@@ -166,3 +167,20 @@ def test_read_separates_readable_and_unreadable_annotations() -> None:
     assert records == {"10.0.0.1": good}
     assert set(bad) == {"pending.capo.io/10.0.0.2", "pending.capo.io/not-an-ip"}
     assert pending.read(None) == ({}, {})
+
+
+@given(
+    entries=st.dictionaries(
+        st.one_of(st.text(max_size=20), st.text(max_size=20).map(lambda t: pending.PREFIX + t)),
+        st.one_of(st.text(max_size=40), st.integers()),
+        max_size=20,
+    )
+)
+def test_total_size_is_the_size_of_every_pending_annotation(entries: dict[str, Any]) -> None:
+    expected = sum(pending.size(k, v) for k, v in entries.items() if pending.is_key(k) and isinstance(v, str))
+    assert pending.total_size(entries) == expected
+
+
+def test_total_size_counts_utf8_bytes() -> None:
+    key = pending.key("10.0.0.1")
+    assert pending.total_size({key: "é", "other": "x" * 100}) == len(key) + 2

@@ -20,6 +20,7 @@ from capo_operator.decisions.policy import (
     selected,
     terminal_trigger,
 )
+from capo_operator.decisions.selector import NamespaceSelector
 
 CONFIG = Config()
 ENABLED = NamespaceFacts("db", enabled=True, terminating=False)
@@ -267,6 +268,8 @@ def test_unknown_namespace_is_not_enabled() -> None:
     decision = decide(pod_facts(), None, CONFIG)
     check_skip(decision, Skip.NAMESPACE_NOT_ENABLED)
     assert "unknown" in decision.detail
+    scoped = replace(CONFIG, namespace_selector=NamespaceSelector.from_dict({"matchLabels": {"team": "db"}}))
+    assert "outside namespaceSelector team in (db)" in decide(pod_facts(), None, scoped).detail
 
 
 def test_opt_in_overrides_the_selector() -> None:

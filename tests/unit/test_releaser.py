@@ -25,6 +25,7 @@ from capo_operator.config import Config
 from capo_operator.decisions import pending
 from capo_operator.decisions.policy import Hold, Owner
 from capo_operator.decisions.record import PodRef
+from capo_operator.decisions.selector import NamespaceSelector
 from capo_operator.flows import releaser as releaser_module
 from capo_operator.flows.releaser import OwnerChecker, Releaser, alive_uids
 from capo_operator.kube.calico import CalicoError
@@ -329,6 +330,24 @@ async def test_records_of_a_gone_namespace_are_released(h: Harness, gone: str) -
 
     assert set(h.records.items) == {"10.0.0.2"}
     assert h.calico.ips == {"10.0.0.2"}
+    assert h.sample("capo_releases_total", reason="namespace-deleted") == 1
+
+
+async def test_with_a_namespace_selector_an_uncached_namespace_is_not_a_deleted_one(h: Harness) -> None:
+    # Outside namespaceSelector a namespace is never cached although it exists: its holds run their
+    # time; a selected namespace seen terminating is still released at once.
+    h.op.config.current = dataclasses.replace(
+        h.op.config.current, namespace_selector=NamespaceSelector.from_dict({"matchLabels": {"team": "db"}})
+    )
+    outside = PodRef(namespace="tenant-a", name="db-0", uid="u-a", node=None)
+    h.add_record(make_record("10.0.0.1", pod=outside))
+    leaving = PodRef(namespace="tenant-b", name="db-0", uid="u-b", node=None)
+    h.add_record(make_record("10.0.0.2", pod=leaving))
+    h.add_ns(make_ns("tenant-b", terminating=True))
+
+    await releaser(h).pass_once()
+
+    assert set(h.records.items) == {"10.0.0.1"}
     assert h.sample("capo_releases_total", reason="namespace-deleted") == 1
 
 

@@ -13,9 +13,11 @@ from fakes import Harness, eventually, make_harness, make_ns, make_pod, make_rec
 from informer_fakes import FakeKube, Obj, pod
 from prometheus_client import generate_latest
 
+from capo_operator.config import parse_config
 from capo_operator.decisions.policy import PodFacts
 from capo_operator.decisions.record import PodRef
 from capo_operator.flows.watchers import Watchers
+from capo_operator.kube.caches import Caches
 
 NS_PATH, POD_PATH, RECORD_PATH = "/api/v1/namespaces", "/api/v1/pods", "/apis/capo.io/v1/reservedips"
 
@@ -305,3 +307,10 @@ async def test_informer_statistics_are_exposed_as_metrics(running: tuple[Harness
     assert 'capo_informer_relists_total{resource="pods"} 1.0' in text
     assert 'capo_informer_synced{resource="reservedips"} 1.0' in text
     assert json.dumps(h.sample("capo_informer_lists_total", resource="pods")) == "2.0"
+
+
+def test_the_namespace_informer_asks_only_for_the_selected_namespaces() -> None:
+    selector = parse_config("namespaceSelector: {matchLabels: {capo.io/test-run: r1}}").namespace_selector
+    caches = Caches(Router(), reservation="capo-reserved-ips", namespace_selector=selector.query())
+    assert caches.namespaces._params() == {"labelSelector": "capo.io/test-run in (r1)"}
+    assert Caches(Router(), reservation="capo-reserved-ips").namespaces._params() == {}
