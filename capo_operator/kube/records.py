@@ -22,6 +22,7 @@ from kubernetes.aio import client as k8s
 from capo_operator.decisions.addresses import AddressError, ip_of, record_name
 from capo_operator.decisions.planner import RecordView
 from capo_operator.decisions.policy import Owner
+from capo_operator.decisions.sticky import Claim, Held, Identity, ReleasePolicy, identity_of, ordinal
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,9 @@ class Record:
     resource_version: str | None = None
     finalizers: tuple[str, ...] = (FINALIZER,)  # records made before finalizers existed have none
     deleting: bool = False  # metadata.deletionTimestamp is set: release now (reason manual)
+    sticky: bool = False  # a new pod of the same identity may have this IP back (spec.sticky)
+    release_policy: ReleasePolicy = ReleasePolicy.TTL  # spec.releasePolicy
+    claim: Claim | None = None  # spec.claim: a new pod was given this IP and has not run with it yet
 
     @functools.cached_property
     def name(self) -> str:
@@ -164,6 +168,10 @@ class Record:
             holdSeconds=int(self.hold.total_seconds()),
             policy=self.policy,
         )
+        if self.sticky:
+            spec.update(sticky=True, releasePolicy=str(self.release_policy))
+        if self.claim is not None:
+            spec["claim"] = claim_body(self.claim)
         metadata: dict[str, Any] = {"name": self.name, "labels": self.labels()}
         if self.finalizers:
             metadata["finalizers"] = list(self.finalizers)
@@ -221,6 +229,23 @@ class Record:
         finalizers = metadata.get("finalizers") or []
         if not isinstance(finalizers, list) or not all(isinstance(f, str) for f in finalizers):
             raise RecordError(f"metadata.finalizers: expected a list of strings, got {finalizers!r}")
+        sticky = spec.get("sticky", False)
+        if not isinstance(sticky, bool):
+            raise RecordError(f"spec.sticky: expected a boolean, got {sticky!r}")
+        raw_policy = spec.get("releasePolicy") or "ttl"
+        try:
+            release_policy = ReleasePolicy(raw_policy)
+        except ValueError:
+            known = ", ".join(p.value for p in ReleasePolicy)
+            raise RecordError(f"spec.releasePolicy: {raw_policy!r} is not one of {known}") from None
+        claim: Claim | None = None
+        if spec.get("claim") is not None:
+            c = _mapping(spec["claim"], "spec.claim")
+            claim = Claim(
+                token=_string(c.get("token"), "spec.claim.token"),
+                at=parse_time(c.get("at"), "spec.claim.at"),
+                pod=_optional(c.get("pod"), "spec.claim.pod") or "",
+            )
         return cls(
             ip=ip,
             pod=pod,
@@ -234,6 +259,31 @@ class Record:
             resource_version=metadata.get("resourceVersion"),
             finalizers=tuple(finalizers),
             deleting=bool(metadata.get("deletionTimestamp")),
+            sticky=sticky,
+            release_policy=release_policy,
+            claim=claim,
+        )
+
+    @functools.cached_property
+    def identity(self) -> Identity | None:
+        """Who may have this IP back (sticky records with a known pod and controller)."""
+        if not self.sticky or self.pod is None or self.owner is None:
+            return None
+        return identity_of(self.pod.namespace, self.pod.name, self.owner.kind, self.owner.name)
+
+    def held(self) -> Held | None:
+        """The hold as the sticky claim logic sees it; None when no pod may claim it."""
+        identity = self.identity
+        if identity is None or self.pod is None:
+            return None
+        return Held(
+            name=self.name,
+            ip=self.ip,
+            identity=identity,
+            pod_uid=self.pod.uid,
+            node=self.pod.node,
+            reserved_at=self.reserved_at,
+            claim=self.claim,
         )
 
     def without_finalizer(self) -> list[str]:
@@ -255,7 +305,18 @@ class Record:
             expires_at=self.expires_at,
             hold=self.hold,
             default_policy=self.default_policy,
+            release_policy=str(self.release_policy) if self.sticky else "ttl",
+            ordinal=ordinal(self.pod.name)
+            if self.pod and self.owner and self.owner.kind == "StatefulSet"
+            else None,
         )
+
+
+def claim_body(claim: Claim) -> dict[str, Any]:
+    body = {"token": claim.token, "at": format_time(claim.at)}
+    if claim.pod:
+        body["pod"] = claim.pod
+    return body
 
 
 def _mapping(value: Any, field: str) -> Mapping[str, Any]:
@@ -370,6 +431,37 @@ class RecordStore:
         if policy is not None:
             spec["policy"] = policy
         await self._merge(name, {"spec": spec})
+
+    async def claim(self, name: str, claim: Claim, *, resource_version: str) -> bool:
+        """Write `claim` on the record if it is still at `resource_version`: True when this claim won,
+        False when the record changed (another claim won; 409) or is gone (404)."""
+        patch = {"metadata": {"resourceVersion": resource_version}, "spec": {"claim": claim_body(claim)}}
+        try:
+            await self._custom.patch_cluster_custom_object(
+                GROUP, VERSION, PLURAL, name, patch, _content_type=MERGE_PATCH
+            )
+        except k8s.ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
+    async def clear_claim(self, name: str, token: str) -> bool:
+        """Remove the claim if it is still the one with `token` (a JSON patch `test` guards it): a
+        newer claim is never cleared by a stale decision. False when it was not there any more."""
+        patch = [
+            {"op": "test", "path": "/spec/claim/token", "value": token},
+            {"op": "remove", "path": "/spec/claim"},
+        ]
+        try:
+            await self._custom.patch_cluster_custom_object(
+                GROUP, VERSION, PLURAL, name, patch, _content_type="application/json-patch+json"
+            )
+        except k8s.ApiException as exc:
+            if exc.status in (404, 409, 422):
+                return False
+            raise
+        return True
 
     async def delete(self, name: str) -> bool:
         """Delete; False when it was already gone. A record that still carries our finalizer (marked
