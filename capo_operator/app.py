@@ -110,6 +110,7 @@ class ConfigReloader:
         rt.metrics.config_reloads.labels(result="success").inc()
         rt.metrics.config_last_reload_ok.set(1)
         rt.metrics.reserve_count_max.set(new.ip_reserve_max_count)
+        rt.metrics.kept_holds_max.set(new.sticky.max_kept_holds)
         for warning in new.warnings:
             logger.warning("configuration: %s", warning)
         note = f" ({', '.join(stale)} apply after a restart)" if stale else ""
@@ -334,6 +335,7 @@ async def _run(
             api, credentials, options, config, calico.group.value, metrics
         )
         metrics.reserve_count_max.set(config.ip_reserve_max_count)
+        metrics.kept_holds_max.set(config.sticky.max_kept_holds)
         events = EventRecorder(api, host=options.identity, on_drop=metrics.events_dropped.inc)
         records = records or RecordStore(api, reservation=calico.name)
         views = Views()

@@ -18,6 +18,7 @@ from capo_operator.decisions import pending, planner, policy
 from capo_operator.decisions.addresses import record_name
 from capo_operator.decisions.durations import format_duration
 from capo_operator.decisions.policy import Owner, PodFacts
+from capo_operator.flows import sticky
 from capo_operator.kube.calico import Snapshot
 from capo_operator.kube.events import ObjectRef
 from capo_operator.kube.ledger import Ledger, LedgerEntry, reconcile
@@ -293,6 +294,11 @@ class Releaser:
             gone_owners = await self._step("owner check", self.owners.gone_owner_uids(records.values()), ())
         # Records deleted by a person (our finalizer keeps them until their IP has left Calico).
         deleted = {n: r for n, r in records.items() if r.deleting and r.releasing is None}
+        # Sticky IPs: claims whose pod runs with the IP end here (reason reclaimed).
+        reclaimed = await self._step(
+            "settle sticky claims", sticky.settle_claims(rt, records, now), frozenset()
+        )
+        replicas = await self._step("read StatefulSet replicas", sticky.statefulset_replicas(rt, records), {})
         the_plan = planner.plan(
             [
                 r.view()
@@ -304,6 +310,9 @@ class Releaser:
             alive_pod_uids=self._holding_uids(),
             gone_namespaces=gone_namespaces,
             gone_owner_uids=gone_owners,
+            reclaimed=reclaimed,
+            owner_replicas=replicas,
+            kept_max_count=cfg.sticky.max_kept_holds,
         )
         await self._each(
             the_plan.clock_changes,

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import jsonpatch
 import kopf
 
 from capo_operator.decisions.policy import PodFacts
-from capo_operator.flows import admission
+from capo_operator.flows import admission, sticky
 from capo_operator.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -61,3 +62,14 @@ async def reserve_on_eviction(
         return
     dry_run = dryrun or admission.eviction_dry_run(body)
     await admission.review(memo, pod, operation="eviction", dry_run=dry_run, warnings=warnings)
+
+
+@kopf.on.mutate("pods", id="sticky-ip", operations=["CREATE"])
+async def sticky_ip(
+    *, body: kopf.Body, dryrun: bool, warnings: list[str], patch: kopf.Patch, memo: Runtime, **_: Any
+) -> None:
+    """Give a recreated sticky pod its held IP (Calico's ipAddrs annotation); never blocks a create."""
+    ops = await sticky.on_create(memo, body, dry_run=dryrun, warnings=warnings)
+    if ops:
+        # Kopf diffs the body before and after its patch functions into the JSON patch it answers.
+        patch.fns.append(lambda raw: jsonpatch.apply_patch(raw, ops, in_place=True))

@@ -1,0 +1,213 @@
+"""Sticky IPs, the I/O side: the claim made by the mutating webhook on pod CREATE, and the leader's
+hand-over (a claimed hold ends once its pod runs with the IP). Decisions live in decisions/sticky.py.
+
+The webhook never blocks a create: any trouble (a timeout, an API error, a lost race) answers
+"allowed" without a patch, so the pod gets an automatically assigned IP and the hold stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes.aio import client as k8s
+
+from capo_operator.decisions import policy, sticky
+from capo_operator.decisions.policy import PodFacts
+from capo_operator.kube.events import ObjectRef
+from capo_operator.kube.records import KIND, Record
+from capo_operator.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+# Outcomes of capo_sticky_claims_total: the webhook's (claimed ... error) and the hand-over's.
+CLAIM_OUTCOMES = ("claimed", "no-hold", "conflict", "skipped", "dry-run", "error")
+HAND_OVER_OUTCOMES = tuple(o.value for o in sticky.Outcome)
+MAX_CLAIM_ATTEMPTS = 3  # a pool hold lost to a concurrent claim: try the next one
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _record_ref(name: str) -> ObjectRef:
+    return ObjectRef(KIND, name, api_version="capo.io/v1")
+
+
+async def on_create(
+    rt: Runtime, body: Mapping[str, Any], *, dry_run: bool, warnings: list[str]
+) -> list[dict[str, Any]]:
+    """The JSON patch for a pod being created: empty unless a held IP is claimed for it."""
+    started = time.monotonic()
+    outcome = "error"
+    try:
+        ops, outcome = await asyncio.wait_for(
+            _claim(rt, body, dry_run=dry_run), rt.config.webhook_deadline.total_seconds()
+        )
+        return ops
+    except Exception as exc:  # never block a create: the pod starts with a fresh IP
+        what = "timed out" if isinstance(exc, TimeoutError) else f"failed: {exc}"
+        logger.warning("sticky IP claim for a pod in %s %s", _namespace(body), what)
+        warnings.append(f"capo-operator could not give this pod its held IP ({what}); it gets a new one")
+        return []
+    finally:
+        rt.metrics.sticky_claims.labels(outcome=outcome).inc()
+        rt.metrics.webhook_duration.labels(operation="create").observe(time.monotonic() - started)
+
+
+def _namespace(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata")
+    return str(meta.get("namespace") or "") if isinstance(meta, Mapping) else ""
+
+
+async def _claim(rt: Runtime, body: Mapping[str, Any], *, dry_run: bool) -> tuple[list[dict[str, Any]], str]:
+    pod = PodFacts.from_pod(body)
+    config = rt.config
+    namespace = rt.views.namespace(pod.namespace)
+    if namespace is None or not namespace.enabled or namespace.terminating:
+        return [], "skipped"
+    choice = sticky.choose(pod.annotations, config, selected=policy.selected(pod, config))
+    if not choice.sticky or pod.host_network:
+        return [], "skipped"
+    if sticky.hands_off(pod.annotations):
+        return [], "skipped"
+    identity = sticky.identity_of(
+        pod.namespace, pod.name, pod.owner.kind if pod.owner else None, pod.owner.name if pod.owner else None
+    )
+    if identity is None:
+        return [], "skipped"
+    excluded: set[str] = set()
+    for _attempt in range(MAX_CLAIM_ATTEMPTS):
+        records = {
+            r.name: r
+            for r in rt.views.records()
+            if r.releasing is None and not r.deleting and r.identity == identity and r.name not in excluded
+        }
+        holds = [h for h in (r.held() for r in records.values()) if h is not None]
+        in_use = set(rt.views.ip_holders(tuple(h.ip for h in holds)))
+        now = _now()
+        chosen = sticky.pick(
+            holds, identity, now=now, in_use=in_use, claim_timeout=config.sticky.claim_timeout
+        )
+        if chosen is None:
+            return [], "no-hold"
+        token = uuid.uuid4().hex
+        ops = sticky.patch_for(body, chosen, token, affinity_weight=config.sticky.node_affinity_weight)
+        if dry_run:
+            return ops, "dry-run"  # sideEffects NoneOnDryRun: show the patch, claim nothing
+        claim = sticky.Claim(token=token, at=now, pod=pod.name)
+        won = await _write_claims(rt, [records[h.name] for h in chosen.holds], claim)
+        if won:
+            who = pod.name or f"a new pod of {identity}"
+            for hold in chosen.holds:
+                rt.events.post(
+                    _record_ref(hold.name),
+                    "StickyIPClaimed",
+                    f"{hold.ip} given back to {pod.namespace}/{who} (claim {token[:8]})",
+                )
+            logger.info("sticky: %s given to %s (%s)", ",".join(chosen.ips), identity, token[:8])
+            return ops, "claimed"
+        rt.metrics.sticky_claims.labels(outcome="conflict").inc()
+        excluded.update(h.name for h in chosen.holds)
+    return [], "conflict"
+
+
+async def _write_claims(rt: Runtime, records: list[Record], claim: sticky.Claim) -> bool:
+    """Claim every record of one former pod, each with its resourceVersion as a precondition. If
+    one is lost to another claim, the ones won are given back: a pod gets all or none."""
+    won: list[Record] = []
+    for record in records:
+        if record.resource_version is None or not await rt.records.claim(
+            record.name, claim, resource_version=record.resource_version
+        ):
+            for taken in won:
+                await rt.records.clear_claim(taken.name, claim.token)
+            return False
+        won.append(record)
+    return True
+
+
+# -- the leader's hand-over ----------------------------------------------------------------------
+
+
+def claimants(rt: Runtime) -> dict[str, list[sticky.ClaimantView]]:
+    """Claim token -> the pods carrying it (the informer keeps only capo.io/ annotations: this one
+    is among them)."""
+    found: dict[str, list[sticky.ClaimantView]] = {}
+    for pod in rt.views.pods():
+        token = pod.annotations.get(sticky.CLAIM_ANNOTATION)
+        if token:
+            found.setdefault(token, []).append(sticky.ClaimantView(pod.name, pod.ips, pod.terminal))
+    return found
+
+
+async def settle_claims(rt: Runtime, records: Mapping[str, Record], now: datetime) -> frozenset[str]:
+    """Decide each claimed hold's fate; clear the claims that failed (the hold stays as it was) and
+    return the names of the records whose pod runs with the IP (the release pass ends them,
+    reason `reclaimed`, Calico entry first)."""
+    claimed = [
+        h
+        for h in (r.held() for r in records.values() if r.claim is not None and r.releasing is None)
+        if h is not None
+    ]
+    if not claimed:
+        return frozenset()
+    results = sticky.hand_over(claimed, claimants(rt), now=now, claim_timeout=rt.config.sticky.claim_timeout)
+    reclaimed: set[str] = set()
+    for result in results:
+        record = records[result.name]
+        assert record.claim is not None
+        rt.metrics.sticky_claims.labels(outcome=result.outcome.value).inc()
+        if result.outcome is sticky.Outcome.RECLAIMED:
+            reclaimed.add(result.name)
+            continue
+        try:
+            cleared = await rt.records.clear_claim(result.name, record.claim.token)
+        except k8s.ApiException as exc:
+            logger.warning("could not clear the claim on %s (retrying next pass): %s", result.name, exc)
+            continue
+        if cleared:
+            message = {
+                sticky.Outcome.OTHER_IP: "the claiming pod came up with another IP",
+                sticky.Outcome.POD_GONE: "the claiming pod ended before it got an IP",
+                sticky.Outcome.LAPSED: "no pod carried the claim within sticky.claimTimeout",
+            }[result.outcome]
+            rt.events.post(
+                _record_ref(result.name),
+                "StickyClaimCleared",
+                f"Claim on {record.ip} cleared: {message}; hold kept",
+            )
+            logger.info("sticky: claim on %s cleared (%s)", record.ip, result.outcome.value)
+    return frozenset(reclaimed)
+
+
+async def statefulset_replicas(rt: Runtime, records: Mapping[str, Record]) -> dict[str, int]:
+    """owner uid -> spec.replicas of the StatefulSets that own immutable holds (a recreated
+    StatefulSet, another uid, is not counted: the owner check handles the deleted one)."""
+    owners = {
+        (r.pod.namespace, r.owner.name, r.owner.uid)
+        for r in records.values()
+        if r.sticky
+        and r.release_policy is sticky.ReleasePolicy.IMMUTABLE
+        and r.pod is not None
+        and r.owner is not None
+        and r.owner.kind == "StatefulSet"
+        and r.owner.uid
+    }
+    replicas: dict[str, int] = {}
+    apps = k8s.AppsV1Api(rt.api)
+    for namespace, name, uid in owners:
+        try:
+            found = await apps.read_namespaced_stateful_set(name, namespace)
+        except k8s.ApiException as exc:
+            if exc.status != 404:
+                logger.warning("could not read StatefulSet %s/%s: %s", namespace, name, exc)
+            continue
+        if found.metadata is not None and found.metadata.uid == uid and found.spec.replicas is not None:
+            replicas[uid] = int(found.spec.replicas)
+    return replicas
