@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 CLAIM_OUTCOMES = ("claimed", "no-hold", "conflict", "skipped", "dry-run", "error")
 HAND_OVER_OUTCOMES = tuple(o.value for o in sticky.Outcome)
 MAX_CLAIM_ATTEMPTS = 3  # a pool hold lost to a concurrent claim: try the next one
+MAX_DEADLINE = 2.5  # seconds; the shipped MutatingWebhookConfiguration waits 3
 
 
 def _now() -> datetime:
@@ -46,9 +47,10 @@ async def on_create(
     started = time.monotonic()
     outcome = "error"
     try:
-        ops, outcome = await asyncio.wait_for(
-            _claim(rt, body, dry_run=dry_run), rt.config.webhook_deadline.total_seconds()
-        )
+        # Within the shipped timeoutSeconds (3 s) whatever webhookDeadline says: an answer the API
+        # server no longer waits for would leave a claim no pod carries (it lapses, but later).
+        deadline = min(rt.config.webhook_deadline.total_seconds(), MAX_DEADLINE)
+        ops, outcome = await asyncio.wait_for(_claim(rt, body, dry_run=dry_run), deadline)
         return ops
     except Exception as exc:  # never block a create: the pod starts with a fresh IP
         what = "timed out" if isinstance(exc, TimeoutError) else f"failed: {exc}"
