@@ -8,6 +8,7 @@ The webhook never blocks a create: any trouble (a timeout, an API error, a lost 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -28,8 +29,9 @@ logger = logging.getLogger(__name__)
 # Outcomes of capo_sticky_claims_total: the webhook's (claimed ... error) and the hand-over's.
 CLAIM_OUTCOMES = ("claimed", "no-hold", "conflict", "skipped", "dry-run", "error")
 HAND_OVER_OUTCOMES = tuple(o.value for o in sticky.Outcome)
-MAX_CLAIM_ATTEMPTS = 3  # a pool hold lost to a concurrent claim: try the next one
+MAX_CLAIM_ATTEMPTS = 4  # a claim that met a changed record looks again (within the deadline)
 MAX_DEADLINE = 2.5  # seconds; the shipped MutatingWebhookConfiguration waits 3
+RETRY_DELAY = 0.2  # seconds: a record changed or created meanwhile reaches this replica's cache
 
 
 def _now() -> datetime:
@@ -84,6 +86,8 @@ async def _claim(rt: Runtime, body: Mapping[str, Any], *, dry_run: bool) -> tupl
     if identity is None:
         return [], "skipped"
     excluded: set[str] = set()
+    lost: set[frozenset[str]] = set()
+    pending_checked = False
     for _attempt in range(MAX_CLAIM_ATTEMPTS):
         records = {
             r.name: r
@@ -91,11 +95,23 @@ async def _claim(rt: Runtime, body: Mapping[str, Any], *, dry_run: bool) -> tupl
             if r.releasing is None and not r.deleting and r.identity == identity and r.name not in excluded
         }
         holds = [h for h in (r.held() for r in records.values()) if h is not None]
-        in_use = set(rt.views.ip_holders(tuple(h.ip for h in holds)))
+        in_use = _in_use(rt, identity, holds)
         now = _now()
         chosen = sticky.pick(
             holds, identity, now=now, in_use=in_use, claim_timeout=config.sticky.claim_timeout
         )
+        new_records: dict[str, Record] = {}
+        if chosen is None and not pending_checked:
+            # The old pod's records may still be on their way (the delete webhook writes them after
+            # answering, and this replica's cache lags a little): its reservation, with the record's
+            # details, is already in the IPReservation.
+            pending_checked = True
+            new_records = await _pending_records(rt, identity, choice, excluded)
+            holds = [h for h in (r.held() for r in new_records.values()) if h is not None]
+            in_use = _in_use(rt, identity, holds)
+            chosen = sticky.pick(
+                holds, identity, now=now, in_use=in_use, claim_timeout=config.sticky.claim_timeout
+            )
         if chosen is None:
             return [], "no-hold"
         token = uuid.uuid4().hex
@@ -103,7 +119,10 @@ async def _claim(rt: Runtime, body: Mapping[str, Any], *, dry_run: bool) -> tupl
         if dry_run:
             return ops, "dry-run"  # sideEffects NoneOnDryRun: show the patch, claim nothing
         claim = sticky.Claim(token=token, at=now, pod=pod.name)
-        won = await _write_claims(rt, [records[h.name] for h in chosen.holds], claim)
+        if new_records:
+            won = await _create_claimed(rt, [new_records[h.name] for h in chosen.holds], claim)
+        else:
+            won = await _write_claims(rt, [records[h.name] for h in chosen.holds], claim)
         if won:
             who = pod.name or f"a new pod of {identity}"
             for hold in chosen.holds:
@@ -115,8 +134,64 @@ async def _claim(rt: Runtime, body: Mapping[str, Any], *, dry_run: bool) -> tupl
             logger.info("sticky: %s given to %s (%s)", ",".join(chosen.ips), identity, token[:8])
             return ops, "claimed"
         rt.metrics.sticky_claims.labels(outcome="conflict").inc()
-        excluded.update(h.name for h in chosen.holds)
+        # The record changed under us: another pod's claim, or only the leader's bookkeeping (its
+        # clock, a finalizer). Look again once the cache has the change; a hold lost twice is
+        # passed over (the cache may lag behind the winning claim).
+        names = frozenset(h.name for h in chosen.holds)
+        if names in lost:
+            excluded.update(names)
+        lost.add(names)
+        pending_checked = False
+        await asyncio.sleep(RETRY_DELAY)
     return [], "conflict"
+
+
+def _in_use(rt: Runtime, identity: sticky.Identity, holds: list[sticky.Held]) -> set[str]:
+    """The held IPs a live pod uses now. A StatefulSet pod's own name does not count: the API server
+    admits a pod of that name only once the old one is gone (else the create fails AlreadyExists
+    and the claim lapses), so a cached pod of that name is the old incarnation, not yet dropped
+    from this replica's cache."""
+    holders = rt.views.ip_holders(tuple(h.ip for h in holds))
+    if identity.kind == "StatefulSet":
+        previous = rt.views.pod(identity.namespace, identity.name)
+        if previous is not None:
+            return {ip for ip, uid in holders.items() if uid != previous.uid}
+    return set(holders)
+
+
+async def _pending_records(
+    rt: Runtime, identity: sticky.Identity, choice: sticky.Choice, excluded: set[str]
+) -> dict[str, Record]:
+    """Reservations of this identity in the IPReservation whose records are not in the cache yet,
+    as the records they will be (sticky as the new pod's own annotations say: same template)."""
+    snapshot = await rt.calico.read()
+    found: dict[str, Record] = {}
+    for ip, announced in snapshot.pending.items():
+        if (
+            ip not in snapshot.ips
+            or announced.name in excluded
+            or rt.views.record(announced.name) is not None
+        ):
+            continue
+        record = dataclasses.replace(
+            announced, sticky=True, release_policy=choice.policy, resource_version=None, claim=None
+        )
+        if record.identity == identity:
+            found[record.name] = record
+    return found
+
+
+async def _create_claimed(rt: Runtime, records: list[Record], claim: sticky.Claim) -> bool:
+    """Create the records (as the delete webhook's follower would) with the claim on them. A record
+    that exists already (the follower was first) is a lost race: the caller retries via the cache."""
+    won: list[Record] = []
+    for record in records:
+        if not await rt.records.create(dataclasses.replace(record, claim=claim)):
+            for taken in won:
+                await rt.records.clear_claim(taken.name, claim.token)
+            return False
+        won.append(record)
+    return True
 
 
 async def _write_claims(rt: Runtime, records: list[Record], claim: sticky.Claim) -> bool:

@@ -216,3 +216,23 @@ async def test_invalid_release_policy_falls_back_to_ttl(capo: Harness) -> None:
         within=10,
         what="a warning Event about the bad capo.io/release-policy",
     )
+
+
+async def test_a_burst_of_deletions_keeps_every_hold_sticky(capo: Harness) -> None:
+    """Many deletions at once: the delete webhook answers after the Calico append and its records
+    follow after a lull, so the leader may adopt some entries from their pending details first, and
+    a pod may be recreated before its record reached the cache. Every pod still gets its own IP."""
+    c = capo.cluster
+    await start(capo)
+    ns = await c.create_namespace("db")
+    owner = owner_of(await statefulset(capo, ns, "kafka", 24))
+    names = [f"kafka-{i}" for i in range(24)]
+    ips = {n: pod_ip(await sticky_pod(capo, ns, n, owner)) for n in names}
+    await asyncio.gather(*(c.delete_pod(ns, n) for n in names))
+    records = await capo.wait_reserved(*ips.values(), within=20)
+    assert all(r["spec"].get("sticky") for r in records.values()), "adopted records stay sticky"
+    back = await asyncio.gather(*(sticky_pod(capo, ns, n, owner) for n in names))
+    m = await capo.metrics()
+    outcomes = {o: m.value("capo_sticky_claims_total", outcome=o) for o in ("claimed", "no-hold", "conflict")}
+    assert {p["metadata"]["name"]: pod_ip(p) for p in back} == ips, outcomes
+    await capo.wait_released(*ips.values(), within=20)

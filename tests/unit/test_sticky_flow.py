@@ -9,6 +9,7 @@ from typing import Any
 
 from fakes import NOW, STS, make_harness, make_ns, make_pod, make_record
 
+from capo_operator.decisions import pending
 from capo_operator.decisions.sticky import CLAIM_ANNOTATION, IP_ADDRS_ANNOTATION, Claim, ReleasePolicy
 from capo_operator.flows import sticky
 from capo_operator.kube.records import PodRef, Record
@@ -75,7 +76,10 @@ async def test_a_lost_half_of_a_dual_stack_claim_gives_the_other_half_back() -> 
     ops = await sticky.on_create(h.rt, body(), dry_run=False, warnings=[])
     assert ops == []
     assert all(r.claim is None for r in h.records.items.values()), "all or nothing"
-    assert h.journal.ops("records.clear_claim") == ["records.clear_claim"]
+    # Each attempt that won the IPv4 half gave it back.
+    assert len(h.journal.ops("records.clear_claim")) == len(
+        [c for c in h.journal if c[0] == "records.claim" and c[1][0] == "10.0.0.5"]
+    )
     assert h.sample("capo_sticky_claims_total", outcome="conflict") >= 1
 
 
@@ -135,3 +139,58 @@ async def test_hand_over() -> None:
     assert h.records.items[run.name].claim is not None
     assert h.sample("capo_sticky_claims_total", outcome="other-ip") == 1
     assert "StickyClaimCleared" in [p.reason for p in h.events.posted]
+
+
+async def test_a_hold_whose_record_is_still_on_its_way_is_claimed_from_the_ipreservation() -> None:
+    """The delete webhook answered after the Calico append; its record follows later. A pod
+    recreated in between finds the reservation's details there and creates the record claimed."""
+    h = make_harness()
+    h.add_ns(make_ns())
+    announced = held("10.0.0.5")
+    await h.calico.append(["10.0.0.5"], {"10.0.0.5": pending.encode(announced)})
+    ops = await sticky.on_create(h.rt, body(), dry_run=False, warnings=[])
+    adds = {op["path"]: op["value"] for op in ops}
+    assert json.loads(adds["/metadata/annotations/cni.projectcalico.org~1ipAddrs"]) == ["10.0.0.5"]
+    created = h.records.items["10.0.0.5"]
+    assert (
+        created.claim is not None
+        and created.claim.token == adds["/metadata/annotations/capo.io~1sticky-claim"]
+    )
+    assert created.sticky and created.pod == announced.pod
+    # The follower's own create comes second and leaves the claimed record alone.
+    assert await h.records.create(announced) is False
+
+
+async def test_a_pending_hold_of_another_identity_or_in_use_is_not_taken() -> None:
+    h = make_harness()
+    h.add_ns(make_ns())
+    other = held("10.0.0.6", pod="db-1")
+    await h.calico.append(["10.0.0.6"], {"10.0.0.6": pending.encode(other)})
+    assert await sticky.on_create(h.rt, body(), dry_run=False, warnings=[]) == []
+    assert h.journal.ops("records.create") == []
+
+
+async def test_the_old_incarnation_still_in_the_cache_does_not_block_a_statefulset_pod() -> None:
+    """The StatefulSet controller recreates db-0 the moment the old one is gone from the API; this
+    replica's cache may still list the old one with the IP for a moment."""
+    h = make_harness()
+    h.add_ns(make_ns())
+    h.add_record(held("10.0.0.5", uid="old-uid"))
+    h.add_pod(make_pod("db-0", uid="old-uid", ips=("10.0.0.5",)))
+    assert await sticky.on_create(h.rt, body(), dry_run=False, warnings=[]) != []
+    # A pod of another name using the IP does block it.
+    h2 = make_harness()
+    h2.add_ns(make_ns())
+    h2.add_record(held("10.0.0.5", uid="old-uid"))
+    h2.add_holder("10.0.0.5", "someone-else")
+    assert await sticky.on_create(h2.rt, body(), dry_run=False, warnings=[]) == []
+
+
+def test_pending_details_keep_a_sticky_records_policy() -> None:
+    sticky_record = replace(held("10.0.0.5"), release_policy=ReleasePolicy.NEVER, resource_version=None)
+    back = pending.decode(pending.key("10.0.0.5"), pending.encode(sticky_record))
+    assert back.sticky and back.release_policy is ReleasePolicy.NEVER
+    plain = make_record("10.0.0.6")
+    encoded = pending.encode(plain)
+    assert len(json.loads(encoded)) == 14  # unchanged for every other record
+    assert not pending.decode(pending.key("10.0.0.6"), encoded).sticky
