@@ -1,4 +1,5 @@
-"""Kopf handlers: login and the two admission handlers. Nothing else: Kopf watches nothing.
+"""Kopf handlers: login, the two validating admission handlers (reserve on delete and on eviction)
+and the sticky-IP mutating handler. Nothing else: Kopf watches nothing.
 
 Pods, namespaces and records are cached by the operator's own informers (`watchers`): Kopf's
 per-object streams made start-up O(n^2) in the number of pods. Handlers stay short; the decisions
