@@ -26,7 +26,8 @@ from capo_operator.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
-# Outcomes of capo_sticky_claims_total: the webhook's (claimed ... error) and the hand-over's.
+# Outcomes of capo_sticky_claims_total: the webhook's (claimed ... error; "conflict": every hold it
+# tried was taken by another claim meanwhile) and the hand-over's.
 CLAIM_OUTCOMES = ("claimed", "no-hold", "conflict", "skipped", "dry-run", "error")
 HAND_OVER_OUTCOMES = tuple(o.value for o in sticky.Outcome)
 MAX_CLAIM_ATTEMPTS = 4  # a claim that met a changed record looks again (within the deadline)
@@ -106,14 +107,14 @@ async def _claim(rt: Runtime, body: Mapping[str, Any], *, dry_run: bool) -> tupl
             # answering, and this replica's cache lags a little): its reservation, with the record's
             # details, is already in the IPReservation.
             pending_checked = True
-            new_records = await _pending_records(rt, identity, choice, excluded)
+            new_records = await _pending_records(rt, identity, excluded)
             holds = [h for h in (r.held() for r in new_records.values()) if h is not None]
             in_use = _in_use(rt, identity, holds)
             chosen = sticky.pick(
                 holds, identity, now=now, in_use=in_use, claim_timeout=config.sticky.claim_timeout
             )
         if chosen is None:
-            return [], "no-hold"
+            return [], "conflict" if lost else "no-hold"
         token = uuid.uuid4().hex
         ops = sticky.patch_for(body, chosen, token, affinity_weight=config.sticky.node_affinity_weight)
         if dry_run:
@@ -133,7 +134,6 @@ async def _claim(rt: Runtime, body: Mapping[str, Any], *, dry_run: bool) -> tupl
                 )
             logger.info("sticky: %s given to %s (%s)", ",".join(chosen.ips), identity, token[:8])
             return ops, "claimed"
-        rt.metrics.sticky_claims.labels(outcome="conflict").inc()
         # The record changed under us: another pod's claim, or only the leader's bookkeeping (its
         # clock, a finalizer). Look again once the cache has the change; a hold lost twice is
         # passed over (the cache may lag behind the winning claim).
@@ -159,23 +159,20 @@ def _in_use(rt: Runtime, identity: sticky.Identity, holds: list[sticky.Held]) ->
     return set(holders)
 
 
-async def _pending_records(
-    rt: Runtime, identity: sticky.Identity, choice: sticky.Choice, excluded: set[str]
-) -> dict[str, Record]:
-    """Reservations of this identity in the IPReservation whose records are not in the cache yet,
-    as the records they will be (sticky as the new pod's own annotations say: same template)."""
+async def _pending_records(rt: Runtime, identity: sticky.Identity, excluded: set[str]) -> dict[str, Record]:
+    """Sticky reservations of this identity in the IPReservation whose records are not in the
+    cache yet, as the records they will be (their details ride in the pending annotations)."""
     snapshot = await rt.calico.read()
     found: dict[str, Record] = {}
     for ip, announced in snapshot.pending.items():
         if (
-            ip not in snapshot.ips
+            not announced.sticky
+            or ip not in snapshot.ips
             or announced.name in excluded
             or rt.views.record(announced.name) is not None
         ):
             continue
-        record = dataclasses.replace(
-            announced, sticky=True, release_policy=choice.policy, resource_version=None, claim=None
-        )
+        record = dataclasses.replace(announced, resource_version=None, claim=None)
         if record.identity == identity:
             found[record.name] = record
     return found

@@ -194,3 +194,12 @@ def test_pending_details_keep_a_sticky_records_policy() -> None:
     encoded = pending.encode(plain)
     assert len(json.loads(encoded)) == 14  # unchanged for every other record
     assert not pending.decode(pending.key("10.0.0.6"), encoded).sticky
+
+
+async def test_a_pending_reservation_of_a_pod_that_was_not_sticky_is_not_taken() -> None:
+    h = make_harness()
+    h.add_ns(make_ns())
+    plain = replace(held("10.0.0.5"), sticky=False, resource_version=None)
+    await h.calico.append(["10.0.0.5"], {"10.0.0.5": pending.encode(plain)})
+    assert await sticky.on_create(h.rt, body(), dry_run=False, warnings=[]) == []
+    assert h.sample("capo_sticky_claims_total", outcome="no-hold") == 1
