@@ -152,7 +152,7 @@ def unrelated_churn(pods: int, records: int, churn: int = 1_000) -> dict[str, An
     def change(tag: str) -> float:
         t0 = time.process_time()
         for i in range(churn):
-            pod = h.rt.views.pod(f"ns-{i % NAMESPACES}", f"redis-{i}")
+            pod = h.op.views.pod(f"ns-{i % NAMESPACES}", f"redis-{i}")
             assert pod is not None
             h.add_pod(dataclasses.replace(pod, annotations={"bench": tag}))
         return time.process_time() - t0

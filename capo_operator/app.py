@@ -27,6 +27,7 @@ from capo_operator.flows.releaser import Releaser
 from capo_operator.flows.reserver import Reserver
 from capo_operator.flows.safety_net import SafetyNet
 from capo_operator.flows.state import Leadership, RecentUIDs
+from capo_operator.flows.sticky import StickyIPs
 from capo_operator.flows.watchers import Watchers
 from capo_operator.kube import KubeTransport, access
 from capo_operator.kube.caches import Caches, Views
@@ -146,6 +147,7 @@ class ConfigReloader:
         metrics.config_reloads.labels(result="success").inc()
         metrics.config_last_reload_ok.set(1)
         metrics.reserve_count_max.set(new.ip_reserve_max_count)
+        metrics.kept_holds_max.set(new.sticky.max_kept_holds)
         for warning in new.warnings:
             logger.warning("configuration: %s", warning)
         note = f" ({', '.join(stale)} apply after a restart)" if stale else ""
@@ -310,6 +312,7 @@ class Operator:
     safety_net: SafetyNet
     admission: Admission
     watchers: Watchers
+    sticky: StickyIPs
     releaser: Releaser
     reloader: ConfigReloader
     readiness: Readiness
@@ -354,7 +357,9 @@ def assemble(
     reserved_uids = RecentUIDs(ttl=86_400.0, max_size=100_000)
     manual_releases: set[str] = set()
     views = caches.views
-    reserver = Reserver(calico=calico, records=records, events=events, metrics=metrics, clock=clock)
+    reserver = Reserver(
+        calico=calico, records=records, events=events, metrics=metrics, config=live, clock=clock
+    )
     safety_net = SafetyNet(
         views=views,
         reserver=reserver,
@@ -381,12 +386,16 @@ def assemble(
         reserved_uids=reserved_uids,
         manual_releases=manual_releases,
     )
+    sticky = StickyIPs(
+        api=api, views=views, calico=calico, records=records, events=events, metrics=metrics, config=live
+    )
     releaser = Releaser(
         api=api,
         views=views,
         calico=calico,
         records=records,
         reserver=reserver,
+        sticky=sticky,
         events=events,
         metrics=metrics,
         config=live,
@@ -402,6 +411,7 @@ def assemble(
         initial_text=config_text,
     )
     metrics.reserve_count_max.set(config.ip_reserve_max_count)
+    metrics.kept_holds_max.set(config.sticky.max_kept_holds)
     metrics.watch_records(caches.records.store.values, lambda: live.current.metrics_ip_info_limit)
     metrics.watch_informers(caches.stats)
     return Operator(
@@ -421,7 +431,8 @@ def assemble(
         releaser=releaser,
         reloader=reloader,
         readiness=Readiness(caches.synced),
-        memo=Memo(admission=admission, credentials=credentials),
+        sticky=sticky,
+        memo=Memo(admission=admission, sticky=sticky, credentials=credentials),
     )
 
 

@@ -59,8 +59,10 @@ _KNOWN = {
         "strictMode",
         "webhookDeadline",
         "releaseOnOwnerDeletion",
+        "sticky",
     }
     | _IGNORED[""],
+    "sticky": {"default", "nodeAffinityWeight", "maxKeptHolds", "claimTimeout"},
     "health": {"healthProbeBindAddress"} | _IGNORED["health"],
     "metrics": {"bindAddress", "ipInfoLimit"},
     "webhook": {"port"} | _IGNORED["webhook"],
@@ -96,6 +98,16 @@ class LeaderElection:
 
 
 @dataclass(frozen=True)
+class Sticky:
+    """Sticky IPs: a recreated pod gets its held IP back (README, Sticky IPs)."""
+
+    default: bool = False  # selected pods without a capo.io/sticky annotation are sticky
+    node_affinity_weight: int = 100  # preferred node affinity to the IP's old node; 0 = none
+    max_kept_holds: int = 1000  # the cap of immutable/never holds (they ignore ipReserveMaxCount)
+    claim_timeout: timedelta = timedelta(minutes=2)  # a claim whose pod never appeared lapses
+
+
+@dataclass(frozen=True)
 class Config:
     # Capo's keys, Capo's defaults.
     ip_reserve_max_count: int = 300
@@ -118,6 +130,7 @@ class Config:
     strict_mode: bool = False
     webhook_deadline: timedelta = timedelta(seconds=3)
     release_on_owner_deletion: bool = True
+    sticky: Sticky = field(default_factory=Sticky)
     # Non-fatal remarks found while parsing (e.g. "labelSelector matches no pod"), for the log.
     warnings: tuple[str, ...] = ()
 
@@ -440,6 +453,7 @@ def parse_config(text: str) -> Config:
                 raise p.fail(name_a, f"{text_a} uses the same port as {name_b} ({text_b})")
 
     leader = _leader_election(p, top)
+    sticky = _sticky(p, top)
 
     return Config(
         ip_reserve_max_count=max_count,
@@ -458,8 +472,29 @@ def parse_config(text: str) -> Config:
         strict_mode=strict_mode,
         webhook_deadline=deadline,
         release_on_owner_deletion=release_on_owner_deletion,
+        sticky=sticky,
         warnings=tuple(doc.warnings),
     )
+
+
+def _sticky(p: _Parser, top: Mapping[Any, Any]) -> Sticky:
+    d = Sticky()
+    section = p.section(top, "sticky")
+    default = p.boolean(section, "default", "sticky.default", d.default)
+    weight = p.integer(section, "nodeAffinityWeight", "sticky.nodeAffinityWeight", d.node_affinity_weight)
+    if not 0 <= weight <= 100:
+        # Kubernetes accepts preferred-term weights 1..100; 0 turns the term off.
+        raise p.fail("sticky.nodeAffinityWeight", f"must be between 0 (off) and 100, got {weight}")
+    kept = p.integer(section, "maxKeptHolds", "sticky.maxKeptHolds", d.max_kept_holds)
+    if kept < 0:
+        raise p.fail("sticky.maxKeptHolds", f"must be 0 or more, got {kept}")
+    claim = p.duration(section, "claimTimeout", "sticky.claimTimeout", d.claim_timeout)
+    if claim < timedelta(seconds=10):
+        raise p.fail(
+            "sticky.claimTimeout",
+            f"must be at least 10s (a pod needs time to be scheduled), got {format_duration(claim)}",
+        )
+    return Sticky(default=default, node_affinity_weight=weight, max_kept_holds=kept, claim_timeout=claim)
 
 
 def _leader_election(p: _Parser, top: Mapping[Any, Any]) -> LeaderElection:

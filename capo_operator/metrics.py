@@ -27,7 +27,29 @@ if TYPE_CHECKING:
     from capo_operator.decisions.record import Record
     from capo_operator.kube.caches import InformerState
 
-RELEASE_REASONS = ("expired", "cap", "manual", "owner-deleted", "namespace-deleted")
+RELEASE_REASONS = (
+    "expired",
+    "cap",
+    "manual",
+    "owner-deleted",
+    "namespace-deleted",
+    "reclaimed",
+    "scaled-down",
+    "kept-cap",
+)
+# capo_sticky_claims_total{outcome}: the webhook's claims, then the hand-over's results.
+STICKY_OUTCOMES = (
+    "claimed",
+    "no-hold",
+    "conflict",
+    "skipped",
+    "dry-run",
+    "error",
+    "reclaimed",
+    "other-ip",
+    "pod-gone",
+    "lapsed",
+)
 TRIGGERS = ("delete", "eviction", "kubelet-eviction", "terminated", "safety-net", "recovered", "imported")
 WEBHOOK_OUTCOMES = ("reserved", "skipped", "repeated", "dry-run", "error", "denied")
 
@@ -130,6 +152,16 @@ class RecordsCollector(Collector):
         )
         omitted.add_sample("capo_reserved_ip_info_omitted", {}, float(len(records) - n_shown))
         yield omitted
+
+        sticky = Metric(
+            "capo_sticky_holds",
+            "Sticky holds now, by release policy (immutable and never: kept holds)",
+            "gauge",
+        )
+        by_policy = Tally(str(r.release_policy) for r in records if r.sticky)
+        for name in ("ttl", "immutable", "never"):
+            sticky.add_sample("capo_sticky_holds", {"policy": name}, float(by_policy[name]))
+        yield sticky
 
 
 # InformerStats field -> (exposed counter name without _total, help).
@@ -283,6 +315,18 @@ class Metrics:
         )
         self.build_info = Gauge("capo_build_info", "Build information", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
+        self.sticky_claims = Counter(
+            "capo_sticky_claims",
+            "Sticky IP claims by outcome: the webhook's (claimed, no-hold, conflict, skipped, dry-run, "
+            "error) and the hand-over's (reclaimed, other-ip, pod-gone, lapsed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.kept_holds_max = Gauge(
+            "capo_kept_holds_max", "The sticky.maxKeptHolds cap (immutable and never holds)", registry=r
+        )
+        for outcome in STICKY_OUTCOMES:
+            self.sticky_claims.labels(outcome=outcome)
         # Pre-create labelled children so dashboards and alerts see zeros rather than gaps.
         for reason in RELEASE_REASONS:
             self.releases.labels(reason=reason)

@@ -225,8 +225,8 @@ class Cluster:
 
     # -- webhook configuration ------------------------------------------------------------------
 
-    def shipped_webhook_configuration(self) -> Obj:
-        """The ValidatingWebhookConfiguration the project ships (kustomize output when possible)."""
+    def shipped_webhook_configuration(self, kind: str = "ValidatingWebhookConfiguration") -> Obj:
+        """The webhook configuration of `kind` the project ships (kustomize output when possible)."""
         documents: list[Any] = []
         default = ROOT / "manifests" / "default" / "kustomization.yaml"
         if default.exists():
@@ -236,17 +236,19 @@ class Cluster:
                     capture_output=True, text=True, timeout=60, check=True,
                 ).stdout  # fmt: skip
                 documents = list(yaml.safe_load_all(out))
-        if not any(d and d.get("kind") == "ValidatingWebhookConfiguration" for d in documents):
+        if not any(d and d.get("kind") == kind for d in documents):
             for path in sorted((ROOT / "manifests" / "webhook").glob("*.yaml")):
                 documents.extend(yaml.safe_load_all(path.read_text()))
         for doc in documents:
-            if doc and doc.get("kind") == "ValidatingWebhookConfiguration":
+            if doc and doc.get("kind") == kind:
                 return dict(doc)
-        raise AssertionError("no ValidatingWebhookConfiguration found under manifests/")
+        raise AssertionError(f"no {kind} found under manifests/")
 
-    async def install_webhook(self, url_base: str, ca_bundle: str) -> Obj:
+    async def install_webhook(
+        self, url_base: str, ca_bundle: str, *, kind: str = "ValidatingWebhookConfiguration"
+    ) -> Obj:
         """Install the shipped configuration pointing at `url_base` (https://host:port)."""
-        config = self.shipped_webhook_configuration()
+        config = self.shipped_webhook_configuration(kind)
         config["metadata"] = {
             "name": self.webhook_config_name,
             "labels": config["metadata"].get("labels", {}),
@@ -265,12 +267,12 @@ class Cluster:
                 selector.setdefault("matchExpressions", []).append(
                     {"key": RUN_LABEL, "operator": "In", "values": [self.run_id]}
                 )
-        path = path_for("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations")
+        path = path_for("admissionregistration.k8s.io", "v1", kind.lower() + "s")
         await self.kube.delete(f"{path}/{self.webhook_config_name}", missing_ok=True)
         return await self.kube.create(path, config)
 
-    async def remove_webhook(self) -> None:
-        path = path_for("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations")
+    async def remove_webhook(self, kind: str = "ValidatingWebhookConfiguration") -> None:
+        path = path_for("admissionregistration.k8s.io", "v1", kind.lower() + "s")
         await self.kube.delete(f"{path}/{self.webhook_config_name}", missing_ok=True)
 
     # -- namespaces ---------------------------------------------------------------------------
@@ -585,6 +587,8 @@ class Cluster:
         configuration goes first."""
         with contextlib.suppress(Exception):
             await self.remove_webhook()
+        with contextlib.suppress(Exception):
+            await self.remove_webhook("MutatingWebhookConfiguration")
         for ns in self.namespaces:
             with contextlib.suppress(Exception):
                 for pod in await self.list_pods(ns):

@@ -72,6 +72,13 @@ class Harness:
                     with contextlib.suppress(Exception):
                         await identity.delete_rbac(cluster, harness.rbac)
 
+    async def install_sticky_webhook(self) -> None:
+        """Also install the shipped MutatingWebhookConfiguration (sticky IPs), behind the same proxy."""
+        host = webhook_host()
+        await self.cluster.install_webhook(
+            f"https://{host}:{self.proxy.port}", self.cert.ca_bundle, kind="MutatingWebhookConfiguration"
+        )
+
     def add_operator(self, identity: str | None = None, **config: Any) -> OperatorProcess:
         """A replica (not started): own ports and config file, served behind the proxy."""
         identity = identity or f"capo-{len(self.operators)}"

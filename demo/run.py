@@ -101,11 +101,15 @@ class Demo:
             ip = status["podIP"]
             note = ""
             before = self.last_ip.get(name)
-            if before:
+            claimed = bool((meta.get("annotations") or {}).get("capo.io/sticky-claim"))
+            if claimed and before == ip:
+                # Its own held IP, given back by the sticky webhook: not a reuse by another pod.
+                note = "  (its own IP, given back: sticky)"
+            elif before:
                 note = f"  (was {before}: {'kept reserved' if before in self.held_now() else 'released'})"
             elif any(h.ip == ip and h.released_at is not None for h in self.holds):
                 note = "  (a released IP: allocatable again)"
-            if ip in self.held_now():
+            if ip in self.held_now() and not (claimed and before == ip):
                 self.reused_while_held.append(ip)
                 note += "  !! this IP is reserved"
             self.last_ip[name] = ip
@@ -152,15 +156,18 @@ class Demo:
             diagnostics=self.h.logs,
         )
 
-    async def stateful_pod(self, index: int) -> Obj:
+    async def stateful_pod(self, index: int, annotations: dict[str, str] | None = None) -> Obj:
         owner = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": STS, "uid": self.sts_uid,
                  "controller": True, "blockOwnerDeletion": True}  # fmt: skip
-        return await self.c.create_pod(NS, f"{STS}-{index}", owner=owner, labels={"app": STS})
+        return await self.c.create_pod(
+            NS, f"{STS}-{index}", owner=owner, labels={"app": STS}, annotations=annotations
+        )
 
-    async def recreate(self, index: int) -> str:
-        """What the StatefulSet controller does: the same name comes back, with a new IP."""
+    async def recreate(self, index: int, annotations: dict[str, str] | None = None) -> str:
+        """What the StatefulSet controller does: the same name comes back (with a new IP, unless
+        it is sticky)."""
         await self.c.wait_gone(NS, f"{STS}-{index}")
-        pod = await self.stateful_pod(index)
+        pod = await self.stateful_pod(index, annotations)
         return pod_ip(pod)
 
     # -- the story ------------------------------------------------------------------------------
@@ -252,6 +259,36 @@ class Demo:
         if probe not in released:
             raise DemoError(f"probe-0 got {probe}, expected one of the released IPs {sorted(released)}")
 
+        self.t.heading("7. sticky IPs: redis-0 comes back with its own IP, nobody else gets it")
+        sticky = {"capo.io/sticky": "true"}
+        self.t.emit(
+            "ACTION", f"the StatefulSet template and the running {STS}-0 are annotated capo.io/sticky=true"
+        )
+        template = {"spec": {"template": {"metadata": {"annotations": sticky}}}}
+        await self.c.kube.patch(path_for("apps", "v1", "statefulsets", NS, STS), template)
+        await self.c.kube.patch(
+            f"/api/v1/namespaces/{NS}/pods/{STS}-0", {"metadata": {"annotations": sticky}}
+        )
+        own = pod_ip(await self.c.get_pod(NS, f"{STS}-0") or {})
+        self.t.emit("ACTION", f"kubectl delete pod {STS}-0")
+        await self.c.delete_pod(NS, f"{STS}-0")
+        await self.wait_held(own)
+        self.t.emit("ACTION", "a new pod probe-1 starts meanwhile")
+        other = pod_ip(await self.c.create_pod(NS, "probe-1", stateful=False, labels={"app": "probe"}))
+        if other == own:
+            raise DemoError(f"probe-1 got the held sticky IP {own}")
+        self.t.emit("ACTION", f"the StatefulSet controller recreates {STS}-0")
+        back = await self.recreate(0, sticky)
+        if back != own:
+            raise DemoError(f"{STS}-0 came back with {back}, not its own {own}")
+        await eventually(
+            lambda: asyncio.sleep(0, [h for h in self.holds if h.ip == own and h.reason == "reclaimed"]),
+            bool,
+            within=10,
+            what=f"the hold of {own} handed over (reason reclaimed)",
+            diagnostics=self.h.logs,
+        )
+
     def summary(self) -> str:
         t = self.t
         t.heading("Summary")
@@ -282,10 +319,11 @@ async def run(args: argparse.Namespace) -> int:
     timeline = Timeline(colour=sys.stdout.isatty() and not args.no_colour)
     reserve = 6 if args.fast else 15
     workdir = Path(tempfile.mkdtemp(prefix="capo-demo-"))
-    timeline.heading("capo-operator demo: API emulator + 2 operator replicas + a StatefulSet")
+    timeline.heading("capo-operator demo: API emulator + 2 operator replicas + a StatefulSet")  # fmt: skip
     async with Harness.open(workdir, force_emulator=True, nodes=3, kubelet_delay=0.3) as h:
         timeline.emit("INFO", f"emulator at {h.cluster.kube.host}; operator logs in {workdir}/operators")
         config = {"reserve_time": f"{reserve}s", "release_period": "500ms", "max_count": CAP}
+        await h.install_sticky_webhook()
         await h.start_operators(2, **config)
         leader = await h.wait_leader()
         timeline.emit("LEADER", f"{leader.identity} holds Lease {h.cluster.operator_namespace}/capo "

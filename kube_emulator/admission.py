@@ -10,7 +10,14 @@ concurrently; a denial or (with failurePolicy Fail) an error rejects the request
 Connections are kept alive and reused, as kube-apiserver's webhook ClientManager does: one client
 per distinct clientConfig (the webhook's name aside; an LRU of 200), HTTP/1.1, idle connections
 kept for 90 s. A changed caBundle, URL or service is a new client, hence new connections.
-MutatingWebhookConfigurations are stored but never called.
+MutatingWebhookConfigurations are called on CREATE (see ``mutate``), before the object is validated
+and before the validating webhooks, in the order kube-apiserver uses: configurations sorted by name,
+webhooks in their order, one at a time, each seeing the previous one's patch. A response's ``patch``
+must be a JSONPatch (``patchType: JSONPatch``); a patch that does not decode or apply rejects the
+request whatever the failurePolicy (kube-apiserver answers InternalError), while a call failure, a
+timeout or an invalid response is ignored under ``failurePolicy: Ignore``. ``reinvocationPolicy:
+IfNeeded`` webhooks are called once more, after the first round, when a webhook called after them
+changed the object (at most one reinvocation).
 """
 
 from __future__ import annotations
@@ -28,9 +35,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import jsonpatch
 
 from .context import RequestContext, UserInfo
 from .errors import ApiError, not_found
+from .schema import copy_json
 from .selectors import from_label_selector, matches
 
 if TYPE_CHECKING:
@@ -41,6 +50,7 @@ log = logging.getLogger("kube_emulator.admission")
 
 Obj = dict[str, Any]
 WEBHOOK_KEY = ("admissionregistration.k8s.io", "validatingwebhookconfigurations")
+MUTATING_KEY = ("admissionregistration.k8s.io", "mutatingwebhookconfigurations")
 # kube-apiserver (k8s.io/apiserver/pkg/util/webhook ClientManager and client-go's transport): an LRU of
 # 200 webhook clients, idle connections closed after 90 s (utilnet.SetTransportDefaults).
 CLIENT_CACHE_SIZE = 200
@@ -123,9 +133,12 @@ class Admission:
 
     # Matching --------------------------------------------------------------------------------
 
-    def matching(self, attrs: Attributes) -> list[tuple[str, Obj]]:
-        found = []
-        for config in self.store.list(WEBHOOK_KEY):
+    def matching(self, attrs: Attributes, key: tuple[str, str] = WEBHOOK_KEY) -> list[tuple[str, Obj]]:
+        found: list[tuple[str, Obj]] = []
+        if key not in self.store.buckets:
+            return found
+        configs = sorted(self.store.list(key), key=lambda c: str(c["metadata"]["name"]))
+        for config in configs:
             for hook in config.get("webhooks") or []:
                 if self._matches(hook, attrs):
                     found.append((config["metadata"]["name"], hook))
@@ -161,6 +174,116 @@ class Admission:
         return matches(selector, labels)
 
     # Calling ---------------------------------------------------------------------------------
+
+    async def mutate(self, attrs: Attributes, ctx: RequestContext) -> Obj | None:
+        """Run the matching mutating webhooks on ``attrs.obj``; return the (possibly patched) object."""
+        if attrs.resource["group"] == "" and attrs.resource["resource"] == "namespaces":
+            attrs.namespace = attrs.name or attrs.namespace
+        hooks = [hook for _config, hook in self.matching(attrs, MUTATING_KEY)]
+        if not hooks:
+            return attrs.obj
+        if attrs.dry_run:
+            for hook in hooks:
+                if hook.get("sideEffects", "Unknown") not in ("None", "NoneOnDryRun"):
+                    name = hook.get("name", "")
+                    self._record(name, attrs, "error", "does not support dry run")
+                    raise ApiError(400, f'admission webhook "{name}" does not support dry run')
+        # kube-apiserver's webhookReinvokeContext: an IfNeeded webhook is reinvoked (once) when an
+        # object change happened after its own invocation.
+        invoked_reinvocable: list[int] = []
+        to_reinvoke: set[int] = set()
+        for index, hook in enumerate(hooks):
+            changed = await self._call_mutating(hook, attrs, ctx)
+            if changed:
+                to_reinvoke.update(invoked_reinvocable)
+                invoked_reinvocable.clear()
+            if hook.get("reinvocationPolicy", "Never") == "IfNeeded":
+                invoked_reinvocable.append(index)
+        for index, hook in enumerate(hooks):
+            if index in to_reinvoke:
+                await self._call_mutating(hook, attrs, ctx)
+        return attrs.obj
+
+    async def _call_mutating(self, hook: Mapping[str, Any], attrs: Attributes, ctx: RequestContext) -> bool:
+        """Call one mutating webhook; apply its patch to ``attrs.obj``; True if the object changed."""
+        name = str(hook.get("name", ""))
+        policy = hook.get("failurePolicy", "Fail")
+        timeout = float(hook.get("timeoutSeconds") or 10)
+        request_uid = str(uuid.uuid4())
+        review = {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": self._request(attrs, request_uid),
+        }
+        started = time.monotonic()
+        try:
+            try:
+                body = await asyncio.wait_for(self._post(hook, name, review, timeout), timeout)
+            except TimeoutError as exc:
+                raise WebhookCallError(
+                    f'failed to call webhook: Post "{self._url(hook, timeout)}": context deadline exceeded'
+                ) from exc
+            except WebhookCallError as exc:
+                raise WebhookCallError(f"failed to call webhook: {exc}") from exc
+            try:
+                allowed, status, warnings, patch = _parse_response(body, request_uid, mutating=True)
+            except WebhookCallError as exc:
+                raise WebhookCallError(f"received invalid webhook response: {exc}") from exc
+        except WebhookCallError as exc:
+            message = f'failed calling webhook "{name}": {exc}'
+            if policy == "Ignore":
+                log.warning("Failed calling webhook, failing open %s: %s", name, message)
+                self._record(name, attrs, "ignored", message, started)
+                return False
+            log.warning("Failed calling webhook, failing closed %s: %s", name, message)
+            self._record(name, attrs, "error", message, started)
+            raise ApiError(
+                500,
+                f"Internal error occurred: {message}",
+                reason="InternalError",
+                details={"causes": [{"message": message}]},
+            ) from exc
+        ctx.warnings.extend(warnings)
+        if not allowed:
+            reason_text = status.get("message") or ""
+            message = (
+                f'admission webhook "{name}" denied the request: {reason_text}'
+                if reason_text
+                else f'admission webhook "{name}" denied the request without explanation'
+            )
+            code = max(int(status.get("code") or 403), 400)
+            self._record(name, attrs, "denied", message, started, warnings)
+            raise ApiError(
+                code,
+                message,
+                reason=status.get("reason") or ("Forbidden" if code == 403 else None),
+                details=status.get("details"),
+            )
+        if not patch:
+            self._record(name, attrs, "allowed", status.get("message", ""), started, warnings)
+            return False
+        try:
+            ops = json.loads(patch)
+            if not isinstance(ops, list):
+                raise ValueError("a JSON patch is a list of operations")
+            patched = jsonpatch.JsonPatch(ops).apply(copy_json(attrs.obj), in_place=True)
+            if not isinstance(patched, dict):
+                raise ValueError("the patched document is not an object")
+        except (
+            ValueError,
+            jsonpatch.JsonPatchException,
+            jsonpatch.JsonPointerException,
+            KeyError,
+            IndexError,
+            TypeError,
+        ) as exc:
+            message = f"Internal error occurred: {exc}"
+            self._record(name, attrs, "error", message, started, warnings)
+            raise ApiError(500, message, reason="InternalError") from exc
+        changed = patched != attrs.obj
+        attrs.obj = patched
+        self._record(name, attrs, "patched" if changed else "allowed", "", started, warnings)
+        return changed
 
     async def admit(self, attrs: Attributes, ctx: RequestContext) -> None:
         if attrs.resource["group"] == "" and attrs.resource["resource"] == "namespaces":
@@ -216,7 +339,7 @@ class Admission:
                 details={"causes": [{"message": message}]},
             ), []
         try:
-            allowed, status, warnings = _parse_response(response, request_uid)
+            allowed, status, warnings, _patch = _parse_response(response, request_uid)
         except WebhookCallError as exc:
             message = f'failed calling webhook "{name}": received invalid webhook response: {exc}'
             if policy == "Ignore":
@@ -420,7 +543,9 @@ def _rule_matches(rule: Mapping[str, Any], attrs: Attributes) -> bool:
     return False
 
 
-def _parse_response(body: Any, request_uid: str) -> tuple[bool, Obj, list[str]]:
+def _parse_response(
+    body: Any, request_uid: str, *, mutating: bool = False
+) -> tuple[bool, Obj, list[str], bytes]:
     if not isinstance(body, dict):
         raise WebhookCallError("the response is not a JSON object")
     if body.get("apiVersion") != "admission.k8s.io/v1" or body.get("kind") != "AdmissionReview":
@@ -433,8 +558,22 @@ def _parse_response(body: Any, request_uid: str) -> tuple[bool, Obj, list[str]]:
         raise WebhookCallError("webhook response was absent")
     if response.get("uid") != request_uid:
         raise WebhookCallError(f"expected response.uid={request_uid}, got {response.get('uid')}")
-    if response.get("patch") is not None:
-        raise WebhookCallError("validating webhook may not return a patch")
+    raw_patch = response.get("patch")
+    patch_type = response.get("patchType")
+    patch = b""
+    if not mutating:
+        if raw_patch is not None or patch_type is not None:
+            raise WebhookCallError("validating webhook may not return response.patch or response.patchType")
+    elif raw_patch:
+        # response.patch is []byte in Go: base64 in JSON.
+        try:
+            patch = base64.b64decode(str(raw_patch), validate=True)
+        except ValueError as exc:
+            raise WebhookCallError(f"illegal base64 data in response.patch: {exc}") from exc
+        if patch_type is None:
+            raise WebhookCallError("webhook returned response.patch but not response.patchType")
+        if patch_type != "JSONPatch":
+            raise WebhookCallError(f'webhook returned invalid response.patchType of "{patch_type}"')
     status = response.get("status") or {}
     warnings = [str(w) for w in response.get("warnings") or []]
-    return bool(response.get("allowed")), status if isinstance(status, dict) else {}, warnings
+    return bool(response.get("allowed")), status if isinstance(status, dict) else {}, warnings, patch

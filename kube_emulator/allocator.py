@@ -91,11 +91,22 @@ class Allocator:
         return None
 
     def assign_explicit(self, owner: str, uid: str, requested: list[str]) -> list[str]:
+        """Calico's AssignIP for ``ipAddrs``: exactly the requested IPs (one IPv4 and/or one IPv6),
+        each inside a pool and not in use; IPReservations are not consulted."""
+        if not requested:
+            raise AllocationError(f'annotation "{IP_ADDRS_ANNOTATION}" specified but empty')
         chosen = []
+        versions: set[int] = set()
         for text in requested:
             ip = parse_ip_sloppy(text)
             if ip is None:
-                raise AllocationError(f"failed to parse requested IP {text!r}")
+                raise AllocationError(f"invalid IP format: {text}")
+            if ip.version in versions:
+                raise AllocationError(
+                    f"cannot have more than one IPv{ip.version} address"
+                    f' for "{IP_ADDRS_ANNOTATION}" annotation'
+                )
+            versions.add(ip.version)
             if not any(ip in pool for pool in self.pools if pool.version == ip.version):
                 raise AllocationError(f"the requested IP address {ip} is not in any configured pool")
             holder = self.allocated.get(str(ip))

@@ -214,6 +214,59 @@ class ApiServer:
             ctx,
         )
 
+    async def _mutate_create(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        obj: Obj,
+        ctx: RequestContext,
+        generated: bool,
+    ) -> Obj:
+        """Mutating admission on CREATE, as kube-apiserver runs it: before the registry sets the uid and
+        creationTimestamp and before a generateName is resolved, so webhooks see neither."""
+        server_set = {k: obj["metadata"].get(k) for k in ("uid", "creationTimestamp", "generation")}
+        sent = copy.deepcopy(obj)
+        for key in server_set:
+            sent["metadata"].pop(key, None)
+        if generated:
+            sent["metadata"].pop("name", None)
+        attrs = Attributes(
+            resource=resource_of(rt),
+            kind=kind_of(rt),
+            subresource="",
+            operation="CREATE",
+            namespace=namespace or "",
+            name="" if generated else name,
+            obj=sent,
+            old=None,
+            user=ctx.user,
+            dry_run=ctx.dry_run,
+            options={"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"},
+            namespaced=rt.namespaced,
+        )
+        mutated = await self.admission.mutate(attrs, ctx)
+        if mutated is sent:
+            return obj
+        if not isinstance(mutated, dict) or not isinstance(mutated.get("metadata"), dict):
+            raise E.ApiError(
+                500, "Internal error occurred: the mutated object has no metadata", reason="InternalError"
+            )
+        meta = mutated["metadata"]
+        meta["name"] = name
+        if rt.namespaced:
+            meta["namespace"] = namespace
+        for key, value in server_set.items():
+            if value is not None:
+                meta[key] = value
+        if rt.has_status:
+            # Status is the registry's on create: whatever a webhook wrote there is reset.
+            if "status" in obj:
+                mutated["status"] = obj["status"]
+            else:
+                mutated.pop("status", None)
+        return mutated
+
     # Create ----------------------------------------------------------------------------------
 
     async def create(self, rt: ResourceType, namespace: str | None, body: Obj, ctx: RequestContext) -> Obj:
@@ -264,6 +317,7 @@ class ApiServer:
         if rt.has_status:
             obj.pop("status", None)
         _prepare_create(rt, obj)
+        obj = await self._mutate_create(rt, namespace, name, obj, ctx, generated)
         obj = self._validate(rt, obj, None)
         for check in self.write_checks:
             check(rt, obj, None, ctx)

@@ -16,6 +16,7 @@ from typing import Any
 
 from capo_operator.decisions.addresses import AddressError, ip_of, record_name
 from capo_operator.decisions.record import Record, RecordError, format_time
+from capo_operator.decisions.sticky import ReleasePolicy
 
 PREFIX = "pending.capo.io/"
 FORMAT = 1  # first element of the array: lets a later version change the layout
@@ -39,8 +40,11 @@ def is_key(annotation: str) -> bool:
 
 
 def encode(record: Record) -> str:
-    """The compact annotation value for a record (times to the second, as the record stores them)."""
+    """The compact annotation value for a record (times to the second, as the record stores them).
+    A sticky record adds a 15th field, its release policy, so that a record adopted from the
+    annotation (its follower was late) can still be given back."""
     pod, owner = record.pod, record.owner
+    sticky = [str(record.release_policy)] if record.sticky else []
     return json.dumps(
         [
             FORMAT,
@@ -57,6 +61,7 @@ def encode(record: Record) -> str:
             int(record.reserved_at.timestamp()),
             int(record.hold.total_seconds()),
             record.policy,
+            *sticky,
         ],
         separators=(",", ":"),
         ensure_ascii=False,
@@ -93,8 +98,14 @@ def decode(annotation: str, value: Any) -> Record:
         fields = json.loads(value)
     except ValueError as exc:
         raise PendingError(f"{annotation}: not JSON: {exc}") from None
-    if not isinstance(fields, list) or len(fields) != _FIELDS or fields[0] != FORMAT:
+    if not isinstance(fields, list) or len(fields) not in (_FIELDS, _FIELDS + 1) or fields[0] != FORMAT:
         raise PendingError(f"{annotation}: expected a list of {_FIELDS} fields in format {FORMAT}")
+    release_policy: ReleasePolicy | None = None
+    if len(fields) > _FIELDS:  # a sticky record's release policy
+        try:
+            release_policy = ReleasePolicy(fields.pop())
+        except (ValueError, TypeError):
+            raise PendingError(f"{annotation}: the 15th field is not a release policy") from None
     (_, ip, namespace, name, uid, node, o_api, o_kind, o_name, o_uid, trigger, at, hold, policy) = fields
     for label, text in (
         ("ip", ip),
@@ -144,6 +155,8 @@ def decode(annotation: str, value: Any) -> Record:
         expires_at=expires_at,
         hold=record.hold,
         policy=record.policy,
+        sticky=release_policy is not None,
+        release_policy=release_policy or ReleasePolicy.TTL,
     )
 
 

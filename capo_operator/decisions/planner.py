@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -26,13 +26,21 @@ class RecordView:
     expires_at: datetime | None  # None: the clock has not started (the pod is still alive)
     hold: timedelta
     default_policy: bool  # the hold came from ipReserveTime (not an annotation or a manual edit)
+    release_policy: str = "ttl"  # "ttl" | "immutable" | "never" (sticky holds; decisions/sticky.py)
+    ordinal: int | None = None  # a StatefulSet pod's ordinal (for "immutable": scaled below it)
+
+    @property
+    def kept(self) -> bool:
+        """An immutable or never hold: no TTL, not under ipReserveMaxCount (its own cap)."""
+        return self.release_policy in ("immutable", "never")
 
 
 @dataclass(frozen=True)
 class Release:
     name: str
     ip: str
-    reason: str  # "expired" | "cap" | "owner-deleted" | "namespace-deleted"
+    # "expired" | "cap" | "owner-deleted" | "namespace-deleted" | "reclaimed" | "scaled-down" | "kept-cap"
+    reason: str
     held: timedelta  # now - reserved_at
 
 
@@ -63,6 +71,9 @@ def plan(
     gone_namespaces: Collection[str] = (),
     gone_owner_uids: Collection[str] = (),
     grace: timedelta = DEFAULT_GRACE,
+    reclaimed: Collection[str] = (),
+    owner_replicas: Mapping[str, int] | None = None,
+    kept_max_count: int | None = None,
 ) -> Plan:
     """One release pass.
 
@@ -86,7 +97,17 @@ def plan(
     Releases come in record order (reserved_at, name), cap releases last; clock changes by name.
     `next_deadline`: the earliest expiry among the records kept with a running clock (or the end
     of a live pod's grace), so that the caller plans again only then or when an input changed.
+
+    Sticky holds (decisions/sticky.py):
+    - records named in `reclaimed` (their claiming pod runs with the IP) are released ("reclaimed");
+    - `kept` holds (release policy immutable or never) never expire and do not count toward
+      `max_count`; above `kept_max_count` the oldest of them are released ("kept-cap");
+    - a `never` hold ignores namespace and owner deletion: only deleting its record ends it;
+    - an `immutable` hold of a StatefulSet pod whose ordinal is at or above its owner's replicas
+      (`owner_replicas`: owner uid -> spec.replicas) is released ("scaled-down").
     """
+    reclaimed_names = set(reclaimed)
+    replicas = owner_replicas or {}
     alive = set(alive_pod_uids)
     gone_ns = set(gone_namespaces)
     gone_owners = set(gone_owner_uids)
@@ -96,7 +117,18 @@ def plan(
     changes: dict[str, ClockChange] = {}
     kept: list[tuple[datetime, str, RecordView]] = []  # (effective reserved_at, name, record)
     deadlines: dict[str, datetime] = {}  # of the kept records, by name
+    kept_sticky: list[RecordView] = []  # immutable/never holds: their own cap
     for record in ordered:
+        if record.name in reclaimed_names:
+            releases.append(Release(record.name, record.ip, "reclaimed", now - record.reserved_at))
+            continue
+        if record.kept:
+            reason = _kept_reason(record, gone_ns, gone_owners, replicas)
+            if reason is not None:
+                releases.append(Release(record.name, record.ip, reason, now - record.reserved_at))
+            else:
+                kept_sticky.append(record)
+            continue
         pod_alive = record.pod_uid is not None and record.pod_uid in alive
         if pod_alive and now - record.reserved_at > grace:
             # The pod survived (refused eviction or delete): its IP is in use, the hold has not begun.
@@ -134,6 +166,9 @@ def plan(
             releases.append(Release(name, record.ip, "cap", now - record.reserved_at))
             changes.pop(name, None)
             deadlines.pop(name, None)
+    if kept_max_count is not None and len(kept_sticky) > max(kept_max_count, 0):
+        for record in kept_sticky[: len(kept_sticky) - max(kept_max_count, 0)]:  # oldest first
+            releases.append(Release(record.name, record.ip, "kept-cap", now - record.reserved_at))
     return Plan(
         tuple(releases),
         tuple(changes[name] for name in sorted(changes)),
@@ -143,6 +178,21 @@ def plan(
 
 # "Strictly after": a pod's grace ends once `now - reserved_at > grace`.
 _TICK = timedelta(microseconds=1)
+
+
+def _kept_reason(
+    record: RecordView, gone_ns: Collection[str], gone_owners: Collection[str], replicas: Mapping[str, int]
+) -> str | None:
+    if record.release_policy != "immutable":
+        return None  # "never": only a deleted record ends it
+    if record.namespace is not None and record.namespace in gone_ns:
+        return "namespace-deleted"
+    if record.owner_uid is not None and record.owner_uid in gone_owners:
+        return "owner-deleted"
+    wanted = replicas.get(record.owner_uid or "")
+    if wanted is not None and record.ordinal is not None and record.ordinal >= wanted:
+        return "scaled-down"
+    return None
 
 
 def retime(records: Collection[RecordView], *, new: timedelta, policy: str) -> tuple[ClockChange, ...]:

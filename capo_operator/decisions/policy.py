@@ -11,6 +11,7 @@ from typing import Any
 from capo_operator.config import Config
 from capo_operator.decisions.addresses import AddressError, ip_of
 from capo_operator.decisions.durations import DurationError, format_duration, parse_duration
+from capo_operator.decisions.sticky import sticky_opt_in
 
 NAMESPACE_LABEL = "ip-reserve"
 NAMESPACE_LABEL_VALUES = frozenset({"enabled", "enable"})
@@ -160,10 +161,11 @@ class Decision:
 
 
 def opt_in(pod: PodFacts) -> bool | None:
-    """The capo.io/reserve annotation: True ("true"), False ("false"), None (absent or any other value)."""
+    """The capo.io/reserve annotation: True ("true"), False ("false"), None (absent or any other value).
+    Without it, `capo.io/sticky: "true"` opts in too: a sticky IP must be held to be given back."""
     value = pod.annotations.get(RESERVE_ANNOTATION)
     if value is None:
-        return None
+        return True if sticky_opt_in(pod.annotations) else None
     return {"true": True, "false": False}.get(value.strip().lower())
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from capo_operator.decisions.addresses import AddressError, ip_of, record_name
 from capo_operator.decisions.planner import RecordView
 from capo_operator.decisions.policy import Owner
+from capo_operator.decisions.sticky import Claim, Held, Identity, ReleasePolicy, identity_of, ordinal
 
 GROUP = "capo.io"
 VERSION = "v1"
@@ -112,6 +113,9 @@ class Record:
     # same name (the IP reserved anew) is never released by a decision about the old one.
     # Identity, not content: left out of equality (a record written and read back is equal).
     uid: str | None = field(default=None, compare=False)
+    sticky: bool = False  # a new pod of the same identity may have this IP back (spec.sticky)
+    release_policy: ReleasePolicy = ReleasePolicy.TTL  # spec.releasePolicy
+    claim: Claim | None = None  # spec.claim: a new pod was given this IP and has not run with it yet
 
     @functools.cached_property
     def name(self) -> str:
@@ -161,6 +165,10 @@ class Record:
             holdSeconds=int(self.hold.total_seconds()),
             policy=self.policy,
         )
+        if self.sticky:
+            spec.update(sticky=True, releasePolicy=str(self.release_policy))
+        if self.claim is not None:
+            spec["claim"] = claim_body(self.claim)
         metadata: dict[str, Any] = {"name": self.name, "labels": self.labels()}
         if self.finalizers:
             metadata["finalizers"] = list(self.finalizers)
@@ -218,6 +226,23 @@ class Record:
         finalizers = metadata.get("finalizers") or []
         if not isinstance(finalizers, list) or not all(isinstance(f, str) for f in finalizers):
             raise RecordError(f"metadata.finalizers: expected a list of strings, got {finalizers!r}")
+        sticky = spec.get("sticky", False)
+        if not isinstance(sticky, bool):
+            raise RecordError(f"spec.sticky: expected a boolean, got {sticky!r}")
+        raw_policy = spec.get("releasePolicy") or "ttl"
+        try:
+            release_policy = ReleasePolicy(raw_policy)
+        except ValueError:
+            known = ", ".join(p.value for p in ReleasePolicy)
+            raise RecordError(f"spec.releasePolicy: {raw_policy!r} is not one of {known}") from None
+        claim: Claim | None = None
+        if spec.get("claim") is not None:
+            c = _mapping(spec["claim"], "spec.claim")
+            claim = Claim(
+                token=_string(c.get("token"), "spec.claim.token"),
+                at=parse_time(c.get("at"), "spec.claim.at"),
+                pod=_optional(c.get("pod"), "spec.claim.pod") or "",
+            )
         return cls(
             ip=ip,
             pod=pod,
@@ -232,6 +257,31 @@ class Record:
             finalizers=tuple(finalizers),
             deleting=bool(metadata.get("deletionTimestamp")),
             uid=metadata.get("uid") or None,
+            sticky=sticky,
+            release_policy=release_policy,
+            claim=claim,
+        )
+
+    @functools.cached_property
+    def identity(self) -> Identity | None:
+        """Who may have this IP back (sticky records with a known pod and controller)."""
+        if not self.sticky or self.pod is None or self.owner is None:
+            return None
+        return identity_of(self.pod.namespace, self.pod.name, self.owner.kind, self.owner.name)
+
+    def held(self) -> Held | None:
+        """The hold as the sticky claim logic sees it; None when no pod may claim it."""
+        identity = self.identity
+        if identity is None or self.pod is None:
+            return None
+        return Held(
+            name=self.name,
+            ip=self.ip,
+            identity=identity,
+            pod_uid=self.pod.uid,
+            node=self.pod.node,
+            reserved_at=self.reserved_at,
+            claim=self.claim,
         )
 
     def without_finalizer(self) -> list[str]:
@@ -253,7 +303,18 @@ class Record:
             expires_at=self.expires_at,
             hold=self.hold,
             default_policy=self.default_policy,
+            release_policy=str(self.release_policy) if self.sticky else "ttl",
+            ordinal=ordinal(self.pod.name)
+            if self.pod and self.owner and self.owner.kind == "StatefulSet"
+            else None,
         )
+
+
+def claim_body(claim: Claim) -> dict[str, Any]:
+    body = {"token": claim.token, "at": format_time(claim.at)}
+    if claim.pod:
+        body["pod"] = claim.pod
+    return body
 
 
 def _mapping(value: Any, field: str) -> Mapping[str, Any]:

@@ -16,13 +16,14 @@ from typing import TypeVar
 from kubernetes.aio import client as k8s
 
 from capo_operator.config import Config, LiveConfig
-from capo_operator.decisions import pending, planner, policy
+from capo_operator.decisions import pending, planner, policy, sticky
 from capo_operator.decisions.addresses import record_name
 from capo_operator.decisions.durations import format_duration
 from capo_operator.decisions.policy import Owner, PodFacts
 from capo_operator.decisions.record import DEFAULT_POLICY_PREFIX, FINALIZER, KIND, Record
 from capo_operator.decisions.schedule import Gate
 from capo_operator.flows.reserver import Reserver
+from capo_operator.flows.sticky import StickyIPs
 from capo_operator.kube.caches import Views
 from capo_operator.kube.calico import CalicoStore, ReservationCache, Snapshot
 from capo_operator.kube.events import EventRecorder, ObjectRef
@@ -157,6 +158,7 @@ class Releaser:
         calico: CalicoStore,
         records: RecordStore,
         reserver: Reserver,
+        sticky: StickyIPs,
         events: EventRecorder,
         metrics: Metrics,
         config: LiveConfig,
@@ -168,6 +170,7 @@ class Releaser:
         self.calico = calico
         self.records = records
         self.reserver = reserver
+        self.sticky = sticky
         self.events = events
         self.metrics = metrics
         self.config = config
@@ -195,6 +198,7 @@ class Releaser:
         self._gone: frozenset[str] = frozenset()
         self._finished: dict[str, str | None] = {}  # record name -> uid this leader released
         self._cache: ReservationCache | None = None  # the watched IPReservation, while leading
+        self._sticky_pending = False  # a claimed record or an immutable hold exists (time matters)
 
     async def lead(self) -> None:
         """Runs while this process leads; cancelled at once when leadership is lost."""
@@ -370,7 +374,10 @@ class Releaser:
         self._failures = 0
         gone_owners = await self._gone_owners(cfg.release_on_owner_deletion)
         records_gen = views.records_generation()
-        plan_inputs = (records_gen, views.namespaces_generation(), self._record_pods, cfg, gone_owners)
+        # Sticky claims lapse and immutable holds end on a scale-down with no record or pod change:
+        # while there are any, the plan also runs every OWNER_CHECK_PERIOD.
+        tick = int(now.timestamp() // OWNER_CHECK_PERIOD) if self._sticky_pending else None
+        plan_inputs = (records_gen, views.namespaces_generation(), self._record_pods, cfg, gone_owners, tick)
         planned: _Planned | None = None
         if self.manual_releases or self._plan_gate.due(plan_inputs, now):
             failures = self._failures
@@ -404,7 +411,10 @@ class Releaser:
         record refers to can change a plan (its record's clock stops or starts); the ledger's
         entries follow the pod."""
         pod = new if new is not None else old
-        if pod is not None and self.views.has_record_for(pod.uid):
+        if pod is not None and (
+            self.views.has_record_for(pod.uid) or sticky.CLAIM_ANNOTATION in pod.annotations
+        ):
+            # A record's pod, or a pod given a held IP (its start hands the hold over).
             self._record_pods += 1
         self._reselect(old, new)
 
@@ -440,8 +450,19 @@ class Releaser:
             if _namespace_gone(self.views, cfg, ns)
         }
         holding = self._holding_uids(records.values())
+        self._sticky_pending = any(
+            r.claim is not None or r.release_policy is sticky.ReleasePolicy.IMMUTABLE
+            for r in records.values()
+        )
         # Records deleted by a person (our finalizer keeps them until their IP has left Calico).
         deleted = {n: r for n, r in records.items() if r.deleting and r.releasing is None}
+        # Sticky IPs: claims whose pod runs with the IP end here (reason reclaimed).
+        reclaimed = await self._step(
+            "settle sticky claims", self.sticky.settle_claims(records, now), frozenset()
+        )
+        replicas = await self._step(
+            "read StatefulSet replicas", self.sticky.statefulset_replicas(records), {}
+        )
         the_plan = planner.plan(
             [
                 r.view()
@@ -453,6 +474,9 @@ class Releaser:
             alive_pod_uids=holding,
             gone_namespaces=gone_namespaces,
             gone_owner_uids=gone_owners,
+            reclaimed=reclaimed,
+            owner_replicas=replicas,
+            kept_max_count=cfg.sticky.max_kept_holds,
         )
         await self._each(
             the_plan.clock_changes,

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from capo_operator.decisions import pending
+from capo_operator.config import LiveConfig
+from capo_operator.decisions import pending, sticky
 from capo_operator.decisions.policy import Hold, PodFacts
 from capo_operator.decisions.record import KIND, PodRef, Record
 from capo_operator.kube.calico import CalicoStore, GroupCommit
@@ -41,7 +42,9 @@ class Reserved:
     created: tuple[str, ...]  # IPs whose record this call created (others existed already or follow)
 
 
-def new_record(pod: PodFacts, ip: str, hold: Hold, trigger: str, now: datetime) -> Record:
+def new_record(
+    pod: PodFacts, ip: str, hold: Hold, trigger: str, now: datetime, choice: sticky.Choice | None = None
+) -> Record:
     return Record(
         ip=ip,
         pod=PodRef(namespace=pod.namespace, name=pod.name, uid=pod.uid, node=pod.node),
@@ -51,6 +54,8 @@ def new_record(pod: PodFacts, ip: str, hold: Hold, trigger: str, now: datetime) 
         expires_at=now + hold.length,
         hold=hold.length,
         policy=hold.policy,
+        sticky=choice is not None and choice.sticky,
+        release_policy=choice.policy if choice is not None else sticky.ReleasePolicy.TTL,
     )
 
 
@@ -70,9 +75,11 @@ class Reserver:
         records: RecordStore,
         events: EventRecorder,
         metrics: Metrics,
+        config: LiveConfig,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.calico = calico
+        self.config = config  # the sticky default applies to what is reserved
         self.commit = GroupCommit(
             calico, on_error=lambda: metrics.calico_write_errors.labels(operation="append").inc()
         )
@@ -89,7 +96,16 @@ class Reserver:
         then one record per IP, now or (`records_later`) in the background. A record that already
         exists is left as it is: the first reservation's clock stands."""
         now = self.clock()
-        wanted = [new_record(pod, ip, hold, trigger, now) for ip in ips]
+        # Reserved means selected: the config default for sticky applies.
+        choice = sticky.choose(pod.annotations, self.config.current, selected=True)
+        if choice.warning:
+            self.events.post(
+                ObjectRef("Pod", pod.name, pod.namespace, pod.uid),
+                "InvalidStickyAnnotation",
+                choice.warning,
+                warning=True,
+            )
+        wanted = [new_record(pod, ip, hold, trigger, now, choice) for ip in ips]
         # A failed write is counted once by the group commit, however many reservations it carried.
         await self.commit.append(ips, {r.ip: pending.encode(r) for r in wanted})
         if records_later:

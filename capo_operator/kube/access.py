@@ -123,6 +123,13 @@ def required(n: Names) -> list[Permission]:
                 name=n.webhook_config,
                 critical=True,
             ),
+            Permission(
+                "patch",
+                "admissionregistration.k8s.io",
+                "mutatingwebhookconfigurations",
+                "built-in certificates: the caBundle of the sticky-IP webhook",
+                name=n.webhook_config,
+            ),
         ]
     return perms
 

@@ -23,8 +23,10 @@ from capo_operator.decisions.record import (
     Record,
     RecordError,
     belongs_to,
+    claim_body,
     format_time,
 )
+from capo_operator.decisions.sticky import Claim
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +128,37 @@ class RecordStore:
         if policy is not None:
             spec["policy"] = policy
         await self._merge(name, {"spec": spec})
+
+    async def claim(self, name: str, claim: Claim, *, resource_version: str) -> bool:
+        """Write `claim` on the record if it is still at `resource_version`: True when this claim won,
+        False when the record changed (another claim won; 409) or is gone (404)."""
+        patch = {"metadata": {"resourceVersion": resource_version}, "spec": {"claim": claim_body(claim)}}
+        try:
+            await self._custom.patch_cluster_custom_object(
+                GROUP, VERSION, PLURAL, name, patch, _content_type=MERGE_PATCH
+            )
+        except k8s.ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
+    async def clear_claim(self, name: str, token: str) -> bool:
+        """Remove the claim if it is still the one with `token` (a JSON patch `test` guards it): a
+        newer claim is never cleared by a stale decision. False when it was not there any more."""
+        patch = [
+            {"op": "test", "path": "/spec/claim/token", "value": token},
+            {"op": "remove", "path": "/spec/claim"},
+        ]
+        try:
+            await self._custom.patch_cluster_custom_object(
+                GROUP, VERSION, PLURAL, name, patch, _content_type="application/json-patch+json"
+            )
+        except k8s.ApiException as exc:
+            if exc.status in (404, 409, 422):
+                return False
+            raise
+        return True
 
     async def delete(self, name: str, *, uid: str | None = None) -> bool:
         """Delete; False when it was already gone. With `uid`, only that object: a DELETE with a

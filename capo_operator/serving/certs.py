@@ -517,20 +517,37 @@ class BuiltinCertificates:
     # -- caBundle -------------------------------------------------------------------------------------
 
     async def _patch_ca_bundle(self, bundle: bytes) -> None:
+        await self._patch_one_ca_bundle(bundle, mutating=False)
+        # The sticky-IP MutatingWebhookConfiguration of the same name, when installed.
+        await self._patch_one_ca_bundle(bundle, mutating=True)
+
+    async def _patch_one_ca_bundle(self, bundle: bytes, *, mutating: bool) -> None:
         b64 = base64.b64encode(bundle).decode("ascii")
+        kind = "MutatingWebhookConfiguration" if mutating else "ValidatingWebhookConfiguration"
+        read = (
+            self.admission.read_mutating_webhook_configuration
+            if mutating
+            else self.admission.read_validating_webhook_configuration
+        )
+        patch = (
+            self.admission.patch_mutating_webhook_configuration
+            if mutating
+            else self.admission.patch_validating_webhook_configuration
+        )
         try:
-            config = await self.admission.read_validating_webhook_configuration(self.webhook_config_name)
+            config = await read(self.webhook_config_name)
         except k8s.ApiException as exc:
             if exc.status == 404:
                 logger.warning(
-                    "ValidatingWebhookConfiguration %s not found: caBundle not patched (the "
-                    "webhook will not be called until it exists).",
+                    "%s %s not found: caBundle not patched (the webhook will not be called until it exists).",
+                    kind,
                     self.webhook_config_name,
                 )
                 return
             raise
         ops: list[dict[str, Any]] = []
-        for i, hook in enumerate(config.webhooks or []):
+        hooks: list[Any] = list(config.webhooks or [])  # V1ValidatingWebhook or V1MutatingWebhook
+        for i, hook in enumerate(hooks):
             current = hook.client_config.ca_bundle if hook.client_config else None
             if isinstance(current, bytes):
                 current = current.decode("ascii")
@@ -542,9 +559,7 @@ class BuiltinCertificates:
         if not ops:
             return
         try:
-            await self.admission.patch_validating_webhook_configuration(
-                self.webhook_config_name, ops, _content_type="application/json-patch+json"
-            )
+            await patch(self.webhook_config_name, ops, _content_type="application/json-patch+json")
         except k8s.ApiException as exc:
             if exc.status in (404, 409, 422):
                 # Changed or removed under us: the next period reads it again.
@@ -554,7 +569,8 @@ class BuiltinCertificates:
                 return
             raise
         logger.info(
-            "Patched caBundle of ValidatingWebhookConfiguration %s (%d webhooks).",
+            "Patched caBundle of %s %s (%d webhooks).",
+            kind,
             self.webhook_config_name,
             len(ops) // 2,
         )

@@ -1,4 +1,5 @@
-"""Kopf handlers: login and the two admission handlers. Nothing else: Kopf watches nothing.
+"""Kopf handlers: login, the two validating admission handlers (reserve on delete and on eviction)
+and the sticky-IP mutating handler. Nothing else: Kopf watches nothing.
 
 Pods, namespaces and records are cached by the operator's own informers (`watchers`): Kopf's
 per-object streams made start-up O(n^2) in the number of pods. Handlers stay short; the decisions
@@ -11,11 +12,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import jsonpatch
 import kopf
 
 from capo_operator.decisions.policy import PodFacts
 from capo_operator.flows import admission
 from capo_operator.flows.admission import Admission
+from capo_operator.flows.sticky import StickyIPs
 from capo_operator.kube.credentials import Credentials
 
 logger = logging.getLogger(__name__)
@@ -24,9 +27,11 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Memo:
     """What Kopf hands every handler as `memo` (Kopf gives each a shallow copy: the parts are
-    shared). Only what the handlers use: the admission flow and the credentials Kopf logs in with."""
+    shared). Only what the handlers use: the admission flow, the sticky-IP claims and the
+    credentials Kopf logs in with."""
 
     admission: Admission
+    sticky: StickyIPs
     credentials: Credentials
 
 
@@ -73,3 +78,14 @@ async def reserve_on_eviction(
         return
     dry_run = dryrun or admission.eviction_dry_run(body)
     await memo.admission.review(pod, operation="eviction", dry_run=dry_run, warnings=warnings)
+
+
+@kopf.on.mutate("pods", id="sticky-ip", operations=["CREATE"])
+async def sticky_ip(
+    *, body: kopf.Body, dryrun: bool, warnings: list[str], patch: kopf.Patch, memo: Memo, **_: Any
+) -> None:
+    """Give a recreated sticky pod its held IP (Calico's ipAddrs annotation); never blocks a create."""
+    ops = await memo.sticky.on_create(body, dry_run=dryrun, warnings=warnings)
+    if ops:
+        # Kopf diffs the body before and after its patch functions into the JSON patch it answers.
+        patch.fns.append(lambda raw: jsonpatch.apply_patch(raw, ops, in_place=True))

@@ -115,3 +115,62 @@ def test_releasing_a_record_frees_the_ip(namespace: str) -> None:
     wait_for("reserved", lambda: f"{ip}/32" in reserved_cidrs())
     kubectl("delete", "reservedips.capo.io", ip)
     wait_for("released", lambda: f"{ip}/32" not in reserved_cidrs(), timeout=60)
+
+
+STICKY_STATEFULSET = """
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: redis, namespace: {ns}}}
+spec:
+  serviceName: redis
+  replicas: 2
+  selector: {{matchLabels: {{app: redis}}}}
+  template:
+    metadata:
+      labels: {{app: redis}}
+      annotations: {{capo.io/sticky: "true", capo.io/release-policy: "{policy}"}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: pause
+          image: registry.k8s.io/pause:3.10
+"""
+
+
+def test_sticky_statefulset_pod_gets_its_ip_back_with_real_calico(cluster: str) -> None:
+    """The mutating webhook and Calico's ipAddrs with real Calico IPAM: redis-0 recreated by its
+    StatefulSet comes back with its own IP, the hold is handed over (reclaimed), and while it was
+    held a new pod of another workload did not get it."""
+    ns = f"e2e-sticky-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", ns)
+    kubectl("label", "namespace", ns, "ip-reserve=enabled")
+    try:
+        kubectl_stdin(STICKY_STATEFULSET.format(ns=ns, policy="ttl"), "apply", "-f", "-")
+        wait_for(
+            "2 ready pods",
+            lambda: kubectl_json("-n", ns, "get", "sts", "redis").get("status", {}).get("readyReplicas") == 2,
+            timeout=300,
+        )
+        ip = pod_ip(ns, "redis-0")
+        # Scaled to 0, redis-0 is deleted and not recreated yet: its IP is held meanwhile, and a
+        # pod of another workload must not get it.
+        kubectl("-n", ns, "scale", "sts", "redis", "--replicas=0")
+        wait_for("redis-0 gone", lambda: not kubectl("-n", ns, "get", "pod", "redis-0", check=False).strip())
+        wait_for("the IP held", lambda: f"{ip}/32" in reserved_cidrs())
+        assert kubectl_json("get", "reservedips.capo.io", ip)["spec"]["sticky"] is True
+        kubectl("-n", ns, "run", "other", "--image=registry.k8s.io/pause:3.10")
+        wait_for(
+            "other pod IP",
+            lambda: kubectl_json("-n", ns, "get", "pod", "other").get("status", {}).get("podIP"),
+        )
+        assert pod_ip(ns, "other") != ip
+        kubectl("-n", ns, "scale", "sts", "redis", "--replicas=2")
+        wait_for(
+            "redis-0 back with an IP",
+            lambda: kubectl_json("-n", ns, "get", "pod", "redis-0").get("status", {}).get("podIP"),
+            timeout=300,
+        )
+        assert pod_ip(ns, "redis-0") == ip
+        wait_for("the hold handed over", lambda: f"{ip}/32" not in reserved_cidrs(), timeout=60)
+    finally:
+        kubectl("delete", "namespace", ns, "--wait=false", check=False)

@@ -8,6 +8,7 @@ import datetime
 import ipaddress
 import ssl
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,8 @@ class WebhookServer:
     url: str = ""
     peers: list[tuple[str, int]] = field(default_factory=list)  # the client end of each review's connection
     port: int = 0  # listen on this port (0: any free one; a restart keeps the URL)
+    # Extra response fields computed from the request (a mutating webhook's patch and patchType).
+    extra: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     _runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -110,6 +113,8 @@ class WebhookServer:
             response["status"] = {"message": self.message, **({"code": self.code} if self.code else {})}
         if self.warnings:
             response["warnings"] = self.warnings
+        if self.extra is not None:
+            response.update(self.extra(review["request"]))
         return web.json_response(
             {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
         )

@@ -37,10 +37,13 @@ async def test_demo_runs_and_summarises() -> None:
     assert re.search(r"RELEASED .* reason=expired\b", out), out
     assert "(a released IP: allocatable again)" in out, out
     assert "!! this IP is reserved" not in out, out
-    summary = re.search(r"demo ok: reserved (\d+), skipped (\d+) .* released (\d+) \(cap 1, expired (\d+)\), "
+    assert re.search(r"NEW POD .*redis-0 +got (\S+) +\(its own IP, given back: sticky", out), out
+    assert re.search(r"RELEASED .* reason=reclaimed\b", out), out
+    summary = re.search(r"demo ok: reserved (\d+), skipped (\d+) .* released (\d+) "
+                        r"\(cap 1, expired (\d+), reclaimed 1\), "
                         r"reserved IPs handed to new pods while held: 0", out)  # fmt: skip
     assert summary is not None, out
     reserved, skipped, released, expired = map(int, summary.groups())
-    assert (reserved, skipped, released, expired) == (4, 3, 4, 3), out
+    assert (reserved, skipped, released, expired) == (5, 3, 5, 3), out
     # The demo leaves no process behind: the operators' log files are no longer written to.
     assert "interrupted" not in out

@@ -22,6 +22,7 @@ from capo_operator.decisions import pending
 from capo_operator.decisions.addresses import ip_of, record_name
 from capo_operator.decisions.policy import NamespaceFacts, Owner, PodFacts
 from capo_operator.decisions.record import FINALIZER, PodRef, Record
+from capo_operator.decisions.sticky import Claim
 from capo_operator.flows.releaser import Releaser
 from capo_operator.flows.safety_net import SafetyNet
 from capo_operator.kube import Store, Transport, object_key
@@ -284,6 +285,28 @@ class FakeRecords(_Failures):
             )
             self._sync(name)
 
+    async def claim(self, name: str, claim: Claim, *, resource_version: str) -> bool:
+        """A precondition on the record's resourceVersion, as the API server checks it."""
+        self.journal.append(("records.claim", (name, claim.token)))
+        self.check("claim")
+        record = self.items.get(name)
+        if record is None or record.resource_version != resource_version:
+            return False
+        self.items[name] = replace(record, claim=claim, resource_version=str(int(resource_version) + 1))
+        self._sync(name)
+        return True
+
+    async def clear_claim(self, name: str, token: str) -> bool:
+        self.journal.append(("records.clear_claim", (name, token)))
+        self.check("clear_claim")
+        record = self.items.get(name)
+        if record is None or record.claim is None or record.claim.token != token:
+            return False
+        rv = str(int(record.resource_version or "0") + 1)
+        self.items[name] = replace(record, claim=None, resource_version=rv)
+        self._sync(name)
+        return True
+
     async def delete(self, name: str, *, uid: str | None = None) -> bool:
         self.journal.append(("records.delete", name))
         self.check("delete")
@@ -517,6 +540,7 @@ class Harness:
             calico=mine.calico,
             records=mine.records,
             reserver=mine.reserver,
+            sticky=mine.sticky,
             events=mine.events,
             metrics=mine.metrics,
             config=mine.config,

@@ -71,7 +71,11 @@ def test_builtin_certificates_add_their_permissions() -> None:
         access.Names(**{**NAMES.__dict__, "builtin_certs": True, "cert_secret": "s", "webhook_config": "w"})
     )
     extra = {(p.verb, p.resource) for p in builtin} - plain
-    assert extra == {("get", "secrets"), ("patch", "validatingwebhookconfigurations")}
+    assert extra == {
+        ("get", "secrets"),
+        ("patch", "validatingwebhookconfigurations"),
+        ("patch", "mutatingwebhookconfigurations"),
+    }
 
 
 class FakeApiServer:

@@ -111,7 +111,16 @@ def test_labelled_series_exist_before_first_use() -> None:
     families = exposition(Metrics())
 
     releases = {labels["reason"] for _, labels, _ in families["capo_releases"][1]}
-    assert releases == {"expired", "cap", "manual", "owner-deleted", "namespace-deleted"}
+    assert releases == {
+        "expired",
+        "cap",
+        "manual",
+        "owner-deleted",
+        "namespace-deleted",
+        "reclaimed",
+        "scaled-down",
+        "kept-cap",
+    }
     triggers = {labels["trigger"] for _, labels, _ in families["capo_reservations"][1]}
     assert {"delete", "eviction", "kubelet-eviction", "safety-net", "recovered"} <= triggers
     assert Metrics().registry.get_sample_value("capo_config_last_reload_successful") == 1
