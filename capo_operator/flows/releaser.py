@@ -198,7 +198,8 @@ class Releaser:
         self._gone: frozenset[str] = frozenset()
         self._finished: dict[str, str | None] = {}  # record name -> uid this leader released
         self._cache: ReservationCache | None = None  # the watched IPReservation, while leading
-        self._sticky_pending = False  # a claimed record or an immutable hold exists (time matters)
+        self._claims_pending = False  # a claimed record exists: a claim lapses with time
+        self._immutable = False  # an immutable sticky hold exists: a scale-down ends it
 
     async def lead(self) -> None:
         """Runs while this process leads; cancelled at once when leadership is lost."""
@@ -374,14 +375,28 @@ class Releaser:
         self._failures = 0
         gone_owners = await self._gone_owners(cfg.release_on_owner_deletion)
         records_gen = views.records_generation()
-        # Sticky claims lapse and immutable holds end on a scale-down with no record or pod change:
-        # while there are any, the plan also runs every OWNER_CHECK_PERIOD.
-        tick = int(now.timestamp() // OWNER_CHECK_PERIOD) if self._sticky_pending else None
-        plan_inputs = (records_gen, views.namespaces_generation(), self._record_pods, cfg, gone_owners, tick)
+        # Sticky claims lapse with no record or pod change: while any exist, the plan also runs every
+        # OWNER_CHECK_PERIOD. Immutable holds end when their StatefulSet is scaled below them: while
+        # any exist, their owners' replicas are read each pass (one GET per owner) and are an input.
+        tick = int(now.timestamp() // OWNER_CHECK_PERIOD) if self._claims_pending else None
+        replicas: dict[str, int] = {}
+        if self._immutable:
+            replicas = await self._step(
+                "read StatefulSet replicas", self.sticky.statefulset_replicas(self._fresh_records()), {}
+            )
+        plan_inputs = (
+            records_gen,
+            views.namespaces_generation(),
+            self._record_pods,
+            cfg,
+            gone_owners,
+            tick,
+            frozenset(replicas.items()),
+        )
         planned: _Planned | None = None
         if self.manual_releases or self._plan_gate.due(plan_inputs, now):
             failures = self._failures
-            planned = await self._plan_and_release(now, gone_owners)
+            planned = await self._plan_and_release(now, gone_owners, replicas)
             self._plan_gate.ran(plan_inputs, ok=self._failures == failures, deadline=planned.next_deadline)
 
         cache = self._cache
@@ -438,7 +453,9 @@ class Releaser:
         deleted = {n: r for n, r in records.items() if r.deleting and r.releasing is None}
         return _Planned(records, releasing, deleted, set(self.manual_releases), frozenset(), None)
 
-    async def _plan_and_release(self, now: datetime, gone_owners: frozenset[str]) -> _Planned:
+    async def _plan_and_release(
+        self, now: datetime, gone_owners: frozenset[str], replicas: dict[str, int]
+    ) -> _Planned:
         cfg = self.config.current
         records = self._fresh_records()
         records, unsettled = await self._retime(records, cfg.ip_reserve_time)
@@ -450,18 +467,15 @@ class Releaser:
             if _namespace_gone(self.views, cfg, ns)
         }
         holding = self._holding_uids(records.values())
-        self._sticky_pending = any(
-            r.claim is not None or r.release_policy is sticky.ReleasePolicy.IMMUTABLE
-            for r in records.values()
+        self._claims_pending = any(r.claim is not None for r in records.values())
+        self._immutable = any(
+            r.sticky and r.release_policy is sticky.ReleasePolicy.IMMUTABLE for r in records.values()
         )
         # Records deleted by a person (our finalizer keeps them until their IP has left Calico).
         deleted = {n: r for n, r in records.items() if r.deleting and r.releasing is None}
         # Sticky IPs: claims whose pod runs with the IP end here (reason reclaimed).
         reclaimed = await self._step(
             "settle sticky claims", self.sticky.settle_claims(records, now), frozenset()
-        )
-        replicas = await self._step(
-            "read StatefulSet replicas", self.sticky.statefulset_replicas(records), {}
         )
         the_plan = planner.plan(
             [
