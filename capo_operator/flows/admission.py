@@ -14,6 +14,7 @@ from kubernetes.aio import client as k8s
 from capo_operator.decisions import policy
 from capo_operator.decisions.policy import NamespaceFacts, PodFacts, Skip
 from capo_operator.kube.events import ObjectRef
+from capo_operator.kube.slim import CoreV1
 from capo_operator.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ async def namespace_facts(rt: Runtime, name: str) -> NamespaceFacts | None:
     if cached is not None:
         return cached
     try:  # created a moment ago: the watch may not have delivered it yet
-        ns = await k8s.CoreV1Api(rt.api).read_namespace(name)
+        ns = await CoreV1(rt.api).read_namespace(name)
     except k8s.ApiException as exc:
         if exc.status == 404:
             return None
@@ -47,7 +48,7 @@ async def pod_facts(rt: Runtime, namespace: str, name: str) -> PodFacts | None:
     if cached is not None and cached.ips:
         return cached
     try:
-        pod = await k8s.CoreV1Api(rt.api).read_namespaced_pod(name, namespace)
+        pod = await CoreV1(rt.api).read_namespaced_pod(name, namespace)
     except k8s.ApiException as exc:
         if exc.status == 404:
             return None

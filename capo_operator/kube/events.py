@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 
 from kubernetes.aio import client as k8s
 
+from capo_operator.kube.slim import CoreV1
+
 logger = logging.getLogger(__name__)
 
 COMPONENT = "capo-operator"
@@ -37,7 +39,7 @@ class EventRecorder:
         rate: float = 50.0,
         on_drop: Callable[[], None] = lambda: None,
     ) -> None:
-        self._core = k8s.CoreV1Api(api)
+        self._core = CoreV1(api)
         self._host = host
         self._queue: asyncio.Queue[tuple[ObjectRef, str, str, str]] = asyncio.Queue(max_queue)
         self._interval = 1.0 / rate

@@ -204,3 +204,69 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
 @given(pods())
 def test_decoding_bytes_equals_the_dict_path(body: dict[str, Any]) -> None:
     assert decode_pod(body) == from_dict(body)
+
+
+def record_body(i: int) -> dict[str, Any]:
+    ip = f"10.8.{i // 256}.{i % 256}"
+    return {
+        "apiVersion": "capo.io/v1",
+        "kind": "ReservedIP",
+        "metadata": {
+            "name": ip,
+            "uid": f"0b6a1c2e-{i:04x}-4000-8000-000000000001",
+            "resourceVersion": str(1000 + i),
+            "labels": {"capo.io/trigger": "delete", "capo.io/namespace": "redis"},
+            "finalizers": ["capo.io/release"],
+        },
+        "spec": {
+            "ip": ip,
+            "pod": {"namespace": "redis", "name": f"redis-{i}", "uid": f"u{i}", "node": "node-1"},
+            "owner": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "redis", "uid": "s1"},
+            "trigger": "delete",
+            "reservedAt": "2026-01-01T00:00:00Z",
+            "expiresAt": "2026-01-01T00:40:00Z",
+            "holdSeconds": 2400,
+            "policy": "ipReserveTime=40m",
+        },
+    }
+
+
+def test_cached_records_share_what_they_have_in_common() -> None:
+    codec = Codec(RECORDS)
+    a, b = (RECORDS.convert(codec.decode_item(json.dumps(record_body(i)).encode())) for i in (1, 2))
+    assert a.pod is not None and b.pod is not None and a.owner is not None
+    # One object each for what every record of a StatefulSet repeats (the decoder makes new ones).
+    assert a.policy is b.policy and a.trigger is b.trigger and a.hold is b.hold
+    assert a.pod.namespace is b.pod.namespace and a.pod.node is b.pod.node
+    assert a.owner.uid is b.owner.uid  # type: ignore[union-attr]
+    assert a.name is a.ip  # an IPv4 record's name is its IP: one string
+
+
+def test_owner_is_shared_by_the_pods_of_one_controller() -> None:
+    first, second = (
+        decode_pod(pod_body()),
+        decode_pod({**pod_body(), "metadata": {**pod_body()["metadata"], "name": "redis-1"}}),
+    )
+    assert first.owner is second.owner and first.owner == Owner("apps/v1", "StatefulSet", "redis", "s1")
+
+
+def test_a_cached_record_costs_under_a_kilobyte_and_a_half() -> None:
+    """The records cache holds one Record per held IP (10,000 and more): slotted, with shared
+    strings, it was 2.4 KB per record before and about 1 KB now (tracemalloc, CPython 3.11)."""
+    import gc
+    import tracemalloc
+
+    codec = Codec(RECORDS)
+    lines = [json.dumps(record_body(i)).encode() for i in range(2000)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        records = [RECORDS.convert(codec.decode_item(line)) for line in lines]
+        views = [r.view() for r in records]  # the releaser's view is cached on the record
+        del views
+        gc.collect()
+        per_record = (tracemalloc.get_traced_memory()[0] - before) / len(records)
+    finally:
+        tracemalloc.stop()
+    assert per_record < 1500, per_record
