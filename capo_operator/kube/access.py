@@ -21,6 +21,8 @@ from aiohttp.helpers import get_env_proxy_for_url
 from kubernetes.aio import client as k8s
 from yarl import URL
 
+from capo_operator.kube.slim import AuthorizationV1
+
 logger = logging.getLogger(__name__)
 
 
@@ -129,7 +131,7 @@ CHECK_CONCURRENCY = 4
 
 async def missing(api: k8s.ApiClient, perms: Iterable[Permission]) -> list[Permission] | None:
     """The permissions the API server says this identity lacks; None if it cannot tell us."""
-    authz = k8s.AuthorizationV1Api(api)
+    authz = AuthorizationV1(api)
     # A few at a time: every concurrent request opens a TLS connection that stays in the pool
     # (~300 KB each, its read buffer included), and the check asks about 30 questions at start.
     bound = asyncio.Semaphore(CHECK_CONCURRENCY)

@@ -173,15 +173,21 @@ def pod_facts(item: PodItem) -> PodFacts:
         if ref.controller is True:
             owner = _owner(ref.apiVersion, ref.kind, ref.name, ref.uid)
             break
+    # The decoder makes a new string for every occurrence; pods share namespaces, nodes, owners,
+    # reserve-time values and most label keys and values, so one copy each keeps the pod cache
+    # small. A label holding the pod's own name (a StatefulSet's pod-name) shares the name.
     annotations = {
-        _intern(k): v for k, v in (meta.annotations or {}).items() if k.startswith(KEPT_ANNOTATION_PREFIX)
+        _intern(k): _intern(v)
+        for k, v in (meta.annotations or {}).items()
+        if k.startswith(KEPT_ANNOTATION_PREFIX)
     }
-    # The decoder makes a new string for every occurrence; pods share namespaces, nodes, owners
-    # and most label keys and values, so one copy each keeps the pod cache small.
-    labels = {_intern(k): _intern(v) for k, v in meta.labels.items()} if meta.labels else {}
+    name = meta.name
+    labels = (
+        {_intern(k): name if v == name else _intern(v) for k, v in meta.labels.items()} if meta.labels else {}
+    )
     return PodFacts(
         namespace=_intern(meta.namespace),
-        name=meta.name,
+        name=name,
         uid=meta.uid,
         node=_intern(spec.nodeName) if spec.nodeName else None,
         labels=labels,

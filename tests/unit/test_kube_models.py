@@ -242,6 +242,22 @@ def test_cached_records_share_what_they_have_in_common() -> None:
     assert a.name is a.ip  # an IPv4 record's name is its IP: one string
 
 
+def test_pods_share_repeated_strings_and_their_name_label() -> None:
+    def body(name: str) -> dict[str, Any]:
+        meta = {
+            **pod_body()["metadata"],
+            "name": name,
+            "labels": {"app": "redis", "statefulset.kubernetes.io/pod-name": name},
+        }
+        return {**pod_body(), "metadata": meta}
+
+    first, second = decode_pod(body("redis-0")), decode_pod(body("redis-1"))
+    assert first.labels == {"app": "redis", "statefulset.kubernetes.io/pod-name": "redis-0"}
+    assert first.labels["statefulset.kubernetes.io/pod-name"] is first.name
+    assert first.annotations["capo.io/reserve-time"] is second.annotations["capo.io/reserve-time"]
+    assert first.labels["app"] is second.labels["app"] and first.node is second.node
+
+
 def test_owner_is_shared_by_the_pods_of_one_controller() -> None:
     first, second = (
         decode_pod(pod_body()),
