@@ -30,6 +30,7 @@ from capo_operator.kube.leader import LeaseElector
 from capo_operator.kube.ledger import NAME as LEDGER_NAME
 from capo_operator.kube.ledger import Ledger
 from capo_operator.kube.records import GROUP, PLURAL, VERSION, RecordStore
+from capo_operator.kube.slim import CoreV1
 from capo_operator.runtime import Options, Runtime, Views
 from capo_operator.serving import handlers as _handlers  # noqa: F401  (registers the Kopf handlers)
 from capo_operator.serving import probes
@@ -132,7 +133,7 @@ async def watch_config_map(
     reloader: ConfigReloader, api: k8s.ApiClient, namespace: str, name: str, key: str
 ) -> None:
     """Watch the one ConfigMap the file is mounted from, so an edit applies at once."""
-    core = k8s.CoreV1Api(api)
+    core = CoreV1(api)
     source = f"ConfigMap {namespace}/{name} key {key}"
     while True:
         stream = k8s_watch.Watch()

@@ -11,7 +11,7 @@ ones, so a call site reads as before.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from kubernetes.aio import client as k8s
@@ -32,15 +32,35 @@ class _Api:
         returns: type[T],
         body: Any = None,
         content_type: str | None = None,
+        query: Sequence[tuple[str, str]] = (),
     ) -> T:
+        response = await self.api_client.call_api(
+            *await self._request(method, path, params, body, content_type, query)
+        )
+        await response.read()
+        # Any 2xx is read as `returns`; anything else raises ApiException (as the generated code).
+        types = {"2XX": returns.__name__}
+        return cast(
+            T, self.api_client.response_deserialize(response_data=response, response_types_map=types).data
+        )
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str],
+        body: Any = None,
+        content_type: str | None = None,
+        query: Sequence[tuple[str, str]] = (),
+    ) -> Any:
         headers = {"Accept": JSON}
         if body is not None:
             headers["Content-Type"] = content_type or JSON
-        request = await self.api_client.param_serialize(
+        return await self.api_client.param_serialize(
             method=method,
             resource_path=path,
             path_params=dict(params),
-            query_params=[],
+            query_params=list(query),
             header_params=headers,
             body=body,
             post_params=[],
@@ -48,13 +68,15 @@ class _Api:
             auth_settings=["BearerToken"],
             collection_formats={},
         )
-        response = await self.api_client.call_api(*request)
-        await response.read()
-        # Any 2xx is read as `returns`; anything else raises ApiException (as the generated code).
-        types = {"2XX": returns.__name__}
-        return cast(
-            T, self.api_client.response_deserialize(response_data=response, response_types_map=types).data
-        )
+
+
+def _list_query(
+    field_selector: str | None, resource_version: str | None, timeout_seconds: int | None, watch: bool | None
+) -> list[tuple[str, str]]:
+    query = [("fieldSelector", field_selector), ("resourceVersion", resource_version)]
+    query += [("timeoutSeconds", None if timeout_seconds is None else str(timeout_seconds))]
+    query += [("watch", None if watch is None else str(watch).lower())]
+    return [(k, v) for k, v in query if v is not None]
 
 
 class CoreV1(_Api):
@@ -82,6 +104,41 @@ class CoreV1(_Api):
     async def delete_namespaced_config_map(self, name: str, namespace: str) -> k8s.V1Status:
         path = "/api/v1/namespaces/{namespace}/configmaps/{name}"
         return await self._call("DELETE", path, {"name": name, "namespace": namespace}, k8s.V1Status)
+
+    async def list_namespaced_config_map(
+        self,
+        namespace: str,
+        *,
+        field_selector: str | None = None,
+        resource_version: str | None = None,
+        timeout_seconds: int | None = None,
+        watch: bool | None = None,
+    ) -> k8s.V1ConfigMapList:
+        """The ConfigMaps of a namespace; `kubernetes.aio.watch.Watch` streams it through
+        `list_namespaced_config_map_without_preload_content` (and reads the item type here).
+
+        :rtype: V1ConfigMapList
+        """
+        path = "/api/v1/namespaces/{namespace}/configmaps"
+        query = _list_query(field_selector, resource_version, timeout_seconds, watch)
+        return await self._call("GET", path, {"namespace": namespace}, k8s.V1ConfigMapList, query=query)
+
+    async def list_namespaced_config_map_without_preload_content(
+        self,
+        namespace: str,
+        *,
+        field_selector: str | None = None,
+        resource_version: str | None = None,
+        timeout_seconds: int | None = None,
+        watch: bool | None = None,
+    ) -> Any:
+        """The raw response (an aiohttp response: a watch is read line by line from it)."""
+        path = "/api/v1/namespaces/{namespace}/configmaps"
+        query = _list_query(field_selector, resource_version, timeout_seconds, watch)
+        request = await self._request("GET", path, {"namespace": namespace}, query=query)
+        method, url, headers, body, post = request
+        response = await self.api_client.call_api(method, url, headers, body, post, _preload_content=False)
+        return response.response
 
     async def read_namespaced_secret(self, name: str, namespace: str) -> k8s.V1Secret:
         path = "/api/v1/namespaces/{namespace}/secrets/{name}"

@@ -110,3 +110,24 @@ def test_the_operator_does_not_load_the_big_generated_api_classes() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+async def test_a_config_map_watch_through_kubernetes_watch(api: k8s.ApiClient) -> None:
+    """app.watch_config_map streams `list_namespaced_config_map` with kubernetes.aio's Watch."""
+    from kubernetes.aio import watch
+
+    core = CoreV1(api)
+    listed = await core.list_namespaced_config_map(NS, field_selector="metadata.name=capo-config")
+    assert isinstance(listed, k8s.V1ConfigMapList) and listed.items == []
+    await core.create_namespaced_config_map(NS, {"metadata": {"name": "other"}, "data": {"k": "0"}})
+    await core.create_namespaced_config_map(NS, {"metadata": {"name": "capo-config"}, "data": {"k": "1"}})
+    stream = watch.Watch()
+    seen = []
+    try:
+        async for event in stream.stream(
+            core.list_namespaced_config_map, NS, field_selector="metadata.name=capo-config", timeout_seconds=2
+        ):
+            seen.append((event["type"], event["raw_object"]["data"], type(event["object"]).__name__))
+    finally:
+        await stream.close()
+    assert seen == [("ADDED", {"k": "1"}, "V1ConfigMap")]
