@@ -22,6 +22,7 @@ from capo_operator.kube.calico import Snapshot
 from capo_operator.kube.events import ObjectRef
 from capo_operator.kube.ledger import Ledger, LedgerEntry, reconcile
 from capo_operator.kube.records import DEFAULT_POLICY_PREFIX, FINALIZER, KIND, Record
+from capo_operator.kube.slim import AppsV1
 from capo_operator.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class OwnerChecker:
     }
 
     def __init__(self, api: k8s.ApiClient, clock: Callable[[], datetime]) -> None:
-        self.apps = k8s.AppsV1Api(api)
+        self.apps = AppsV1(api)
         self.clock = clock
         self._missing_since: dict[_OwnerKey, datetime] = {}
         self._last_check = 0.0

@@ -179,3 +179,23 @@ class AuthorizationV1(_Api):
     async def create_self_subject_access_review(self, body: Any) -> k8s.V1SelfSubjectAccessReview:
         path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
         return await self._call("POST", path, {}, k8s.V1SelfSubjectAccessReview, body)
+
+
+class AppsV1(_Api):
+    """The `AppsV1Api` reads the releaser makes (does a pod's owner still exist?)."""
+
+    async def _read(self, plural: str, returns: type[T], name: str, namespace: str) -> T:
+        path = f"/apis/apps/v1/namespaces/{{namespace}}/{plural}/{{name}}"
+        return await self._call("GET", path, {"name": name, "namespace": namespace}, returns)
+
+    async def read_namespaced_stateful_set(self, name: str, namespace: str) -> k8s.V1StatefulSet:
+        return await self._read("statefulsets", k8s.V1StatefulSet, name, namespace)
+
+    async def read_namespaced_deployment(self, name: str, namespace: str) -> k8s.V1Deployment:
+        return await self._read("deployments", k8s.V1Deployment, name, namespace)
+
+    async def read_namespaced_daemon_set(self, name: str, namespace: str) -> k8s.V1DaemonSet:
+        return await self._read("daemonsets", k8s.V1DaemonSet, name, namespace)
+
+    async def read_namespaced_replica_set(self, name: str, namespace: str) -> k8s.V1ReplicaSet:
+        return await self._read("replicasets", k8s.V1ReplicaSet, name, namespace)

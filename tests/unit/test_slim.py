@@ -10,7 +10,7 @@ import pytest
 from kubernetes.aio import client as k8s
 from kubernetes.aio import config
 
-from capo_operator.kube.slim import AdmissionregistrationV1, CoreV1
+from capo_operator.kube.slim import AdmissionregistrationV1, AppsV1, CoreV1
 from kube_emulator.testing import Emulator
 
 NS = "default"
@@ -100,12 +100,13 @@ async def test_webhook_configuration_json_patch(api: k8s.ApiClient) -> None:
 
 
 def test_the_operator_does_not_load_the_big_generated_api_classes() -> None:
-    """Their modules cost ~25 MB (CoreV1Api), ~5 MB (AdmissionregistrationV1Api) and ~1 MB
-    (AuthorizationV1Api) once imported."""
+    """Their modules cost ~25 MB (CoreV1Api), ~5 MB (AdmissionregistrationV1Api), ~5 MB
+    (AppsV1Api) and ~1 MB (AuthorizationV1Api) once imported."""
     code = (
         "import sys, capo_operator.app, capo_operator.flows.admission, capo_operator.serving.certs, "
+        "capo_operator.flows.releaser, "
         "capo_operator.kube.ledger, capo_operator.kube.events;"
-        "big = ('.core_v1_api', '.admissionregistration_v1_api', '.authorization_v1_api');"
+        "big = ('.core_v1_api', '.admissionregistration_v1_api', '.authorization_v1_api', '.apps_v1_api');"
         "print(sorted(m for m in sys.modules if m.endswith(big)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -131,3 +132,29 @@ async def test_a_config_map_watch_through_kubernetes_watch(api: k8s.ApiClient) -
     finally:
         await stream.close()
     assert seen == [("ADDED", {"k": "1"}, "V1ConfigMap")]
+
+
+async def test_owner_reads(api: k8s.ApiClient) -> None:
+    apps = AppsV1(api)
+    body = {
+        "metadata": {"name": "redis"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "redis"}},
+            "serviceName": "redis",
+            "template": {
+                "metadata": {"labels": {"app": "redis"}},
+                "spec": {"containers": [{"name": "c", "image": "redis"}]},
+            },
+        },
+    }
+    await k8s.AppsV1Api(api).create_namespaced_stateful_set(NS, body)
+    found = await apps.read_namespaced_stateful_set("redis", NS)
+    assert isinstance(found, k8s.V1StatefulSet) and found.metadata.name == "redis"
+    for read in (
+        apps.read_namespaced_deployment,
+        apps.read_namespaced_daemon_set,
+        apps.read_namespaced_replica_set,
+    ):
+        with pytest.raises(k8s.ApiException) as missing:
+            await read("redis", NS)
+        assert missing.value.status == 404
