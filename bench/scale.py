@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -45,6 +46,8 @@ RECORDS_AT = 20_000  # the size that also gets records
 RECORDS = 10_000
 OPERATOR_NS = "capo-system"
 CLIENTS = 16
+# The malloc setting of the Dockerfile (docs/performance.md): the operator runs as it would there.
+IMAGE_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def record_ip(i: int) -> str:
@@ -149,6 +152,7 @@ async def measure_operator(
         release_period="5s",
         max_count=1_000_000,
     )
+    os.environ.update(IMAGE_ENV)  # inherited by the operator process, as the image sets it
     started = time.perf_counter()
     op.start()
     assert op.proc is not None
