@@ -27,7 +27,12 @@ LABEL org.opencontainers.image.title="capo-operator" \
       org.opencontainers.image.description="Keeps the IPs of deleted or evicted stateful pods reserved in Calico." \
       org.opencontainers.image.licenses="Apache-2.0"
 # Bytecode was compiled at build time; nothing is written at run time (read-only root filesystem).
+# MALLOC_MMAP_THRESHOLD_ (mallopt(3)): allocations of 128 KiB and more (API response bodies, TLS
+# read buffers) get their own mappings, returned to the system when freed, instead of glibc's
+# default, which raises this threshold after the first such free and then leaves the heap holding
+# the freed space: 7-12 MB less RSS at 20,000 pods (docs/performance.md).
 ENV TZ=UTC \
+    MALLOC_MMAP_THRESHOLD_=131072 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/capo/bin:$PATH \

@@ -3,9 +3,11 @@
 For each size N (pods in 20 namespaces, 5 of them enabled: 1/4 of the pods selected; at the
 largest size also 10,000 ReservedIP records), it starts `python -m capo_operator run` and reports:
 time to /readyz 200, CPU used until then, RSS once ready, idle CPU over a quiet interval, pod
-watch events/s processed (label patches sent by 16 clients; the operator's own
-`capo_informer_events_total{resource="pods"}` tells when it has applied them all), and the
-median time of a /metrics scrape. The release pass is measured in-process with fakes (the
+watch events processed (20,000 pod writes made inside the emulator, `/_emulator/pods/touch`; the
+operator's own `capo_informer_events_total{resource="pods"}` tells when it has applied them all):
+wall events/s and events per second of the operator's CPU, and the median time of a /metrics
+scrape. The emulator is measured alone first: a paginated LIST of every pod, and the events/s it
+makes and delivers to one raw watch. The release pass is measured in-process with fakes (the
 planning work at 20,000 pods / 10,000 records: nothing due, then 1,000 expiries).
 
     python bench/scale.py [--sizes 5000,10000,20000] [--idle 30] [--json out.json]
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -42,6 +45,8 @@ RECORDS_AT = 20_000  # the size that also gets records
 RECORDS = 10_000
 OPERATOR_NS = "capo-system"
 CLIENTS = 16
+# The malloc setting of the Dockerfile (docs/performance.md): the operator runs as it would there.
+IMAGE_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def record_ip(i: int) -> str:
@@ -146,6 +151,7 @@ async def measure_operator(
         release_period="5s",
         max_count=1_000_000,
     )
+    os.environ.update(IMAGE_ENV)  # inherited by the operator process, as the image sets it
     started = time.perf_counter()
     op.start()
     assert op.proc is not None
@@ -169,26 +175,7 @@ async def measure_operator(
             _get(f"http://127.0.0.1:{op.metrics_port}/metrics")
             scrapes.append(time.perf_counter() - t0)
 
-        # Watch throughput: label patches on non-selected pods (no reservation follows).
-        n_events = min(5_000, pods)
-        targets = [i for i in range(pods) if i % NAMESPACES >= ENABLED][:n_events]
-        seen = pod_events(op)
-        t0 = time.perf_counter()
-
-        async def patch(i: int) -> None:
-            await kube.call(
-                "PATCH",
-                f"/api/v1/namespaces/ns-{i % NAMESPACES}/pods/redis-{i}",
-                {"metadata": {"labels": {"bench": str(t0)}}},
-                content_type="application/merge-patch+json",
-            )
-
-        await _parallel(targets, patch)
-        sent_s = time.perf_counter() - t0
-        while pod_events(op) < seen + len(targets):
-            assert time.perf_counter() - t0 < 300, "the operator did not apply every event"
-            await asyncio.sleep(0.05)
-        applied_s = time.perf_counter() - t0
+        events = await operator_events(kube, op, pid, EVENTS)
         return {
             "pods": pods,
             "records": RECORDS if pods >= RECORDS_AT else 0,
@@ -198,12 +185,94 @@ async def measure_operator(
             "rss_after_events_mb": round(rss_mb(pid), 1),
             "idle_cpu_pct": round(idle_pct, 2),
             "metrics_ms": round(statistics.median(scrapes) * 1000, 1),
-            "events": len(targets),
-            "events_sent_per_s": round(len(targets) / sent_s),
-            "events_applied_per_s": round(len(targets) / applied_s),
+            **events,
         }
     finally:
         await op.stop(within=20)
+
+
+# -- pod watch events: what the emulator serves, what the operator processes --------------------
+
+
+EVENTS = 20_000  # pod watch events per measurement
+
+
+async def touch_pods(kube: Kube, count: int) -> float:
+    """`count` MODIFIED pod events made in the emulator's process, as fast as it can (the emulator
+    over HTTP could not make them fast enough); returns its own time to make them."""
+    result = await kube.call("POST", "/_emulator/pods/touch", {"count": count})
+    return float(result.body["seconds"])
+
+
+async def emulator_events(kube: Kube, emulator_pid: int, count: int) -> dict[str, Any]:
+    """The emulator alone: one raw watch of every pod (lines counted, not parsed) while `count`
+    pods are touched: events/s made and events/s delivered, and the emulator's CPU per event."""
+    rv = (await kube.call("GET", "/api/v1/pods", params={"limit": "1"})).body["metadata"]["resourceVersion"]
+    received = 0
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal received
+        async for _ in kube.watch_lines("/api/v1/pods", resource_version=rv, within=120):
+            received += 1
+            if received >= count:
+                done.set()
+                return
+
+    task = asyncio.create_task(watch())
+    await asyncio.sleep(0.5)  # the watch is registered
+    cpu0, t0 = proc_cpu(emulator_pid), time.perf_counter()
+    made_s = await touch_pods(kube, count)
+    await asyncio.wait_for(done.wait(), 120)
+    wall = time.perf_counter() - t0
+    cpu = proc_cpu(emulator_pid) - cpu0
+    task.cancel()
+    return {
+        "events": count,
+        "made_per_s": round(count / made_s),
+        "delivered_per_s": round(count / wall),
+        "emulator_cpu_us_per_event": round(cpu / count * 1e6, 1),
+    }
+
+
+async def emulator_list(kube: Kube, emulator_pid: int) -> dict[str, Any]:
+    """A paginated LIST of every pod (500 a page, as the informer asks), bodies read but not
+    parsed beyond the continue token: the emulator's serving time and CPU."""
+    cpu0, t0 = proc_cpu(emulator_pid), time.perf_counter()
+    items, token = 0, ""
+    while True:
+        params = {"limit": "500", **({"continue": token} if token else {})}
+        page = (await kube.call("GET", "/api/v1/pods", params=params)).body
+        items += len(page["items"])
+        token = page["metadata"].get("continue") or ""
+        if not token:
+            break
+    return {
+        "pods": items,
+        "list_s": round(time.perf_counter() - t0, 2),
+        "emulator_cpu_s": round(proc_cpu(emulator_pid) - cpu0, 2),
+    }
+
+
+async def operator_events(kube: Kube, op: OperatorProcess, pid: int, count: int) -> dict[str, Any]:
+    """Pod watch events processed by the operator: its own `capo_informer_events_total` counts
+    them; wall events/s until it has counted all, and events per second of its CPU. The counter
+    is read only once the emulator has made every event (a scrape costs the operator CPU too)."""
+    seen = pod_events(op)
+    cpu0, t0 = proc_cpu(pid), time.perf_counter()
+    made_s = await touch_pods(kube, count)
+    while pod_events(op) < seen + count:
+        assert time.perf_counter() - t0 < 300, "the operator did not apply every event"
+        await asyncio.sleep(0.05)
+    wall = time.perf_counter() - t0
+    cpu = proc_cpu(pid) - cpu0
+    return {
+        "events": count,
+        "events_made_per_s": round(count / made_s),
+        "events_applied_per_s": round(count / wall),
+        "events_per_cpu_s": round(count / cpu) if cpu > 0 else None,
+        "operator_cpu_us_per_event": round(cpu / count * 1e6, 1),
+    }
 
 
 # -- the release pass, in-process ---------------------------------------------------------------
@@ -228,11 +297,20 @@ def table(report: dict[str, Any]) -> str:
         ("rss_mb", "RSS MB"),
         ("idle_cpu_pct", "idle CPU %"),
         ("events_applied_per_s", "events/s"),
+        ("events_per_cpu_s", "events/CPU-s"),
         ("metrics_ms", "/metrics ms"),
     )
     lines = [" | ".join(title for _, title in cols), " | ".join("---" for _ in cols)]
     for row in report["operator"]:
         lines.append(" | ".join(str(row[key]) for key, _ in cols))
+    lines.append("")
+    lines.append("emulator alone: pods | LIST s | LIST CPU s | events made/s | delivered/s | CPU us/event")
+    for row in report["operator"]:
+        e = row["emulator"]
+        lines.append(
+            f"{e['pods']} | {e['list_s']} | {e['emulator_cpu_s']} | {e['made_per_s']} | "
+            f"{e['delivered_per_s']} | {e['emulator_cpu_us_per_event']}"
+        )
     lines.append("")
     lines.append(bench_release_pass_table(report["release_pass"]))
     return "\n".join(lines)
@@ -260,7 +338,13 @@ async def run_sizes(sizes: list[int], idle: float, work: Path) -> list[dict[str,
                     await seed_records(kube)
                 print(f"seeded {size} pods in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
                 await asyncio.sleep(2)  # the emulated kubelets finish (IPs, Running)
+                assert emu.process is not None
+                emulator = {
+                    **await emulator_list(kube, emu.process.pid),
+                    **await emulator_events(kube, emu.process.pid, EVENTS),
+                }
                 row = await measure_operator(kube, kubeconfig, work / str(size), size, idle)
+                row["emulator"] = emulator
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
         finally:

@@ -38,6 +38,7 @@ from capo_operator.kube.leader import LeaseElector
 from capo_operator.kube.ledger import NAME as LEDGER_NAME
 from capo_operator.kube.ledger import Ledger
 from capo_operator.kube.records import RecordStore
+from capo_operator.kube.slim import CoreV1
 from capo_operator.metrics import Metrics
 from capo_operator.serving import probes
 from capo_operator.serving.certs import BuiltinCertificates, ReloadingWebhookServer, certificate_expiry
@@ -170,7 +171,7 @@ async def watch_config_map(
     reloader: ConfigReloader, api: k8s.ApiClient, namespace: str, name: str, key: str
 ) -> None:
     """Watch the one ConfigMap the file is mounted from, so an edit applies at once."""
-    core = k8s.CoreV1Api(api)
+    core = CoreV1(api)
     source = f"ConfigMap {namespace}/{name} key {key}"
     while True:
         stream = k8s_watch.Watch()

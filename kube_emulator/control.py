@@ -1,5 +1,6 @@
 """Control endpoints under ``/_emulator/``: kubelet helpers, services, faults, allocator, admission log,
-ServiceAccount token expiry. Test plumbing: served over the same TLS, without authentication."""
+ServiceAccount token expiry, pod churn for benchmarks (``pods/touch``, see ``churn``). Test plumbing:
+served over the same TLS, without authentication."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from aiohttp import web
 
 from . import errors as E
 from .apiserver import check_write_latency
+from .churn import touch_pods
 from .http_api import error_response, json_response
 
 if TYPE_CHECKING:
@@ -135,6 +137,21 @@ def add_routes(app: web.Application, cluster: Cluster) -> None:
             raise E.bad_request(str(exc)) from exc
         return json_response({"seconds": cluster.api.write_latency})
 
+    async def pods_touch(request: web.Request) -> web.Response:
+        data = await body(request)
+        count, rate, namespace = data.get("count"), data.get("rate"), data.get("namespace")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise E.bad_request('expected {"count": N} with N >= 0 (and optionally "rate", "namespace")')
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0):
+            raise E.bad_request('"rate" must be a positive number of writes per second')
+        if namespace is not None and not isinstance(namespace, str):
+            raise E.bad_request('"namespace" must be a string')
+        try:
+            churn = await touch_pods(cluster.store, count, rate=rate, namespace=namespace)
+        except ValueError as exc:
+            raise E.bad_request(str(exc)) from exc
+        return json_response({"events": churn.events, "seconds": churn.seconds})
+
     routes = [
         web.post("/_emulator/serviceaccounts/expire-tokens", guarded(expire_tokens)),
         web.post("/_emulator/kubelet/evict", guarded(kubelet_evict)),
@@ -150,5 +167,6 @@ def add_routes(app: web.Application, cluster: Cluster) -> None:
         web.delete("/_emulator/admission-log", guarded(clear_admission_log)),
         web.get("/_emulator/write-latency", guarded(get_write_latency)),
         web.post("/_emulator/write-latency", guarded(set_write_latency)),
+        web.post("/_emulator/pods/touch", guarded(pods_touch)),
     ]
     app.add_routes(routes)

@@ -49,6 +49,10 @@ def dumpb(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+# Most watch events sent in one write (a burst is sent in chunks of this many).
+WATCH_BATCH = 100
+
+
 def json_response(
     body: Any, status: int = 200, warnings: list[str] | None = None, headers: dict[str, str] | None = None
 ) -> web.Response:
@@ -468,6 +472,9 @@ class Api:
         deadline = loop.time() + timeout if timeout is not None else None
         interval = self.cluster.options.bookmark_interval
         next_bookmark = loop.time() + interval
+        # Events already queued are sent together, in one write (a burst of writes costs one
+        # wait and one send instead of one per event); the stream is flushed before any wait.
+        pending: list[bytes] = []
         try:
             await resp.prepare(request)
             while True:
@@ -478,24 +485,36 @@ class Api:
                         break
                     wait = left if wait is None else min(wait, left)
                 try:
-                    item = (
-                        await asyncio.wait_for(watcher.queue.get(), max(wait, 0))
-                        if wait is not None
-                        else await watcher.queue.get()
-                    )
-                except TimeoutError:
-                    if bookmarks and loop.time() >= next_bookmark:
-                        next_bookmark = loop.time() + interval
-                        await resp.write(self._bookmark(rt, store.rv, False))
-                    continue
+                    item = watcher.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    if pending:
+                        await resp.write(b"".join(pending))
+                        pending.clear()
+                        continue
+                    try:
+                        item = (
+                            await asyncio.wait_for(watcher.queue.get(), max(wait, 0))
+                            if wait is not None
+                            else await watcher.queue.get()
+                        )
+                    except TimeoutError:
+                        if bookmarks and loop.time() >= next_bookmark:
+                            next_bookmark = loop.time() + interval
+                            await resp.write(self._bookmark(rt, store.rv, False))
+                        continue
                 if item is None:
                     break
                 kind, obj = item
                 if kind == "INITIAL_END":
-                    await resp.write(self._bookmark(rt, store.rv, True))
-                    continue
-                shown = self._show(rt, obj)
-                await resp.write(dumpb({"type": kind, "object": shown}) + b"\n")
+                    pending.append(self._bookmark(rt, store.rv, True))
+                else:
+                    shown = self._show(rt, obj)
+                    pending.append(dumpb({"type": kind, "object": shown}) + b"\n")
+                if len(pending) >= WATCH_BATCH:
+                    await resp.write(b"".join(pending))
+                    pending.clear()
+            if pending:
+                await resp.write(b"".join(pending))
         except ConnectionResetError:
             return resp
         finally:

@@ -106,7 +106,9 @@ def _entry(entry: str) -> tuple[str, int]:
     if isinstance(entry, str):
         return _cached_entry(entry)
     address = _parse_entry(entry)  # raises AddressError for a non-string
-    return _text(address), address.max_prefixlen
+    text = _text(address)
+    # The canonical text is usually the entry itself: keep one string, not two, per cached IP.
+    return (entry if text == entry else text), address.max_prefixlen
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -114,7 +116,9 @@ def _cached_entry(entry: str) -> tuple[str, int]:
     # The leader re-reads every entry of the IPReservation each pass (1,000 entries took 13 ms of the
     # event loop, reviews waiting behind it); parsed once, a pass costs well under a millisecond.
     address = _parse_entry(entry)
-    return _text(address), address.max_prefixlen
+    text = _text(address)
+    # The canonical text is usually the entry itself: keep one string, not two, per cached IP.
+    return (entry if text == entry else text), address.max_prefixlen
 
 
 def record_name(ip: str) -> str:

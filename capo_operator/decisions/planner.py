@@ -15,7 +15,7 @@ from capo_operator.decisions.addresses import AddressError, ip_of
 DEFAULT_GRACE = timedelta(0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per cached record
 class RecordView:
     name: str
     ip: str

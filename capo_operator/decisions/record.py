@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -86,7 +87,7 @@ def _truncate(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(microsecond=0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodRef:
     namespace: str
     name: str
@@ -94,7 +95,9 @@ class PodRef:
     node: str | None
 
 
-@dataclass(frozen=True)
+# slots: one per cached record (10,000 and more); the derived `name` and view are slots too, set
+# once per record object (a changed record is a new object), and left out of equality.
+@dataclass(frozen=True, slots=True)
 class Record:
     ip: str
     pod: PodRef | None  # None for "recovered"/"imported" entries with no known pod
@@ -116,10 +119,11 @@ class Record:
     sticky: bool = False  # a new pod of the same identity may have this IP back (spec.sticky)
     release_policy: ReleasePolicy = ReleasePolicy.TTL  # spec.releasePolicy
     claim: Claim | None = None  # spec.claim: a new pod was given this IP and has not run with it yet
+    name: str = field(init=False, repr=False, compare=False)
+    _view: RecordView | None = field(init=False, repr=False, compare=False, default=None)
 
-    @functools.cached_property
-    def name(self) -> str:
-        return record_name(self.ip)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", record_name(self.ip))
 
     @property
     def default_policy(self) -> bool:
@@ -194,24 +198,26 @@ class Record:
         pod: PodRef | None = None
         if spec.get("pod") is not None:
             p = _mapping(spec["pod"], "spec.pod")
+            node = _optional(p.get("node"), "spec.pod.node")
             pod = PodRef(
-                namespace=_string(p.get("namespace"), "spec.pod.namespace"),
+                namespace=_intern(_string(p.get("namespace"), "spec.pod.namespace")),
                 name=_string(p.get("name"), "spec.pod.name"),
                 uid=_optional(p.get("uid"), "spec.pod.uid") or "",  # optional in the schema ("imported")
-                node=_optional(p.get("node"), "spec.pod.node"),
+                node=None if node is None else _intern(node),
             )
         owner: Owner | None = None
         if spec.get("owner") is not None:
             o = _mapping(spec["owner"], "spec.owner")
             owner = Owner(
-                api_version=_optional(o.get("apiVersion"), "spec.owner.apiVersion") or "",
-                kind=_string(o.get("kind"), "spec.owner.kind"),
-                name=_string(o.get("name"), "spec.owner.name"),
-                uid=_optional(o.get("uid"), "spec.owner.uid") or "",
+                api_version=_intern(_optional(o.get("apiVersion"), "spec.owner.apiVersion") or ""),
+                kind=_intern(_string(o.get("kind"), "spec.owner.kind")),
+                name=_intern(_string(o.get("name"), "spec.owner.name")),
+                uid=_intern(_optional(o.get("uid"), "spec.owner.uid") or ""),
             )
         trigger = _string(spec.get("trigger"), "spec.trigger")
         if trigger not in TRIGGERS:
             raise RecordError(f"spec.trigger: {trigger!r} is not one of {', '.join(TRIGGERS)}")
+        trigger = TRIGGERS[TRIGGERS.index(trigger)]  # one string object for every record
         reserved_at = parse_time(spec.get("reservedAt"), "spec.reservedAt")
         expires = spec.get("expiresAt")
         expires_at = None if expires is None else parse_time(expires, "spec.expiresAt")
@@ -250,8 +256,8 @@ class Record:
             trigger=trigger,
             reserved_at=reserved_at,
             expires_at=expires_at,
-            hold=timedelta(seconds=hold),
-            policy=str(spec.get("policy") or ""),
+            hold=_hold(hold),
+            policy=_intern(str(spec.get("policy") or "")),
             releasing=releasing if isinstance(releasing, str) and releasing else None,
             resource_version=metadata.get("resourceVersion"),
             finalizers=tuple(finalizers),
@@ -262,7 +268,7 @@ class Record:
             claim=claim,
         )
 
-    @functools.cached_property
+    @property
     def identity(self) -> Identity | None:
         """Who may have this IP back (sticky records with a known pod and controller)."""
         if not self.sticky or self.pod is None or self.owner is None:
@@ -288,11 +294,14 @@ class Record:
         return [f for f in self.finalizers if f != FINALIZER]
 
     def view(self) -> RecordView:
-        return self._view
-
-    @functools.cached_property
-    def _view(self) -> RecordView:
         # Once per cached record (a changed record is a new object): every pass plans over all.
+        view = self._view
+        if view is None:
+            view = self._make_view()
+            object.__setattr__(self, "_view", view)
+        return view
+
+    def _make_view(self) -> RecordView:
         return RecordView(
             name=self.name,
             ip=self.ip,
@@ -315,6 +324,16 @@ def claim_body(claim: Claim) -> dict[str, Any]:
     if claim.pod:
         body["pod"] = claim.pod
     return body
+
+
+# Records share namespaces, nodes, owners, policies and hold durations: one object each keeps the
+# records cache small (the decoder makes a new string for every occurrence).
+_intern = sys.intern
+
+
+@functools.lru_cache(maxsize=256)
+def _hold(seconds: int | float) -> timedelta:
+    return timedelta(seconds=seconds)
 
 
 def _mapping(value: Any, field: str) -> Mapping[str, Any]:

@@ -19,6 +19,7 @@ from capo_operator.flows.safety_net import SafetyNet
 from capo_operator.flows.state import RecentUIDs
 from capo_operator.kube.caches import Views
 from capo_operator.kube.events import EventRecorder, ObjectRef
+from capo_operator.kube.slim import CoreV1
 from capo_operator.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class Admission:
         if cached is not None:
             return cached
         try:  # created a moment ago: the watch may not have delivered it yet
-            ns = await k8s.CoreV1Api(self.api).read_namespace(name)
+            ns = await CoreV1(self.api).read_namespace(name)
         except k8s.ApiException as exc:
             if exc.status == 404:
                 return None
@@ -79,7 +80,7 @@ class Admission:
         if cached is not None and cached.ips:
             return cached
         try:
-            pod = await k8s.CoreV1Api(self.api).read_namespaced_pod(name, namespace)
+            pod = await CoreV1(self.api).read_namespaced_pod(name, namespace)
         except k8s.ApiException as exc:
             if exc.status == 404:
                 return None

@@ -29,6 +29,7 @@ from capo_operator.kube.calico import CalicoStore, ReservationCache, Snapshot
 from capo_operator.kube.events import EventRecorder, ObjectRef
 from capo_operator.kube.ledger import Ledger, LedgerEntry, reconcile
 from capo_operator.kube.records import RecordStore
+from capo_operator.kube.slim import AppsV1
 from capo_operator.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class OwnerChecker:
     }
 
     def __init__(self, api: k8s.ApiClient, clock: Callable[[], datetime]) -> None:
-        self.apps = k8s.AppsV1Api(api)
+        self.apps = AppsV1(api)
         self.clock = clock
         self._missing_since: dict[_OwnerKey, datetime] = {}
         self._last_check = 0.0

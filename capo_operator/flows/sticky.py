@@ -26,6 +26,7 @@ from capo_operator.kube.caches import Views
 from capo_operator.kube.calico import CalicoStore
 from capo_operator.kube.events import EventRecorder, ObjectRef
 from capo_operator.kube.records import RecordStore
+from capo_operator.kube.slim import AppsV1
 from capo_operator.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -299,7 +300,7 @@ class StickyIPs:
             and r.owner.uid
         }
         replicas: dict[str, int] = {}
-        apps = k8s.AppsV1Api(self.api)
+        apps = AppsV1(self.api)
         for namespace, name, uid in owners:
             try:
                 found = await apps.read_namespaced_stateful_set(name, namespace)

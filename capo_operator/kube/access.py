@@ -21,6 +21,8 @@ from aiohttp.helpers import get_env_proxy_for_url
 from kubernetes.aio import client as k8s
 from yarl import URL
 
+from capo_operator.kube.slim import AuthorizationV1
+
 logger = logging.getLogger(__name__)
 
 
@@ -134,9 +136,15 @@ def required(n: Names) -> list[Permission]:
     return perms
 
 
+CHECK_CONCURRENCY = 4
+
+
 async def missing(api: k8s.ApiClient, perms: Iterable[Permission]) -> list[Permission] | None:
     """The permissions the API server says this identity lacks; None if it cannot tell us."""
-    authz = k8s.AuthorizationV1Api(api)
+    authz = AuthorizationV1(api)
+    # A few at a time: every concurrent request opens a TLS connection that stays in the pool
+    # (~300 KB each, its read buffer included), and the check asks about 30 questions at start.
+    bound = asyncio.Semaphore(CHECK_CONCURRENCY)
 
     async def allowed(p: Permission) -> bool:
         attrs = k8s.V1ResourceAttributes(
@@ -150,7 +158,8 @@ async def missing(api: k8s.ApiClient, perms: Iterable[Permission]) -> list[Permi
         review = k8s.V1SelfSubjectAccessReview(
             spec=k8s.V1SelfSubjectAccessReviewSpec(resource_attributes=attrs)
         )
-        answer = await authz.create_self_subject_access_review(review)
+        async with bound:
+            answer = await authz.create_self_subject_access_review(review)
         return bool(answer.status and answer.status.allowed)
 
     perms = list(perms)

@@ -39,6 +39,7 @@ from typing import Any
 from kubernetes.aio import client as k8s
 
 from capo_operator.decisions.addresses import AddressError, ip_of
+from capo_operator.kube.slim import CoreV1
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ META_KEY = "meta.json"
 PAYLOAD_KEY = "entries.json.zz"
 FORMAT = 2
 MAX_SHARDS = 16  # the shipped Roles name capo-ledger-0 .. capo-ledger-15
+READ_CONCURRENCY = 4
 # A shard's compressed payload: grow the shard count above the target (smaller writes per change);
 # refuse above the hard limit (the 1 MiB ConfigMap limit, less room for meta.json and metadata).
 TARGET_SHARD_BYTES = 256 * 1024
@@ -423,7 +425,7 @@ class Ledger:
         self.api = api
         self.namespace = namespace
         self.name = name
-        self._core = k8s.CoreV1Api(api)
+        self._core = CoreV1(api)
         self._exists: dict[str, bool] = {}  # learnt from load/save, so a write is one call
         # What this process knows is on the server: the index's shard count (None: no index;
         # 0: format 1), and each shard's canonical content (absent: unknown, so written).
@@ -464,9 +466,14 @@ class Ledger:
                 return legacy_decode(text) if text else {}
             shards = self._parse_index(data[INDEX_KEY])
         self._index = shards
-        read = await asyncio.gather(
-            *(self._read(shard_name(self.name, i)) for i in range(shards or MAX_SHARDS))
-        )
+        # A few at a time: each concurrent request opens a TLS connection that stays pooled.
+        bound = asyncio.Semaphore(READ_CONCURRENCY)
+
+        async def read_one(i: int) -> k8s.V1ConfigMap | None:
+            async with bound:
+                return await self._read(shard_name(self.name, i))
+
+        read = await asyncio.gather(*(read_one(i) for i in range(shards or MAX_SHARDS)))
         # CPU-bound (~1 s per 100,000 IPs, mostly validating them): off the event loop.
         results = await asyncio.to_thread(lambda: [self._decode(cm) if cm else None for cm in read])
         decoded: list[DecodedShard] = []

@@ -10,6 +10,7 @@ docs/performance.md has the comparison with json/orjson + dicts that chose msgsp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -158,28 +159,35 @@ def _canonical_ips(status: PodStatus) -> tuple[str, ...]:
     return canonical_ips([*(item.ip for item in status.podIPs or ()), status.podIP])
 
 
+@functools.lru_cache(maxsize=4096)
+def _owner(api_version: str, kind: str, name: str, uid: str) -> Owner:
+    # The pods of a StatefulSet share one controller: one (immutable) Owner for all of them.
+    return Owner(api_version=_intern(api_version), kind=_intern(kind), name=_intern(name), uid=_intern(uid))
+
+
 def pod_facts(item: PodItem) -> PodFacts:
     """The pod as the policy reads it; only `capo.io/` annotations are kept."""
     meta, spec, status = item.metadata, item.spec, item.status
     owner = None
     for ref in meta.ownerReferences or ():
         if ref.controller is True:
-            owner = Owner(
-                api_version=_intern(ref.apiVersion),
-                kind=_intern(ref.kind),
-                name=_intern(ref.name),
-                uid=_intern(ref.uid),
-            )
+            owner = _owner(ref.apiVersion, ref.kind, ref.name, ref.uid)
             break
+    # The decoder makes a new string for every occurrence; pods share namespaces, nodes, owners,
+    # reserve-time values and most label keys and values, so one copy each keeps the pod cache
+    # small. A label holding the pod's own name (a StatefulSet's pod-name) shares the name.
     annotations = {
-        _intern(k): v for k, v in (meta.annotations or {}).items() if k.startswith(KEPT_ANNOTATION_PREFIX)
+        _intern(k): _intern(v)
+        for k, v in (meta.annotations or {}).items()
+        if k.startswith(KEPT_ANNOTATION_PREFIX)
     }
-    # The decoder makes a new string for every occurrence; pods share namespaces, nodes, owners
-    # and most label keys and values, so one copy each keeps the pod cache small.
-    labels = {_intern(k): _intern(v) for k, v in meta.labels.items()} if meta.labels else {}
+    name = meta.name
+    labels = (
+        {_intern(k): name if v == name else _intern(v) for k, v in meta.labels.items()} if meta.labels else {}
+    )
     return PodFacts(
         namespace=_intern(meta.namespace),
-        name=meta.name,
+        name=name,
         uid=meta.uid,
         node=_intern(spec.nodeName) if spec.nodeName else None,
         labels=labels,

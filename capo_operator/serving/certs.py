@@ -51,6 +51,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes.aio import client as k8s
 
+from capo_operator.kube.slim import AdmissionregistrationV1, CoreV1
 from capo_operator.serving import reviews
 
 logger = logging.getLogger(__name__)
@@ -374,8 +375,8 @@ class BuiltinCertificates:
         check_interval: float = CHECK_INTERVAL,
         policy: Policy | None = None,
     ) -> None:
-        self.core = k8s.CoreV1Api(api)
-        self.admission = k8s.AdmissionregistrationV1Api(api)
+        self.core = CoreV1(api)
+        self.admission = AdmissionregistrationV1(api)
         self.namespace = namespace
         self.secret_name = secret_name
         self.webhook_config_name = webhook_config_name

@@ -315,7 +315,7 @@ async def test_strict_mode_refuses_the_deletion_when_the_write_is_too_slow() -> 
 
 
 class _CoreApi:
-    """Stands in for CoreV1Api: answers from dicts, or raises the given ApiException."""
+    """Stands in for slim.CoreV1: answers from dicts, or raises the given ApiException."""
 
     namespaces: dict[str, dict[str, Any]] = {}
     pods: dict[tuple[str, str], dict[str, Any]] = {}
@@ -348,7 +348,7 @@ def core_api(monkeypatch: pytest.MonkeyPatch) -> type[_CoreApi]:
     monkeypatch.setattr(_CoreApi, "pods", {})
     monkeypatch.setattr(_CoreApi, "error", None)
     monkeypatch.setattr(_CoreApi, "calls", [])
-    monkeypatch.setattr(admission.k8s, "CoreV1Api", _CoreApi)
+    monkeypatch.setattr(admission, "CoreV1", _CoreApi)
     return _CoreApi
 
 

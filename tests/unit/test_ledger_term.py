@@ -11,6 +11,7 @@ from fakes import NOW, DummyApi, Harness, make_harness, make_ns, make_pod
 from kubernetes.aio import client as k8s
 
 from capo_operator.kube.ledger import Ledger, LedgerEntry
+from capo_operator.kube.slim import CoreV1
 
 
 class ConfigMaps:
@@ -91,12 +92,14 @@ async def test_a_term_that_could_not_read_the_ledger_never_overwrites_it(h: Harn
 
 
 def test_the_scripted_api_is_what_the_ledger_calls() -> None:
-    # Guards the fake: every method the ledger calls on CoreV1Api exists on the real class.
+    # Guards the fake: every method the ledger calls on slim.CoreV1 exists on the fake, and on
+    # the generated CoreV1Api whose names and signatures slim.CoreV1 keeps.
     used: list[Any] = [
-        k8s.CoreV1Api.read_namespaced_config_map,
-        k8s.CoreV1Api.create_namespaced_config_map,
-        k8s.CoreV1Api.replace_namespaced_config_map,
-        k8s.CoreV1Api.delete_namespaced_config_map,
+        CoreV1.read_namespaced_config_map,
+        CoreV1.create_namespaced_config_map,
+        CoreV1.replace_namespaced_config_map,
+        CoreV1.delete_namespaced_config_map,
     ]
     assert all(callable(m) for m in used)
     assert all(hasattr(ConfigMaps, m.__name__) for m in used)
+    assert all(callable(getattr(k8s.CoreV1Api, m.__name__)) for m in used)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
@@ -252,3 +253,17 @@ def test_bad_finalizers_are_a_clear_error() -> None:
     body["metadata"]["finalizers"] = "capo.io/release"
     with pytest.raises(RecordError, match=r"metadata\.finalizers"):
         Record.from_body(body)
+
+
+def test_a_record_is_slotted_and_its_derived_values_stay_out_of_equality() -> None:
+    record = make(ip="fd00::7")
+    assert not hasattr(record, "__dict__")  # one per held IP: no per-object dict
+    assert record.name == record_name("fd00::7") == "fd00--7"
+    view = record.view()
+    assert record.view() is view  # computed once per record object
+    assert view.name == record.name and view.pod_uid == "uid-1" and view.owner_uid == "uid-o"
+    assert make(ip="fd00::7") == record and hash(make(ip="fd00::7")) == hash(record)
+    changed = replace(record, ip="fd00::8")
+    assert changed.name == "fd00--8" and changed.view().ip == "fd00::8"
+    with pytest.raises(AttributeError):
+        record.ip = "10.0.0.1"  # type: ignore[misc]
