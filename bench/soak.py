@@ -85,7 +85,8 @@ def slim(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
     if kind == "pod":
         status = obj.get("status") or {}
         keep = {k: status[k] for k in ("phase", "podIP", "podIPs", "reason") if k in status}
-        return {"metadata": m, "status": keep}
+        node = (obj.get("spec") or {}).get("nodeName")  # what a drain selects by
+        return {"metadata": m, "spec": {"nodeName": node} if node else {}, "status": keep}
     if kind in ("calico", "record"):
         return {"metadata": m, "spec": obj.get("spec") or {}}
     if kind == "event":
@@ -345,14 +346,15 @@ class Soak:
 
     async def drain(self) -> None:
         """`kubectl drain`: evict every pod of one node at once."""
+        # By spec.nodeName, as kubectl drain selects (the soak's nodes have no addresses: no hostIP).
         nodes = sorted(
-            {(self._running(s) or {}).get("status", {}).get("hostIP", "") for s in self.slots} - {""}
+            {(self._running(s) or {}).get("spec", {}).get("nodeName", "") for s in self.slots} - {""}
         )
         idle = self.idle_slots()
         if not idle:
             return
         node = self.rng.choice(nodes) if nodes else ""
-        victims = [s for s in idle if (self._running(s) or {}).get("status", {}).get("hostIP") == node]
+        victims = [s for s in idle if (self._running(s) or {}).get("spec", {}).get("nodeName") == node]
         self.faults["drain-burst"] += 1
         self.timeline.append((time.time(), f"drain-burst {node} ({len(victims)} pods)"))
         for slot in victims:
