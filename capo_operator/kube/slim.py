@@ -152,10 +152,6 @@ class CoreV1(_Api):
         path = "/api/v1/namespaces/{namespace}/secrets/{name}"
         return await self._call("PUT", path, {"name": name, "namespace": namespace}, k8s.V1Secret, body)
 
-    async def create_namespaced_event(self, namespace: str, body: Any) -> k8s.CoreV1Event:
-        path = "/api/v1/namespaces/{namespace}/events"
-        return await self._call("POST", path, {"namespace": namespace}, k8s.CoreV1Event, body)
-
 
 class AdmissionregistrationV1(_Api):
     """The `AdmissionregistrationV1Api` methods the operator uses."""

@@ -63,14 +63,6 @@ async def test_secrets_namespaces_pods_and_events(api: k8s.ApiClient) -> None:
     with pytest.raises(k8s.ApiException) as missing:
         await core.read_namespaced_pod("nope", NS)
     assert missing.value.status == 404
-    event = k8s.CoreV1Event(
-        metadata=k8s.V1ObjectMeta(name="e1"),
-        involved_object=k8s.V1ObjectReference(kind="Pod", namespace=NS, name="p"),
-        reason="IPReserved",
-        message="m",
-        type="Normal",
-    )
-    assert (await core.create_namespaced_event(NS, event)).reason == "IPReserved"
 
 
 async def test_webhook_configuration_json_patch(api: k8s.ApiClient) -> None:
