@@ -204,17 +204,21 @@ class Admission:
                 await self._call_mutating(hook, attrs, ctx)
         return attrs.obj
 
+    def _review(self, attrs: Attributes) -> tuple[str, dict[str, Any]]:
+        """A fresh AdmissionReview for one webhook call, and its request uid."""
+        request_uid = str(uuid.uuid4())
+        return request_uid, {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": self._request(attrs, request_uid),
+        }
+
     async def _call_mutating(self, hook: Mapping[str, Any], attrs: Attributes, ctx: RequestContext) -> bool:
         """Call one mutating webhook; apply its patch to ``attrs.obj``; True if the object changed."""
         name = str(hook.get("name", ""))
         policy = hook.get("failurePolicy", "Fail")
         timeout = float(hook.get("timeoutSeconds") or 10)
-        request_uid = str(uuid.uuid4())
-        review = {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": self._request(attrs, request_uid),
-        }
+        request_uid, review = self._review(attrs)
         started = time.monotonic()
         try:
             try:
@@ -310,12 +314,7 @@ class Admission:
         name = str(hook.get("name", ""))
         policy = hook.get("failurePolicy", "Fail")
         timeout = float(hook.get("timeoutSeconds") or 10)
-        request_uid = str(uuid.uuid4())
-        review = {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": self._request(attrs, request_uid),
-        }
+        request_uid, review = self._review(attrs)
         started = time.monotonic()
         try:
             response = await asyncio.wait_for(self._post(hook, name, review, timeout), timeout)
