@@ -172,7 +172,61 @@ class _Parsed:
     bare: frozenset[str] = frozenset()
 
 
-def _parse(raw: Any) -> _Parsed:
+class ParseMemo:
+    """What one object's earlier versions already parsed: entry -> (canonical IP or None, whether
+    the entry is the canonical host CIDR), and pending annotation -> (value, decoded record or the
+    reason it is unreadable). A watched IPReservation changes by a few entries per write while it
+    holds hundreds; parsing only the new ones keeps each watch event O(changes) in Python work
+    (decoding every pending annotation of every version was 44 % of the operator's CPU during a
+    delete burst). Pruned to the current version's keys, so bounded by the object."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[str | None, bool]] = {}
+        self.pending: dict[str, tuple[Any, Record | str]] = {}
+
+    def entry(self, entry: str) -> tuple[str | None, bool]:
+        known = self.entries.get(entry)
+        if known is None:
+            try:
+                ip = ip_of(entry)
+                known = (ip, host_cidr(ip) == entry)
+            except AddressError:
+                known = (None, False)
+            self.entries[entry] = known
+        return known
+
+    def read_pending(self, annotations: Any) -> tuple[dict[str, Record], dict[str, str]]:
+        """`pending.read`, reusing what earlier versions decoded."""
+        records: dict[str, Record] = {}
+        bad: dict[str, str] = {}
+        if not isinstance(annotations, Mapping):
+            self.pending = {}
+            return records, bad
+        seen: dict[str, tuple[Any, Record | str]] = {}
+        for annotation, value in annotations.items():
+            if not isinstance(annotation, str) or not pending.is_key(annotation):
+                continue
+            known = self.pending.get(annotation)
+            if known is None or known[0] != value:
+                try:
+                    known = (value, pending.decode(annotation, value))
+                except pending.PendingError as exc:
+                    known = (value, str(exc))
+            seen[annotation] = known
+            if isinstance(known[1], Record):
+                records[known[1].ip] = known[1]
+            else:
+                bad[annotation] = known[1]
+        self.pending = seen
+        return records, bad
+
+    def prune(self, raw: Any) -> None:
+        if isinstance(raw, list) and len(self.entries) > 2 * len(raw) + 64:
+            current = {e for e in raw if isinstance(e, str)}
+            self.entries = {k: v for k, v in self.entries.items() if k in current}
+
+
+def _parse(raw: Any, memo: ParseMemo | None = None) -> _Parsed:
     ips: list[str] = []
     seen: set[str] = set()
     networks: list[str] = []
@@ -188,22 +242,31 @@ def _parse(raw: Any) -> _Parsed:
             malformed.append(json.dumps(entry))
             normal = False
             continue
-        try:
-            ip = ip_of(entry)
-        except AddressError:
+        if memo is not None:
+            parsed_ip, canonical = memo.entry(entry)
+        else:
+            try:
+                parsed_ip = ip_of(entry)
+                canonical = host_cidr(parsed_ip) == entry
+            except AddressError:
+                parsed_ip, canonical = None, False
+        if parsed_ip is None:
             if _is_network(entry) and entry not in networks:
                 networks.append(entry)
             else:
                 malformed.append(entry)
                 normal = False
             continue
-        if ip in seen or host_cidr(ip) != entry:
+        ip = parsed_ip
+        if ip in seen or not canonical:
             normal = False  # a duplicate (Calico < 3.32 accepts them) or a bare / non-canonical IP
         if "/" not in entry:
             bare.add(ip)
         if ip not in seen:
             seen.add(ip)
             ips.append(ip)
+    if memo is not None:
+        memo.prune(raw)
     return _Parsed(ips, networks, malformed, normal, frozenset(bare))
 
 
@@ -486,10 +549,14 @@ class CalicoStore:
 EMPTY = Snapshot(ips=frozenset(), malformed=(), resource_version=None)
 
 
-def snapshot_of(entries: Any, annotations: Any, resource_version: str | None) -> Snapshot:
-    """What the object says: its `spec.reservedCIDRs` as read, its annotations (pending records)."""
-    parsed = _parse(entries)
-    records, invalid = pending.read(annotations if isinstance(annotations, Mapping) else None)
+def snapshot_of(
+    entries: Any, annotations: Any, resource_version: str | None, memo: ParseMemo | None = None
+) -> Snapshot:
+    """What the object says: its `spec.reservedCIDRs` as read, its annotations (pending records).
+    With `memo` (a watch's successive versions of the object), only what changed is parsed."""
+    parsed = _parse(entries, memo)
+    mapping = annotations if isinstance(annotations, Mapping) else None
+    records, invalid = memo.read_pending(mapping) if memo is not None else pending.read(mapping)
     return Snapshot(
         ips=frozenset(parsed.ips),
         malformed=tuple(parsed.malformed),
@@ -507,11 +574,13 @@ class ReservationItem(msgspec.Struct, frozen=True):
 
 
 def reservation_kind(group: CalicoGroup) -> Kind[Snapshot]:
-    """The IPReservation as an informer kind: each version of the object becomes a Snapshot."""
+    """The IPReservation as an informer kind: each version of the object becomes a Snapshot. The
+    watch is narrowed to one object, so one memo serves all its versions."""
+    memo = ParseMemo()
 
     def convert(item: ReservationItem) -> Snapshot:
         entries = item.spec.get("reservedCIDRs") if isinstance(item.spec, dict) else None
-        return snapshot_of(entries, item.metadata.annotations, item.metadata.resourceVersion)
+        return snapshot_of(entries, item.metadata.annotations, item.metadata.resourceVersion, memo)
 
     return Kind(group.value, group.version, PLURAL, False, ReservationItem, convert)
 
