@@ -31,7 +31,7 @@ from capo_operator.flows.sticky import StickyIPs
 from capo_operator.flows.watchers import Watchers
 from capo_operator.kube import KubeTransport, access
 from capo_operator.kube.caches import Caches, Views
-from capo_operator.kube.calico import CalicoStore, detect_group
+from capo_operator.kube.calico import CalicoStore, ReservationCache, detect_group
 from capo_operator.kube.credentials import Credentials, CredentialsError, Source
 from capo_operator.kube.events import EventRecorder, ObjectRef
 from capo_operator.kube.leader import LeaseElector
@@ -318,6 +318,9 @@ class Operator:
     reloader: ConfigReloader
     readiness: Readiness
     memo: Memo
+    # reserveAhead (at start): this replica's watch of the IPReservation, which tells its webhook
+    # that a pod's IPs are held already. None when reserveAhead was off at start.
+    reservations: ReservationCache | None = None
 
     def leadership_changed(self, leading: bool, lease: str) -> None:
         self.leadership.leading = leading
@@ -348,6 +351,7 @@ def assemble(
     ledger: Ledger,
     config_text: str,
     clock: Callable[[], datetime] = _utc_now,
+    reservations: ReservationCache | None = None,
 ) -> Operator:
     """Build every part and hand each what it needs; no I/O and no task is started here (the unit
     tests assemble the operator over in-memory stores). `config_text` is the text `config` was
@@ -359,7 +363,13 @@ def assemble(
     manual_releases: set[str] = set()
     views = caches.views
     reserver = Reserver(
-        calico=calico, records=records, events=events, metrics=metrics, config=live, clock=clock
+        calico=calico,
+        records=records,
+        events=events,
+        metrics=metrics,
+        config=live,
+        clock=clock,
+        reservations=reservations.snapshot if reservations is not None else None,
     )
     safety_net = SafetyNet(
         views=views,
@@ -434,6 +444,7 @@ def assemble(
         readiness=Readiness(caches.synced),
         sticky=sticky,
         memo=Memo(admission=admission, sticky=sticky, credentials=credentials),
+        reservations=reservations,
     )
 
 
@@ -658,6 +669,8 @@ async def _run(
             ),
             ledger=Ledger(api, namespace=options.namespace, name=LEDGER_NAME),
             config_text=config_text,
+            # Every replica watches the one object, so that its webhook skips what is held already.
+            reservations=conn.calico.cache() if config.reserve_ahead else None,
         )
         sup.on_close(op.flush_records)
         readiness = op.readiness
@@ -688,6 +701,8 @@ async def _run(
         sup.spawn(conn.credentials.run(), "credentials")
         sup.spawn(op.caches.run(), "informers")
         sup.spawn(op.safety_net.run(), "safety-net")
+        if op.reservations is not None:
+            sup.spawn(op.reservations.run(), "ipreservation-watch")
         sup.spawn(watch_config_file(op.reloader, options.config_path), "config-file")
         if options.config_map:
             key = options.config_path.name

@@ -59,6 +59,7 @@ _KNOWN = {
         "strictMode",
         "webhookDeadline",
         "releaseOnOwnerDeletion",
+        "reserveAhead",
         "sticky",
     }
     | _IGNORED[""],
@@ -130,6 +131,9 @@ class Config:
     strict_mode: bool = False
     webhook_deadline: timedelta = timedelta(seconds=3)
     release_on_owner_deletion: bool = True
+    # Reserve selected running pods' IPs ahead of their deletion (the leader, in batches): a deletion
+    # then waits for no write. Off: Capo's behaviour, the IP is written when the deletion is reviewed.
+    reserve_ahead: bool = False
     sticky: Sticky = field(default_factory=Sticky)
     # Non-fatal remarks found while parsing (e.g. "labelSelector matches no pod"), for the log.
     warnings: tuple[str, ...] = ()
@@ -419,6 +423,7 @@ def parse_config(text: str) -> Config:
 
     strict_mode = p.boolean(top, "strictMode", "strictMode", False)
     release_on_owner_deletion = p.boolean(top, "releaseOnOwnerDeletion", "releaseOnOwnerDeletion", True)
+    reserve_ahead = p.boolean(top, "reserveAhead", "reserveAhead", False)
     deadline = p.duration(top, "webhookDeadline", "webhookDeadline", timedelta(seconds=3))
     low, high = WEBHOOK_DEADLINE_RANGE
     if not low <= deadline <= high:
@@ -472,6 +477,7 @@ def parse_config(text: str) -> Config:
         strict_mode=strict_mode,
         webhook_deadline=deadline,
         release_on_owner_deletion=release_on_owner_deletion,
+        reserve_ahead=reserve_ahead,
         sticky=sticky,
         warnings=tuple(doc.warnings),
     )

@@ -322,6 +322,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.reserved_ahead = Gauge(
+            "capo_reserved_ahead_ips",
+            "reserveAhead: IPs of running selected pods that the IPReservation holds before their "
+            "deletion (the leader's count; 0 when reserveAhead is off)",
+            registry=r,
+        )
         self.kept_holds_max = Gauge(
             "capo_kept_holds_max", "The sticky.maxKeptHolds cap (immutable and never holds)", registry=r
         )

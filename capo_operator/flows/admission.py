@@ -130,7 +130,7 @@ class Admission:
             write.add_done_callback(lambda done: done.cancelled() or done.exception())
             try:
                 # shield: past the deadline the write goes on in the background; the safety net checks it.
-                await asyncio.wait_for(asyncio.shield(write), deadline)
+                done = await asyncio.wait_for(asyncio.shield(write), deadline)
             except Exception as exc:
                 what = "timed out" if isinstance(exc, TimeoutError) else f"failed: {exc}"
                 logger.warning(
@@ -150,7 +150,8 @@ class Admission:
                 )
                 return
             self.recent.add(pod.uid)
-            outcome = "reserved"
+            # "reserved-ahead": the IPs were in the IPReservation already (reserveAhead), no write.
+            outcome = "reserved" if done.wrote else "reserved-ahead"
         except kopf.AdmissionError:
             raise
         except Exception as exc:  # our own trouble never blocks a deletion (unless strict mode)

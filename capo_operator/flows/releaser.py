@@ -16,7 +16,7 @@ from typing import TypeVar
 from kubernetes.aio import client as k8s
 
 from capo_operator.config import Config, LiveConfig
-from capo_operator.decisions import pending, planner, policy, sticky
+from capo_operator.decisions import ahead, pending, planner, policy, sticky
 from capo_operator.decisions.addresses import record_name
 from capo_operator.decisions.durations import format_duration
 from capo_operator.decisions.policy import Owner, PodFacts
@@ -42,6 +42,7 @@ CALICO_REREAD_PERIOD = timedelta(minutes=5)
 # replace) is not a deliberate deletion of the cluster.
 OWNER_GONE_CONFIRM = timedelta(seconds=60)
 ORPHAN_CONFIRM_PASSES = 2
+AHEAD_BATCH_DELAY = 0.2  # reserveAhead: newly selected pods gathered into one append
 MAX_CONCURRENT_WRITES = 16  # record writes in flight at once in one pass
 
 T = TypeVar("T")
@@ -189,6 +190,13 @@ class Releaser:
         # pod cache, the namespaces or the config changed; otherwise kept in step pod by pod.
         self._selected_key: tuple[object, ...] | None = None
         self._selected: dict[str, LedgerEntry] = {}
+        # reserveAhead: when each IP left the selected set (its pod went, turned terminal or was
+        # deselected); an orphan entry waits for its record with the pod's details (ahead.ADOPT_GRACE).
+        self._left_at: dict[str, datetime] = {}
+        self._ahead_gate = Gate()
+        self._ahead_waiting: frozenset[str] = frozenset()  # orphans waiting for their record
+        self._stale_passes: dict[str, int] = {}
+        self._wake = asyncio.Event()  # a newly selected pod: reserve its IP ahead without waiting a period
         # Work proportional to change (decisions/schedule.py): each step remembers what it saw.
         self._plan_gate = Gate()
         self._reconcile_gate = Gate()
@@ -205,7 +213,13 @@ class Releaser:
     async def lead(self) -> None:
         """Runs while this process leads; cancelled at once when leadership is lost."""
         await self.views.synced.wait()
-        for gate in (self._plan_gate, self._reconcile_gate, self._reread_gate, self._ledger_gate):
+        for gate in (
+            self._plan_gate,
+            self._reconcile_gate,
+            self._reread_gate,
+            self._ledger_gate,
+            self._ahead_gate,
+        ):
             gate.reset()  # another leader may have changed anything meanwhile
         self._cache = self.calico.cache()
         watch = asyncio.create_task(self._cache.run(), name="ipreservation-watch")
@@ -234,7 +248,11 @@ class Releaser:
                         "release pass finished with %d failed step(s); retrying next period", failures
                     )
             period = self.config.current.ip_release_period.total_seconds()
-            await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, period - (time.monotonic() - started)))
+                # Pods start in bursts (a StatefulSet rolling, a deployment scaling): one append for them.
+                await asyncio.sleep(AHEAD_BATCH_DELAY)
 
     # -- the ledger -------------------------------------------------------------------------
 
@@ -276,6 +294,13 @@ class Releaser:
                     del self._selected[ip]
         if new is not None:
             self._select(new, self._selected)
+        if self.config.current.reserve_ahead:
+            now = self.clock()
+            for ip in old.ips if old is not None else ():
+                if ip not in self._selected:
+                    self._left_at[ip] = now
+            if new is not None and any(ip in self._selected for ip in new.ips):
+                self._wake.set()
 
     async def recover_from_ledger(self) -> None:
         """Reserve the IPs of selected pods that vanished while no replica was watching."""
@@ -346,13 +371,27 @@ class Releaser:
             pod for r in records if r.pod is not None and r.pod.uid for pod in views.pods_with_uid(r.pod.uid)
         )
 
-    async def _save_ledger(self) -> None:
+    def _refresh_selected(self) -> dict[str, LedgerEntry]:
+        """The selected live pods' IPs: rebuilt when the pod cache, the namespaces or the config
+        changed, else as kept in step by `_reselect`."""
         views = self.views
         key = (views.pod_cache_id(), views.namespaces_generation(), self.config.current)
         if key != self._selected_key:
+            before = self._selected
             self._selected, self._selected_key = self._selected_entries(), key
-        entries = dict(self._selected)
-        recorded = {r.ip for r in views.records()} if self._ledger_pending else set()
+            if self.config.current.reserve_ahead:
+                now = self.clock()
+                for ip in before.keys() - self._selected.keys():
+                    self._left_at[ip] = now
+        return self._selected
+
+    def _ahead_ips(self) -> dict[str, LedgerEntry]:
+        """reserveAhead: the IPs whose entries stay whatever the records say; empty when it is off."""
+        return self._refresh_selected() if self.config.current.reserve_ahead else {}
+
+    async def _save_ledger(self) -> None:
+        entries = dict(self._refresh_selected())
+        recorded = {r.ip for r in self.views.records()} if self._ledger_pending else set()
         for ip, entry in list(self._ledger_pending.items()):
             if ip in recorded or ip in entries:
                 del self._ledger_pending[ip]
@@ -408,6 +447,7 @@ class Releaser:
             planned is not None
             or cache_version is None
             or self._orphan_passes
+            or self._ahead_waiting
             or self._reread_gate.due(None, now)
             or self._reconcile_gate.due(reconcile_inputs, now)
         ):
@@ -415,12 +455,40 @@ class Releaser:
             await self._reconcile(now, planned or self._current(), reread=self._reread_gate.due(None, now))
             self._reconcile_gate.ran(reconcile_inputs, ok=self._failures == failures)
 
+        if cfg.reserve_ahead:
+            ahead_inputs = (views.generation(), cfg, cache_version)
+            if self._ahead_gate.due(ahead_inputs, now):
+                failures = self._failures
+                await self._step("reserve ahead", self._reserve_ahead(), None)
+                self._ahead_gate.ran(ahead_inputs, ok=self._failures == failures)
+        else:
+            self._left_at.clear()
+
         ledger_inputs = (views.generation(), cfg, records_gen)
         if self._ledger_pending or self._ledger_gate.due(ledger_inputs, now):
             failures = self._failures
             await self._step("save the ledger", self._save_ledger(), None)
             self._ledger_gate.ran(ledger_inputs, ok=self._failures == failures)
         return self._failures
+
+    async def _reserve_ahead(self) -> None:
+        """Add the selected live pods' IPs that the IPReservation lacks, a MAX_BATCH at a time,
+        through the webhook's group commit (so reviews on this replica share the writes)."""
+        wanted = self._ahead_ips()
+        cache = self._cache
+        snapshot = cache.snapshot() if cache is not None else None
+        if snapshot is None:
+            snapshot = await self.calico.read()
+        todo = ahead.missing(wanted, snapshot.ips)
+        self.metrics.reserved_ahead.set(len(wanted) - len(todo))
+        commit = self.reserver.commit
+        for start in range(0, len(todo), commit.max_batch):
+            chunk = todo[start : start + commit.max_batch]
+            # One chunk at a time: a review arriving meanwhile rides in the next write, not after all.
+            await self._count_calico_error("append", commit.append(chunk))
+            self.metrics.reserved_ahead.inc(len(chunk))
+        if todo:
+            logger.info("reserved %d IP(s) of running selected pods ahead of their deletion", len(todo))
 
     def _pod_changed(self, old: PodFacts | None, new: PodFacts | None) -> None:
         """Every change of the pod cache (synchronous, in the informer's task): only a pod that a
@@ -552,7 +620,8 @@ class Releaser:
         in_flight = p.manual | {records[n].ip for n in releasing} | {r.ip for r in deleted.values()}
         if cached is not None:
             drift = planner.drift(cached.ips, live_ips, releasing=in_flight, canonical=True)
-            if drift.missing_in_calico or drift.without_record - p.removed:
+            orphans = drift.without_record - p.removed
+            if drift.missing_in_calico or orphans - self._not_orphans(orphans, now):
                 snapshot = await self._step("read the IPReservation", self.calico.read(), None)
             else:
                 snapshot = cached
@@ -569,7 +638,13 @@ class Releaser:
                 self._count_calico_error("append", self.calico.append(sorted(drift.missing_in_calico))),
                 None,
             )
-        await self._adopt(drift.without_record - p.removed, now, snapshot)
+        orphans = drift.without_record - p.removed
+        kept = self._not_orphans(orphans, now)
+        self._ahead_waiting = kept - self._ahead_ips().keys()
+        orphans -= kept
+        if self.config.current.reserve_ahead:
+            orphans = await self._remove_stale(orphans, snapshot)
+        await self._adopt(orphans, now, snapshot)
         await self._step("clear pending record details", self._clear_pending(snapshot, records), None)
         # After adoption: the cleaning rewrite also turns bare IPs into host CIDRs.
         await self._step("remove malformed entries", self._clean(snapshot.malformed), None)
@@ -670,9 +745,13 @@ class Releaser:
         ips = {records[name].ip for name in releasing} | {r.ip for r in deleted.values()} | manual
         if not ips:
             return frozenset()
+        # reserveAhead: a selected live pod uses the IP now (an older hold of it ends): the record
+        # goes, the entry stays, reserved for this pod.
+        ips -= self._ahead_ips().keys()
         try:
             # Calico first: a crash or a failure now leaves marked (or deleted) records for the next pass.
-            await self._count_calico_error("remove", self.calico.remove(sorted(ips)))
+            if ips:
+                await self._count_calico_error("remove", self.calico.remove(sorted(ips)))
         except Exception as exc:
             self._failures += 1
             logger.warning(
@@ -740,6 +819,40 @@ class Releaser:
             )
         await self._count_calico_error("remove", calico.remove(()))
         logger.info("removed malformed IPReservation entries %s", ", ".join(repr(e) for e in malformed))
+
+    def _not_orphans(self, orphans: frozenset[str], now: datetime) -> frozenset[str]:
+        """reserveAhead: entries without a record that are not orphans: those of selected live pods
+        (reserved ahead) and those whose pod left the selection less than ahead.ADOPT_GRACE ago
+        (their record, with the pod's details, is on its way)."""
+        if not self.config.current.reserve_ahead or not orphans:
+            return frozenset()
+        wanted = self._ahead_ips()
+        self._left_at = {
+            ip: at for ip, at in self._left_at.items() if now - at < ahead.ADOPT_GRACE and ip not in wanted
+        }
+        return frozenset(ip for ip in orphans if ip in wanted) | ahead.waiting(orphans, self._left_at, now)
+
+    async def _remove_stale(self, orphans: frozenset[str], snapshot: Snapshot) -> frozenset[str]:
+        """reserveAhead: of the orphans, remove those a live pod uses that is no longer selected,
+        once seen in two passes (like adoption). Returns the orphans left to adopt."""
+        holders = self.views.ip_holders(tuple(sorted(orphans)))
+        stale = ahead.stale(orphans, holders, self._ahead_ips(), snapshot.pending)
+        self._stale_passes = {ip: self._stale_passes.get(ip, 0) + 1 for ip in stale}
+        confirmed = sorted(ip for ip, passes in self._stale_passes.items() if passes >= ORPHAN_CONFIRM_PASSES)
+        if confirmed:
+            removed = await self._step(
+                "remove entries no longer reserved ahead",
+                self._count_calico_error("remove", self.calico.remove(confirmed)),
+                frozenset(),
+            )
+            if removed:
+                logger.info(
+                    "removed %s from Calico: reserved ahead, their pods are no longer selected",
+                    ",".join(sorted(removed)),
+                )
+            for ip in confirmed:
+                self._stale_passes.pop(ip, None)
+        return orphans - stale
 
     async def _adopt(self, orphans: frozenset[str], now: datetime, snapshot: Snapshot) -> None:
         """Invariant 2: a Calico entry without a record gets a record, never dropped. With the

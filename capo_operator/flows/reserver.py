@@ -17,9 +17,10 @@ from datetime import UTC, datetime
 
 from capo_operator.config import LiveConfig
 from capo_operator.decisions import pending, sticky
+from capo_operator.decisions.addresses import AddressError, ip_of
 from capo_operator.decisions.policy import Hold, PodFacts
 from capo_operator.decisions.record import KIND, PodRef, Record
-from capo_operator.kube.calico import CalicoStore, GroupCommit
+from capo_operator.kube.calico import CalicoStore, GroupCommit, Snapshot
 from capo_operator.kube.events import EventRecorder, ObjectRef
 from capo_operator.kube.records import RecordStore
 from capo_operator.metrics import Metrics
@@ -40,6 +41,7 @@ FOLLOW_MAX_DELAY = 2.0
 class Reserved:
     ips: tuple[str, ...]  # in the Calico object now
     created: tuple[str, ...]  # IPs whose record this call created (others existed already or follow)
+    wrote: bool = True  # False: reserved ahead (reserveAhead), the object held every IP already
 
 
 def new_record(
@@ -77,8 +79,12 @@ class Reserver:
         metrics: Metrics,
         config: LiveConfig,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        reservations: Callable[[], Snapshot | None] | None = None,
     ) -> None:
         self.calico = calico
+        # The IPReservation as this replica's watch shows it (reserveAhead): an IP it holds already
+        # needs no write. None: every reservation writes.
+        self.reservations = reservations
         self.config = config  # the sticky default applies to what is reserved
         self.commit = GroupCommit(
             calico, on_error=lambda: metrics.calico_write_errors.labels(operation="append").inc()
@@ -106,16 +112,32 @@ class Reserver:
                 warning=True,
             )
         wanted = [new_record(pod, ip, hold, trigger, now, choice) for ip in ips]
-        # A failed write is counted once by the group commit, however many reservations it carried.
-        await self.commit.append(ips, {r.ip: pending.encode(r) for r in wanted})
+        wrote = not self.held_already(ips)
+        if wrote:
+            # A failed write is counted once by the group commit, however many reservations it carried.
+            await self.commit.append(ips, {r.ip: pending.encode(r) for r in wanted})
         if records_later:
             self.follower.submit(pod, wanted)
-            return Reserved(ips=ips, created=())
+            return Reserved(ips=ips, created=(), wrote=wrote)
         created, failed = await self.create_records(pod, wanted)
         for record, exc in failed:
             # The IP is held by Calico already; the leader adopts the entry from its details.
             logger.warning("reserved %s in Calico but could not create its record: %s", record.ip, exc)
-        return Reserved(ips=ips, created=created)
+        return Reserved(ips=ips, created=created, wrote=wrote)
+
+    def held_already(self, ips: tuple[str, ...]) -> bool:
+        """reserveAhead: the IPReservation (as watched) holds every one of `ips`. The leader reserved
+        them while the pod ran and removes none of a selected live pod's IPs, so the deletion needs
+        no write. A watch that lags only makes this say no: then the IPs are written as usual."""
+        if not ips or self.reservations is None or not self.config.current.reserve_ahead:
+            return False
+        snapshot = self.reservations()
+        if snapshot is None:
+            return False
+        try:
+            return all(ip_of(ip) in snapshot.ips for ip in ips)
+        except AddressError:
+            return False
 
     async def create_records(
         self, pod: PodFacts, wanted: list[Record]
