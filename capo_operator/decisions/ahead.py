@@ -37,6 +37,12 @@ def stale(
     return frozenset(ip for ip in orphans if ip in live_holders and ip not in wanted and ip not in announced)
 
 
-def waiting(orphans: Collection[str], left_at: Mapping[str, datetime], now: datetime) -> frozenset[str]:
-    """Orphans whose pod left the selection less than ADOPT_GRACE ago: not adopted yet."""
-    return frozenset(ip for ip in orphans if ip in left_at and now - left_at[ip] < ADOPT_GRACE)
+def waiting(
+    orphans: Collection[str], left_at: Mapping[str, datetime], now: datetime, live_holders: Mapping[str, str]
+) -> frozenset[str]:
+    """Orphans whose pod left the selection less than ADOPT_GRACE ago and that no live pod uses
+    (deleted or turned terminal: a record is coming): not adopted yet. One a live pod still uses was
+    deselected: no record is coming, `stale` decides."""
+    return frozenset(
+        ip for ip in orphans if ip in left_at and now - left_at[ip] < ADOPT_GRACE and ip not in live_holders
+    )

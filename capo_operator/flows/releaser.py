@@ -830,7 +830,10 @@ class Releaser:
         self._left_at = {
             ip: at for ip, at in self._left_at.items() if now - at < ahead.ADOPT_GRACE and ip not in wanted
         }
-        return frozenset(ip for ip in orphans if ip in wanted) | ahead.waiting(orphans, self._left_at, now)
+        holders = self.views.ip_holders(tuple(sorted(orphans)))
+        return frozenset(ip for ip in orphans if ip in wanted) | ahead.waiting(
+            orphans, self._left_at, now, holders
+        )
 
     async def _remove_stale(self, orphans: frozenset[str], snapshot: Snapshot) -> frozenset[str]:
         """reserveAhead: of the orphans, remove those a live pod uses that is no longer selected,

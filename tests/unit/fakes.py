@@ -564,6 +564,7 @@ def make_harness(
     attach: bool = True,
     transport: Transport | None = None,
     config_text: str = "",
+    watch_reservations: bool = False,
     **informer_options: Any,
 ) -> Harness:
     """The operator as `app.assemble` builds it, over in-memory stores. Its caches are filled by the
@@ -588,6 +589,8 @@ def make_harness(
         ledger=ledger,  # type: ignore[arg-type]
         config_text=config_text,
         clock=clock,
+        # reserveAhead's per-replica watch of the IPReservation (up to date at once unless frozen).
+        reservations=calico.cache() if watch_reservations else None,  # type: ignore[arg-type]
     )
     op.leadership.leading = leading
     op.readiness.cert_ready = cert_ready
