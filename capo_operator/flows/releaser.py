@@ -43,6 +43,10 @@ CALICO_REREAD_PERIOD = timedelta(minutes=5)
 OWNER_GONE_CONFIRM = timedelta(seconds=60)
 ORPHAN_CONFIRM_PASSES = 2
 AHEAD_BATCH_DELAY = 0.2  # reserveAhead: newly selected pods gathered into one append
+LEFT_AT_PRUNE = 4096
+# An IP appended ahead is taken as present this long even if the watched copy does not show it yet
+# (the watch lags behind our own writes): no second append of it meanwhile.
+AHEAD_SENT_TTL = 10.0
 MAX_CONCURRENT_WRITES = 16  # record writes in flight at once in one pass
 
 T = TypeVar("T")
@@ -196,6 +200,7 @@ class Releaser:
         self._ahead_gate = Gate()
         self._ahead_waiting: frozenset[str] = frozenset()  # orphans waiting for their record
         self._stale_passes: dict[str, int] = {}
+        self._ahead_sent: dict[str, float] = {}  # IP -> monotonic time of its append
         self._wake = asyncio.Event()  # a newly selected pod: reserve its IP ahead without waiting a period
         # Work proportional to change (decisions/schedule.py): each step remembers what it saw.
         self._plan_gate = Gate()
@@ -299,6 +304,8 @@ class Releaser:
             for ip in old.ips if old is not None else ():
                 if ip not in self._selected:
                     self._left_at[ip] = now
+            if len(self._left_at) > LEFT_AT_PRUNE:  # a standby never reconciles, which prunes it
+                self._left_at = {ip: at for ip, at in self._left_at.items() if now - at < ahead.ADOPT_GRACE}
             if new is not None and any(ip in self._selected for ip in new.ips):
                 self._wake.set()
 
@@ -479,13 +486,18 @@ class Releaser:
         snapshot = cache.snapshot() if cache is not None else None
         if snapshot is None:
             snapshot = await self.calico.read()
-        todo = ahead.missing(wanted, snapshot.ips)
+        missing = ahead.missing(wanted, snapshot.ips)
+        clock = time.monotonic()
+        self._ahead_sent = {ip: at for ip, at in self._ahead_sent.items() if clock - at < AHEAD_SENT_TTL}
+        todo = [ip for ip in missing if ip not in self._ahead_sent]
+        # Sent a moment ago and not shown by the watch yet: held all the same.
         self.metrics.reserved_ahead.set(len(wanted) - len(todo))
         commit = self.reserver.commit
         for start in range(0, len(todo), commit.max_batch):
             chunk = todo[start : start + commit.max_batch]
             # One chunk at a time: a review arriving meanwhile rides in the next write, not after all.
             await self._count_calico_error("append", commit.append(chunk))
+            self._ahead_sent.update(dict.fromkeys(chunk, time.monotonic()))
             self.metrics.reserved_ahead.inc(len(chunk))
         if todo:
             logger.info("reserved %d IP(s) of running selected pods ahead of their deletion", len(todo))

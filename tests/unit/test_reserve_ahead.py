@@ -253,3 +253,18 @@ def test_without_the_watch_every_review_writes() -> None:
     h = make_harness(AHEAD)
     h.calico.ips.add("10.0.0.1")
     assert not h.op.reserver.held_already(("10.0.0.1",))
+
+
+async def test_a_lagging_watch_does_not_make_the_leader_append_twice(h: Harness) -> None:
+    r = h.releaser()
+    cache = h.calico.cache()
+    cache.freeze()  # shows the object as it was before any append, for the whole test
+    r._cache = cache  # type: ignore[assignment]  # the leader's watch, as lead() sets it
+    h.add_pod(make_pod("db-0", ips=("10.0.0.1",)))
+    await r.pass_once()
+    h.add_pod(make_pod("db-1", ips=("10.0.0.2",)))  # another change opens the step again
+
+    await r.pass_once()
+
+    assert appends(h) == [("10.0.0.1",), ("10.0.0.2",)]
+    assert h.sample("capo_reserved_ahead_ips") == 2
