@@ -116,6 +116,9 @@ class Reserver:
         if wrote:
             # A failed write is counted once by the group commit, however many reservations it carried.
             await self.commit.append(ips, {r.ip: pending.encode(r) for r in wanted})
+        else:
+            # A review all the same: the records wait for a lull in reviews as after an append.
+            self.commit.last_activity = asyncio.get_running_loop().time()
         if records_later:
             self.follower.submit(pod, wanted)
             return Reserved(ips=ips, created=(), wrote=wrote)
