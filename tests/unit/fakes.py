@@ -359,6 +359,16 @@ class FakeLedger:
         self.entries = dict(entries)
 
 
+class Clock:
+    """A settable clock: `now` is what the parts read."""
+
+    def __init__(self, now: datetime = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
 class DummyApi:
     """Stands in for `kubernetes.aio.client.ApiClient` where no API call is expected."""
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from fakes import (
     HOLD,
     NOW,
+    Clock,
     FakeLedger,
     Harness,
     make_harness,
@@ -30,14 +31,6 @@ from capo_operator.flows import releaser as releaser_module
 from capo_operator.flows.releaser import OwnerChecker, Releaser, alive_uids
 from capo_operator.kube.calico import CalicoError
 from capo_operator.kube.ledger import LedgerEntry
-
-
-class Clock:
-    def __init__(self, now: datetime = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

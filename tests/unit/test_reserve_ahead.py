@@ -4,10 +4,10 @@ holds; deselected pods' entries go."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
-from fakes import NOW, Harness, make_harness, make_ns, make_pod, make_record
+from fakes import NOW, Clock, Harness, make_harness, make_ns, make_pod, make_record
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,14 +16,6 @@ from capo_operator.decisions import ahead
 from capo_operator.decisions.record import PodRef
 
 AHEAD = Config(reserve_ahead=True)
-
-
-class Clock:
-    def __init__(self, now: datetime = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
