@@ -9,6 +9,8 @@ import pytest
 import yaml
 from conftest import find
 
+from capo_operator.config import parse_config
+
 pytest.importorskip("helm_python", reason="helm-python-sdk (Helm's engine) is not installed")
 
 MONITORING = {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}
@@ -123,6 +125,33 @@ def test_capo_values_change_what_they_meant_in_capo(tools: Any) -> None:
     assert role["metadata"]["namespace"] == "infra"
 
 
+def test_reserve_ahead_and_namespace_selector_reach_the_operator(tools: Any) -> None:
+    def config_of(values: dict[str, Any]) -> str:
+        return str(find(tools.render_chart(values), "ConfigMap", "capo-config")["data"]["capo_config.yaml"])
+
+    text = config_of({})
+    assert "namespaceSelector" not in text  # every namespace, as without the key
+    default = parse_config(text)
+    assert default.reserve_ahead is False and default.namespace_selector.query() is None
+    chosen = parse_config(
+        config_of(
+            {
+                "config": {
+                    "reserveAhead": True,
+                    "namespaceSelector": {
+                        "matchLabels": {"team": "payments"},
+                        "matchExpressions": [{"key": "tier", "operator": "Exists"}],
+                    },
+                }
+            }
+        )
+    )
+    assert chosen.reserve_ahead is True
+    assert chosen.namespace_selector.query() == "team in (payments),tier"
+    assert "reserveAhead is on" in tools.render_notes({"config": {"reserveAhead": True}})
+    assert "reserveAhead" not in tools.render_notes({})
+
+
 def test_renamed_reservation_is_what_rbac_allows(tools: Any) -> None:
     docs = tools.render_chart({"config": {"ipReservationName": "tenant-a-held"}})
     rules = find(docs, "ClusterRole", "capo-operator")["rules"]
@@ -142,6 +171,8 @@ def test_renamed_reservation_is_what_rbac_allows(tools: Any) -> None:
         ({"webhook": {"failurePolicy": "Deny"}}, "failurePolicy"),
         ({"replicaCount": "3"}, "replicaCount"),
         ({"cofnig": {}}, "cofnig"),
+        ({"config": {"reserveAhead": "yes"}}, "reserveAhead"),
+        ({"config": {"namespaceSelector": {"matchLabel": {"team": "a"}}}}, "matchLabel"),
     ],
 )
 def test_values_schema_rejects_mistakes(tools: Any, values: dict[str, Any], field: str) -> None:

@@ -353,6 +353,7 @@ def test_config_map_is_capos_format_with_capos_defaults(default_docs: list[Doc])
     ]
     assert config["ipReservationName"] == "capo-reserved-ips"
     assert config["maxIPReserveTime"] == "24h" and config["strictMode"] is False
+    assert config["reserveAhead"] is False  # opt-in: deletions write as with Capo
 
 
 def test_cert_manager_overlay_mounts_the_issued_secret_and_injects_the_ca(

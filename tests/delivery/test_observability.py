@@ -174,6 +174,24 @@ def test_dashboard_shows_what_the_issue_asks_for(tools: Any) -> None:
     assert dash["templating"]["list"][0]["type"] == "datasource"
 
 
+def test_webhook_row_shows_reserve_ahead_without_overlapping_panels(tools: Any) -> None:
+    dash = json.loads(tools.DASHBOARD_SOURCE.read_text())
+    rows = sorted((p["gridPos"]["y"], p["title"]) for p in dash["panels"] if p["type"] == "row")
+    (start,) = [y for y, title in rows if title == "Webhook"]
+    end = min((y for y, _ in rows if y > start), default=10**6)
+    row = [p for p in dash["panels"] if p["type"] != "row" and start < p["gridPos"]["y"] < end]
+    exprs = " ".join(t["expr"] for p in row for t in p["targets"])
+    assert "capo_reserved_ahead_ips" in exprs
+    assert 'outcome="reserved-ahead"' in exprs  # the share of reviews answered without a write
+    cells = set()
+    for p in row:
+        g = p["gridPos"]
+        assert g["x"] + g["w"] <= 24, p["title"]
+        here = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & here, f"{p['title']} overlaps another panel"
+        cells |= here
+
+
 REQUIRED_ALERTS = {
     "CapoOperatorTooFewReplicas",
     "CapoOperatorNoLeader",

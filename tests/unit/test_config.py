@@ -84,6 +84,16 @@ labelSelector:
     )
 
 
+def test_reserve_ahead_is_off_unless_asked_for() -> None:
+    # Off by default: Capo's behaviour, each deletion's IPs are written when it is reviewed.
+    assert parse_config(SAMPLE).reserve_ahead is False
+    assert parse_config("reserveAhead: false").reserve_ahead is False
+    assert parse_config("reserveAhead:").reserve_ahead is False
+    config = parse_config(SAMPLE + "reserveAhead: true\n")
+    assert config.reserve_ahead is True
+    assert config.ip_reserve_max_count == 300 and config.warnings == ()
+
+
 def test_controller_runtime_keys_are_accepted_with_a_warning() -> None:
     extra = (
         "syncPeriod: 10h\ncacheNamespace: ''\ngracefulShutDown: 30s\n"
@@ -145,6 +155,7 @@ def test_large_cap_is_warned_about() -> None:
         ("ipReserveTim: 40m", "ipReserveTim", "did you mean 'ipReserveTime'"),
         ("ipreservemaxcount: 3", "ipreservemaxcount", "did you mean 'ipReserveMaxCount'"),
         ("labelselector: {}", "labelselector", "did you mean 'labelSelector'"),
+        ("reserveAhaed: true", "reserveAhaed", "did you mean 'reserveAhead'"),
         ("completelyDifferent: 1", "completelyDifferent", "unknown field"),
         (
             "leaderElection: {leaseDuraton: 20s}",
@@ -204,6 +215,8 @@ def test_large_cap_is_warned_about() -> None:
         ("calicoAPIGroup: crd.projectcalico.org/v1", "calicoAPIGroup", "must be one of auto"),
         ("strictMode: 'true'", "strictMode", "must be a boolean"),
         ("releaseOnOwnerDeletion: 1", "releaseOnOwnerDeletion", "must be a boolean"),
+        ("reserveAhead: 'yes'", "reserveAhead", "must be a boolean (true or false), got string 'yes'"),
+        ("reserveAhead: 1", "reserveAhead", "must be a boolean (true or false), got integer 1"),
         # Ports and addresses.
         ("webhook: {port: 0}", "webhook.port", "between 1 and 65535"),
         ("webhook: {port: 70000}", "webhook.port", "between 1 and 65535"),
