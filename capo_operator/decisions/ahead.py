@@ -37,6 +37,15 @@ def stale(
     return frozenset(ip for ip in orphans if ip in live_holders and ip not in wanted and ip not in announced)
 
 
-def waiting(orphans: Collection[str], left_at: Mapping[str, datetime], now: datetime) -> frozenset[str]:
-    """Orphans whose pod left the selection less than ADOPT_GRACE ago: not adopted yet."""
-    return frozenset(ip for ip in orphans if ip in left_at and now - left_at[ip] < ADOPT_GRACE)
+def waiting(
+    orphans: Collection[str],
+    left_at: Mapping[str, datetime],
+    now: datetime,
+    live_holders: Collection[str] = (),
+) -> frozenset[str]:
+    """Orphans whose pod left the selection less than ADOPT_GRACE ago: not adopted yet. Not those
+    a live pod still uses (`live_holders`): that pod was deselected (its namespace or the selector
+    changed), not deleted, so no record is on its way; its entry is `stale`, not waiting."""
+    return frozenset(
+        ip for ip in orphans if ip in left_at and now - left_at[ip] < ADOPT_GRACE and ip not in live_holders
+    )
