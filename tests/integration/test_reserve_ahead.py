@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from capo_operator.decisions.record import PodRef, Record
+from capo_operator.decisions.record import LABEL_RESERVATION, PodRef, Record
 from capo_testkit import Harness, eventually, pod_ip, stays
 from capo_testkit.cluster import Cluster, host_ip
 from capo_testkit.kube import path_for
@@ -215,8 +215,10 @@ async def test_an_older_hold_of_a_running_pods_ip_ends_without_dropping_its_entr
         hold=timedelta(seconds=33),
         policy="annotation capo.io/reserve-time=33s",
     )
+    body = earlier.to_body()
+    body["metadata"]["labels"][LABEL_RESERVATION] = c.reservation_name  # this run's operators' record
     async with open_versions(c) as versions:
-        await c.kube.create(path_for("capo.io", "v1", "reservedips"), earlier.to_body())
+        await c.kube.create(path_for("capo.io", "v1", "reservedips"), body)
         await eventually(
             c.records,
             lambda r: ip not in r,
