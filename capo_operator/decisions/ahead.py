@@ -38,11 +38,14 @@ def stale(
 
 
 def waiting(
-    orphans: Collection[str], left_at: Mapping[str, datetime], now: datetime, live_holders: Mapping[str, str]
+    orphans: Collection[str],
+    left_at: Mapping[str, datetime],
+    now: datetime,
+    live_holders: Collection[str] = (),
 ) -> frozenset[str]:
-    """Orphans whose pod left the selection less than ADOPT_GRACE ago and that no live pod uses
-    (deleted or turned terminal: a record is coming): not adopted yet. One a live pod still uses was
-    deselected: no record is coming, `stale` decides."""
+    """Orphans whose pod left the selection less than ADOPT_GRACE ago: not adopted yet. Not those
+    a live pod still uses (`live_holders`): that pod was deselected (its namespace or the selector
+    changed), not deleted, so no record is on its way; its entry is `stale`, not waiting."""
     return frozenset(
         ip for ip in orphans if ip in left_at and now - left_at[ip] < ADOPT_GRACE and ip not in live_holders
     )

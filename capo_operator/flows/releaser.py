@@ -449,12 +449,17 @@ class Releaser:
         cache = self._cache
         cache_version = cache.version if cache is not None and cache.synced.is_set() else None
         reconcile_inputs = (cache_version, records_gen)
+        # reserveAhead: a pod that left the selection ADOPT_GRACE ago without a record since: its
+        # entry is adopted now, though neither the object nor the records changed.
+        grace_ended = cfg.reserve_ahead and self._grace_ended(now)
         # Without a synced watch (not yet, or not allowed by RBAC) the object is read every pass.
         if (
             planned is not None
             or cache_version is None
             or self._orphan_passes
             or self._ahead_waiting
+            or self._stale_passes  # a stale entry is removed once seen in a second pass
+            or grace_ended
             or self._reread_gate.due(None, now)
             or self._reconcile_gate.due(reconcile_inputs, now)
         ):
@@ -832,20 +837,28 @@ class Releaser:
         await self._count_calico_error("remove", calico.remove(()))
         logger.info("removed malformed IPReservation entries %s", ", ".join(repr(e) for e in malformed))
 
+    def _grace_ended(self, now: datetime) -> bool:
+        """reserveAhead: forget the IPs whose pod left the selection ADOPT_GRACE ago or more; True
+        when there were any (an entry of theirs still without a record is adopted now)."""
+        ended = [ip for ip, at in self._left_at.items() if now - at >= ahead.ADOPT_GRACE]
+        for ip in ended:
+            del self._left_at[ip]
+        return bool(ended)
+
     def _not_orphans(self, orphans: frozenset[str], now: datetime) -> frozenset[str]:
         """reserveAhead: entries without a record that are not orphans: those of selected live pods
-        (reserved ahead) and those whose pod left the selection less than ahead.ADOPT_GRACE ago
-        (their record, with the pod's details, is on its way)."""
+        (reserved ahead) and those whose pod left the selection less than ahead.ADOPT_GRACE ago and
+        no live pod uses (their record, with the pod's details, is on its way)."""
         if not self.config.current.reserve_ahead or not orphans:
             return frozenset()
         wanted = self._ahead_ips()
         self._left_at = {
             ip: at for ip, at in self._left_at.items() if now - at < ahead.ADOPT_GRACE and ip not in wanted
         }
-        holders = self.views.ip_holders(tuple(sorted(orphans)))
-        return frozenset(ip for ip in orphans if ip in wanted) | ahead.waiting(
-            orphans, self._left_at, now, holders
-        )
+        # A deselected pod that still runs left the selection too, but writes no record: not waiting.
+        holders = self.views.ip_holders(tuple(sorted(ip for ip in orphans if ip in self._left_at)))
+        waiting = ahead.waiting(orphans, self._left_at, now, holders.keys())
+        return frozenset(ip for ip in orphans if ip in wanted) | waiting
 
     async def _remove_stale(self, orphans: frozenset[str], snapshot: Snapshot) -> frozenset[str]:
         """reserveAhead: of the orphans, remove those a live pod uses that is no longer selected,

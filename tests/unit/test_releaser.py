@@ -1254,3 +1254,51 @@ async def test_the_ledger_follows_pod_changes_as_a_full_rebuild_would(h: Harness
     h.add_ns(make_ns("db", enabled=False))  # the namespace leaves: rebuilt whole
     await r.pass_once()
     assert ledger.entries == {}
+
+
+# -- reserveAhead: entries of pods that leave the selection ----------------------------------------
+
+
+async def test_reserve_ahead_entry_of_a_deselected_running_pod_is_removed_in_two_passes(h: Harness) -> None:
+    """A namespace unlabelled while its pod runs: no record is on its way (the pod was not deleted),
+    so its entry is removed after two passes, not kept for the adoption grace of a deleted pod."""
+    h.op.config.current = Config(reserve_ahead=True)
+    h.add_ns(make_ns("web"))
+    h.add_pod(make_pod(name="db-0", uid="u0", ips=("10.0.0.1",)))
+    h.add_pod(make_pod(name="web-0", namespace="web", uid="u1", ips=("10.0.0.2",)))
+    clock = Clock()
+    r = leading(h, clock)
+    await settled(h, r)
+    assert h.calico.ips == {"10.0.0.1", "10.0.0.2"}
+
+    h.add_ns(make_ns("web", enabled=False))  # the label removed; web-0 runs on
+    for _ in range(3):
+        clock.now += timedelta(seconds=1)
+        await r.pass_once()
+
+    assert h.calico.ips == {"10.0.0.1"}
+    assert h.records.items == {}
+    assert [args for op, args in writes(h) if op == "calico.remove"] == [("10.0.0.2",)]
+
+
+async def test_reserve_ahead_entry_of_a_deleted_pod_waits_for_its_record(h: Harness) -> None:
+    """A deleted pod's entry is neither removed nor adopted during the grace: its record, with the
+    pod's details, is on its way; only after the grace is it adopted (never dropped)."""
+    h.op.config.current = Config(reserve_ahead=True)
+    gone = h.add_pod(make_pod(name="db-1", uid="u2", ips=("10.0.0.3",)))
+    clock = Clock()
+    r = leading(h, clock)
+    await settled(h, r)
+    assert h.calico.ips == {"10.0.0.3"}
+
+    h.remove_pod(gone)
+    for _ in range(3):
+        clock.now += timedelta(seconds=1)
+        await r.pass_once()
+    assert h.calico.ips == {"10.0.0.3"} and h.records.items == {}
+
+    clock.now += timedelta(seconds=60)  # ahead.ADOPT_GRACE: no record came
+    for _ in range(2):
+        await r.pass_once()
+    assert h.calico.ips == {"10.0.0.3"}
+    assert h.records.items["10.0.0.3"].trigger == "recovered"

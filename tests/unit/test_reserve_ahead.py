@@ -7,9 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from fakes import NOW, Clock, Harness, make_harness, make_ns, make_pod, make_record
-from hypothesis import given
-from hypothesis import strategies as st
+from fakes import Clock, Harness, make_harness, make_ns, make_pod, make_record
 
 from capo_operator.config import Config
 from capo_operator.decisions import ahead
@@ -30,29 +28,7 @@ def appends(h: Harness) -> list[tuple[str, ...]]:
     return [args for op, args in h.journal if op == "calico.append"]
 
 
-# -- the pure rules ---------------------------------------------------------------------------------
-
-
-@given(
-    st.sets(st.sampled_from([f"10.0.0.{i}" for i in range(8)])),
-    st.sets(st.sampled_from([f"10.0.0.{i}" for i in range(8)])),
-)
-def test_missing_is_what_is_wanted_and_not_held_in_order(wanted: set[str], held: set[str]) -> None:
-    out = ahead.missing(wanted, held)
-    assert out == sorted(out) and set(out) == wanted - held
-
-
-def test_stale_needs_a_live_holder_that_is_not_selected_and_no_pending_details() -> None:
-    orphans = {"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"}
-    holders = {"10.0.0.1": "u1", "10.0.0.2": "u2", "10.0.0.3": "u3"}  # 10.0.0.4: its pod went
-    stale = ahead.stale(orphans, holders, wanted={"10.0.0.2"}, announced={"10.0.0.3"})
-    assert stale == {"10.0.0.1"}
-
-
-def test_an_orphan_waits_for_its_record_for_the_grace_only_when_its_pod_is_gone() -> None:
-    left = {"10.0.0.1": NOW, "10.0.0.2": NOW - ahead.ADOPT_GRACE, "10.0.0.4": NOW}
-    live = {"10.0.0.4": "u4"}  # deselected, still running: no record is coming
-    assert ahead.waiting({"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"}, left, NOW, live) == {"10.0.0.1"}
+# (The pure rules of decisions/ahead.py: tests/unit/test_ahead.py.)
 
 
 # -- the leader -----------------------------------------------------------------------------------
