@@ -235,6 +235,7 @@ class Releaser:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await watch
             self._cache = None
+            self.metrics.reserved_ahead.set(0)  # the next leader counts them
 
     async def _lead(self) -> None:
         try:
@@ -475,6 +476,7 @@ class Releaser:
                 self._ahead_gate.ran(ahead_inputs, ok=self._failures == failures)
         else:
             self._left_at.clear()
+            self.metrics.reserved_ahead.set(0)
 
         ledger_inputs = (views.generation(), cfg, records_gen)
         if self._ledger_pending or self._ledger_gate.due(ledger_inputs, now):
@@ -657,7 +659,10 @@ class Releaser:
             )
         orphans = drift.without_record - p.removed
         kept = self._not_orphans(orphans, now)
-        self._ahead_waiting = kept - self._ahead_ips().keys()
+        # Waiting orphans keep the pass reconciling until their grace ends (reserveAhead only).
+        self._ahead_waiting = (
+            kept - self._ahead_ips().keys() if self.config.current.reserve_ahead else frozenset()
+        )
         orphans -= kept
         if self.config.current.reserve_ahead:
             orphans = await self._remove_stale(orphans, snapshot)
@@ -849,8 +854,14 @@ class Releaser:
         """reserveAhead: entries without a record that are not orphans: those of selected live pods
         (reserved ahead) and those whose pod left the selection less than ahead.ADOPT_GRACE ago and
         no live pod uses (their record, with the pod's details, is on its way)."""
-        if not self.config.current.reserve_ahead or not orphans:
+        if not orphans:
             return frozenset()
+        if not self.config.current.reserve_ahead:
+            # reserveAhead was on before (a reload or a restart turned it off): the entries of pods
+            # that still run are left alone (the pod's deletion makes them holds, as an append
+            # would). Adopted as "recovered", they would count toward ipReserveMaxCount and push
+            # real holds out early.
+            return self._used_by_running_pods(orphans)
         wanted = self._ahead_ips()
         self._left_at = {
             ip: at for ip, at in self._left_at.items() if now - at < ahead.ADOPT_GRACE and ip not in wanted
@@ -859,6 +870,15 @@ class Releaser:
         holders = self.views.ip_holders(tuple(sorted(ip for ip in orphans if ip in self._left_at)))
         waiting = ahead.waiting(orphans, self._left_at, now, holders.keys())
         return frozenset(ip for ip in orphans if ip in wanted) | waiting
+
+    def _used_by_running_pods(self, ips: frozenset[str]) -> frozenset[str]:
+        """The IPs that a live pod not being deleted uses (a pod being deleted gets its record)."""
+        views = self.views
+        return frozenset(
+            ip
+            for ip, uid in views.ip_holders(tuple(sorted(ips))).items()
+            if any(not pod.deleting for pod in views.pods_with_uid(uid))
+        )
 
     async def _remove_stale(self, orphans: frozenset[str], snapshot: Snapshot) -> frozenset[str]:
         """reserveAhead: of the orphans, remove those a live pod uses that is no longer selected,

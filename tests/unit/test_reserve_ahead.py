@@ -236,3 +236,29 @@ async def test_a_lagging_watch_does_not_make_the_leader_append_twice(h: Harness)
 
     assert appends(h) == [("10.0.0.1",), ("10.0.0.2",)]
     assert h.sample("capo_reserved_ahead_ips") == 2
+
+
+async def test_turning_it_off_leaves_running_pods_entries_alone_and_real_holds_in_place(h: Harness) -> None:
+    # Cap 1: one real hold. Were the running pod's entry adopted as "recovered", the cap would
+    # release the older, real hold early.
+    h.op.config.current = Config(reserve_ahead=True, ip_reserve_max_count=1)
+    h.add_record(make_record("10.0.0.9", age=timedelta(minutes=5)))
+    pod = h.add_pod(make_pod("db-0", ips=("10.0.0.1",)))
+    r = h.releaser()
+    await r.pass_once()
+    assert h.calico.ips == {"10.0.0.1", "10.0.0.9"}
+    assert h.sample("capo_reserved_ahead_ips") == 1
+
+    h.op.config.current = Config(reserve_ahead=False, ip_reserve_max_count=1)  # a reload turns it off
+    for _ in range(4):
+        await r.pass_once()
+
+    assert set(h.records.items) == {"10.0.0.9"}, "no recovered hold for the running pod"
+    assert h.calico.ips == {"10.0.0.1", "10.0.0.9"}
+    assert h.sample("capo_releases_total", reason="cap") == 0
+    assert h.sample("capo_reserved_ahead_ips") == 0
+
+    h.remove_pod(pod)  # deleted with no record (say the webhook was unreachable): a hold now
+    await r.pass_once()
+    await r.pass_once()
+    assert h.records.items["10.0.0.1"].trigger == "recovered" and "10.0.0.1" in h.calico.ips
