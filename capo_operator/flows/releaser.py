@@ -238,6 +238,9 @@ class Releaser:
             logger.exception("could not compare the ledger with the live pods; will retry next term")
         while True:
             started = time.monotonic()
+            # Cleared before the pass, not after: a pod selected while the pass runs (it may wait
+            # for writes) wakes the next one instead of waiting a whole period.
+            self._wake.clear()
             try:
                 failures = await self.pass_once()
             except Exception:
@@ -248,7 +251,6 @@ class Releaser:
                         "release pass finished with %d failed step(s); retrying next period", failures
                     )
             period = self.config.current.ip_release_period.total_seconds()
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, period - (time.monotonic() - started)))
                 # Pods start in bursts (a StatefulSet rolling, a deployment scaling): one append for them.
