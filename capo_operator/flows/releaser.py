@@ -289,6 +289,10 @@ class Releaser:
         valid until the namespaces or the config change, which rebuild them (`_save_ledger`)."""
         if self._selected_key is None:
             return
+        # IPs of this pod selected already (a status change, the deletion starting): no wake-up.
+        known: list[str] = []
+        if new is not None:
+            known = [ip for ip in new.ips if (e := self._selected.get(ip)) is not None and e.uid == new.uid]
         if old is not None:
             for ip in old.ips:
                 entry = self._selected.get(ip)
@@ -301,8 +305,8 @@ class Releaser:
             for ip in old.ips if old is not None else ():
                 if ip not in self._selected:
                     self._left_at[ip] = now
-            if new is not None and any(ip in self._selected for ip in new.ips):
-                self._wake.set()
+            if new is not None and any(ip in self._selected and ip not in known for ip in new.ips):
+                self._wake.set()  # a newly selected IP: reserve it ahead soon
 
     async def recover_from_ledger(self) -> None:
         """Reserve the IPs of selected pods that vanished while no replica was watching."""
