@@ -6,7 +6,10 @@ serialized, as etcd's optimistic concurrency makes them). For each write latency
 1. `none`: no webhook configured;
 2. `zero-work`: an HTTPS webhook in its own process that allows everything at once, registered with
    the shipped ValidatingWebhookConfiguration (same rules, namespaceSelector, timeouts);
-3. `operator`: the real operator process (`python -m capo_operator run`) behind the same configuration.
+3. `operator`: the real operator process (`python -m capo_operator run`) behind the same configuration;
+4. `operator-ahead`: the same with `reserveAhead: true`. Its pods are deleted once the IPReservation
+   holds every one of their IPs (the steady state of pods that have run for more than a second); the
+   time from a pod seen running to its IP held is reported.
 Each configuration deletes fresh selected pods (gracePeriodSeconds 0, as measured on the real
 kube-apiserver): `sequential` (one client, one pod after another) and `burst` (16 concurrent
 clients, as a node drain). The benchmark watches the IPReservation and compares resourceVersions
@@ -41,8 +44,10 @@ from capo_testkit.kube import Kube, path_for, pods_path  # noqa: E402
 from capo_testkit.operator import OperatorProcess, free_port  # noqa: E402
 from kube_emulator.testing import EmulatorProcess  # noqa: E402
 
-CONFIGS = ("none", "zero-work", "operator")
+CONFIGS = ("none", "zero-work", "operator", "operator-ahead")
+OPERATORS = ("operator", "operator-ahead")
 MARKER = "bench-marker"
+AHEAD_WAIT = 60.0  # seconds the operator-ahead phase waits for its pods' IPs to be held
 
 
 # -- the zero-work webhook (its own process) ----------------------------------------------------------
@@ -102,13 +107,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class ReservationWatch:
-    """Every version of the IPReservation: (resourceVersion, IPs held)."""
+    """Every version of the IPReservation: (resourceVersion, IPs held), and when each arrived."""
 
     def __init__(self, kube: Kube, group: tuple[str, str], name: str) -> None:
         self.kube = kube
         self.path = path_for(group[0], group[1], "ipreservations")
         self.name = name
         self.versions: list[tuple[int, frozenset[str]]] = []
+        self.arrived: list[float] = []  # time.monotonic() at which each of `versions` was received
+        self.changed = asyncio.Event()  # set on every version
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -123,6 +130,8 @@ class ReservationWatch:
         entries = (obj.get("spec") or {}).get("reservedCIDRs") or []
         ips = frozenset(e.split("/")[0] for e in entries)
         self.versions.append((int(obj["metadata"]["resourceVersion"]), ips))
+        self.arrived.append(time.monotonic())
+        self.changed.set()
 
     async def _run(self, rv: str) -> None:
         async for event in self.kube.watch(self.path, resource_version=rv, within=3600):
@@ -141,6 +150,34 @@ class ReservationWatch:
             if ip in ips:
                 return rv
         return None
+
+    def held_since(self, ip: str, first: int) -> float | None:
+        """When the first of versions[first:] holding `ip` was received."""
+        for (_rv, ips), at in zip(self.versions[first:], self.arrived[first:], strict=True):
+            if ip in ips:
+                return at
+        return None
+
+    async def wait_held(self, pods: list[tuple[float, dict[str, Any]]], first: int, within: float) -> float:
+        """Wait until every IP of `pods` ((seen running at, pod)) is held by one of versions[first:]
+        (those received since the pods were created: an IP in use was free when it was assigned);
+        the longest time from a pod seen running to its IPs held, in seconds."""
+        deadline = time.monotonic() + within
+        while True:
+            self.changed.clear()
+            lags = [
+                None if (held := self.held_since(ip, first)) is None else held - running
+                for running, pod in pods
+                for ip in pod_ips(pod)
+            ]
+            if all(lag is not None for lag in lags):
+                return max((lag for lag in lags if lag is not None), default=0.0)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing = sum(lag is None for lag in lags)
+                raise TimeoutError(f"{missing} of {len(lags)} IPs not reserved ahead within {within:g} s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), left)
 
     def writes_between(self, low: int, high: int) -> tuple[int, int]:
         """(writes, writes that added IPs) with low < resourceVersion < high."""
@@ -185,12 +222,16 @@ async def review_outcomes(op: OperatorProcess | None) -> dict[str, float]:
     return out
 
 
-async def create_pods(cluster: Cluster, namespace: str, prefix: str, count: int) -> list[dict[str, Any]]:
+async def create_pods(
+    cluster: Cluster, namespace: str, prefix: str, count: int
+) -> list[tuple[float, dict[str, Any]]]:
+    """(when the pod was seen running with its IP, the pod) for each new pod."""
     gate = asyncio.Semaphore(16)
 
-    async def one(i: int) -> dict[str, Any]:
+    async def one(i: int) -> tuple[float, dict[str, Any]]:
         async with gate:
-            return await cluster.create_pod(namespace, f"{prefix}-{i}")
+            pod = await cluster.create_pod(namespace, f"{prefix}-{i}")
+            return time.monotonic(), pod
 
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 
@@ -232,9 +273,17 @@ async def phase(
     clients: int,
     op: OperatorProcess | None,
     pids: dict[str, int],
+    ahead: bool = False,
 ) -> dict[str, Any]:
-    pods = await create_pods(cluster, namespace, label, count)
+    first = len(watch.versions)
+    created = await create_pods(cluster, namespace, label, count)
+    pods = [pod for _, pod in created]
     await asyncio.sleep(1.0)  # the operator's pod cache has seen them (as it has in a real cluster)
+    held_after: float | None = None
+    if ahead:
+        # Pods that have run for a while: the leader has reserved their IPs ahead (and this
+        # replica's webhook has seen that version, as the benchmark's own watch has).
+        held_after = await watch.wait_held(created, first, AHEAD_WAIT)
     handler_before = await handler_time(op)
     outcomes_before = await review_outcomes(op)
     cluster.control.clear_admission_log()
@@ -290,6 +339,10 @@ async def phase(
             calico_writes=writes,
             calico_append_writes=appends,
         )
+    if held_after is not None:
+        # The slowest pod: from seen running (the benchmark polls every 50 ms) to the first
+        # IPReservation version holding its IP received by the benchmark's watch.
+        result["held_after_running_max_s"] = round(held_after, 3)
     return result
 
 
@@ -312,7 +365,12 @@ async def emulator(workdir: Path) -> AsyncIterator[tuple[Cluster, Any]]:
 
 
 async def one_run(
-    run: int, latencies: list[float], sequential: int, burst: int, workdir: Path
+    run: int,
+    latencies: list[float],
+    sequential: int,
+    burst: int,
+    workdir: Path,
+    configs: tuple[str, ...] = CONFIGS,
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     cert = make_serving_cert(workdir / "certs", hosts=("127.0.0.1",))
@@ -323,7 +381,7 @@ async def one_run(
         with zero_webhook(cert) as (zero_port, zero_pid):
             for latency in latencies:
                 emu.control.set_write_latency(latency)
-                for config in CONFIGS:
+                for config in configs:
                     op: OperatorProcess | None = None
                     assert emu.process is not None
                     pids = {"emulator": emu.process.pid}
@@ -345,6 +403,7 @@ async def one_run(
                             release_period="5s",
                             max_count=100_000,
                             args=("--log-level", "warning"),
+                            extra={"reserveAhead": True} if config == "operator-ahead" else None,
                         )
                         op.start()
                         await op.wait_ready(60)
@@ -352,7 +411,8 @@ async def one_run(
                         pids["webhook"] = op.proc.pid
                         await cluster.install_webhook(f"https://127.0.0.1:{op.webhook_port}", cert.ca_bundle)
                     try:
-                        tag = f"{config[:4]}-{int(latency * 1000)}ms"
+                        short = "ahea" if config == "operator-ahead" else config[:4]
+                        tag = f"{short}-{int(latency * 1000)}ms"
                         for mode, count, clients in (("sequential", sequential, 1), ("burst", burst, 16)):
                             row = await phase(
                                 cluster,
@@ -364,6 +424,7 @@ async def one_run(
                                 clients,
                                 op,
                                 pids,
+                                ahead=config == "operator-ahead",
                             )
                             row.update(run=run, write_latency_ms=latency * 1000, config=config)
                             rows.append(row)
@@ -397,13 +458,20 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             name: round(statistics.median(r["cpu_ms_per_deletion"][name] for r in runs), 3)
             for name in runs[0].get("cpu_ms_per_deletion", {})
         }
-        if config == "operator":
+        if config in OPERATORS:
             summary["calico_writes"] = statistics.median(r["calico_writes"] for r in runs)
             summary["calico_append_writes"] = statistics.median(r["calico_append_writes"] for r in runs)
             summary["ips"] = runs[0]["ips"]
             summary["all_reserved_before_answer"] = all(r["reserved_before_answer"] for r in runs)
             summary["admission_warnings"] = sum(r["admission_warnings"] for r in runs)
             summary["handler_mean_ms"] = statistics.median(r["handler_mean_ms"] for r in runs)
+            outcomes: dict[str, float] = {}
+            for r in runs:
+                for outcome, value in r["review_outcomes"].items():
+                    outcomes[outcome] = outcomes.get(outcome, 0) + value
+            summary["review_outcomes"] = {k: v for k, v in sorted(outcomes.items()) if v}  # summed over runs
+        if config == "operator-ahead":
+            summary["held_after_running_max_s"] = max(r["held_after_running_max_s"] for r in runs)
         out.append(summary)
     for summary in out:
         base = next(
@@ -419,22 +487,33 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(summary: list[dict[str, Any]]) -> str:
     head = (
-        f"{'write':>6} {'mode':<10} {'config':<9} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
-        f"{'x0 p50':>6} {'x0 p99':>6} {'writes':>11} {'reserved':>9} {'cpu emu':>8} {'cpu hook':>8}"
+        f"{'write':>6} {'mode':<10} {'config':<14} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
+        f"{'x0 p50':>6} {'x0 p99':>6} {'writes':>11} {'reserved':>9} {'ahead':>9} {'held s':>6} "
+        f"{'cpu emu':>8} {'cpu hook':>8}"
     )
     lines = [head, "-" * len(head)]
     for s in summary:
         writes = f"{s['calico_append_writes']:g}/{s['ips']}" if "ips" in s else ""
         reserved = ("yes" if s["all_reserved_before_answer"] else "NO") if "ips" in s else ""
+        outcomes = s.get("review_outcomes", {})
+        # Reviews answered without a write / reviews that reserved (reserved-ahead + reserved).
+        answered = outcomes.get("reserved-ahead", 0) + outcomes.get("reserved", 0)
+        ahead = ""
+        if s["config"] == "operator-ahead":
+            ahead = f"{outcomes.get('reserved-ahead', 0):g}/{answered:g}"
+        held = f"{s['held_after_running_max_s']:.2f}" if "held_after_running_max_s" in s else ""
         cpu = s.get("cpu_ms_per_deletion", {})
         hook = f"{cpu['webhook']:.2f}" if "webhook" in cpu else ""
+        x50 = f"{s['p50_vs_zero_work']:.2f}" if "p50_vs_zero_work" in s else ""
+        x99 = f"{s['p99_vs_zero_work']:.2f}" if "p99_vs_zero_work" in s else ""
         lines.append(
-            f"{s['write_latency_ms']:>4g}ms {s['mode']:<10} {s['config']:<9} {s['p50_ms']:>7.1f} "
-            f"{s['p99_ms']:>7.1f} {s['max_ms']:>7.1f} {s.get('p50_vs_zero_work', 1):>6.2f} "
-            f"{s.get('p99_vs_zero_work', 1):>6.2f} {writes:>11} {reserved:>9} "
-            f"{cpu.get('emulator', 0):>8.2f} {hook:>8}"
+            f"{s['write_latency_ms']:>4g}ms {s['mode']:<10} {s['config']:<14} {s['p50_ms']:>7.1f} "
+            f"{s['p99_ms']:>7.1f} {s['max_ms']:>7.1f} {x50:>6} {x99:>6} {writes:>11} {reserved:>9} "
+            f"{ahead:>9} {held:>6} {cpu.get('emulator', 0):>8.2f} {hook:>8}"
         )
-    lines.append("writes: IPReservation writes that added IPs / IPs deleted (operator, burst and sequential)")
+    lines.append("writes: IPReservation writes that added IPs / IPs deleted (operators)")
+    lines.append("ahead: reviews answered reserved-ahead (no write) / reviews that reserved (operator-ahead)")
+    lines.append("held s: longest time from a pod seen running to its IP held (operator-ahead)")
     lines.append("cpu emu / cpu hook: CPU ms per deletion of the emulator / of the webhook's process")
     return "\n".join(lines)
 
@@ -445,9 +524,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         for run in range(args.runs):
             workdir = (args.workdir or Path(tmp)) / f"run-{run}"
             workdir.mkdir(parents=True, exist_ok=True)
-            rows.extend(await one_run(run, args.write_latency, args.sequential, args.burst, workdir))
+            rows.extend(
+                await one_run(
+                    run, args.write_latency, args.sequential, args.burst, workdir, tuple(args.configs)
+                )
+            )
     return {
-        "benchmark": "pod DELETE latency through the emulator: no webhook, zero-work webhook, capo-operator",
+        "benchmark": "pod DELETE latency through the emulator: no webhook, zero-work webhook, capo-operator"
+        " (reserveAhead off and on)",
+        "configs": list(args.configs),
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
         "runs": args.runs,
@@ -469,6 +554,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sequential", type=int, default=200, help="pods deleted one after another")
     p.add_argument("--burst", type=int, default=100, help="pods deleted by 16 concurrent clients")
     p.add_argument("--write-latency", type=float, nargs="+", default=[0.002, 0.005], help="seconds per write")
+    p.add_argument(
+        "--configs",
+        nargs="+",
+        choices=CONFIGS,
+        default=list(CONFIGS),
+        help="configurations to measure, in this order (ratios need zero-work)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     p.add_argument("--workdir", type=Path, default=None, help="keep logs here (default: a temporary dir)")
     args = p.parse_args(argv)

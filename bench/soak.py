@@ -214,7 +214,10 @@ class Soak:
             reserve_time=f"{RESERVE_TIME:g}s",
             release_period=self.good_period,
             max_count=MAX_COUNT,
-            extra={"maxIPReserveTime": f"{MAX_RESERVE_TIME:g}s"},
+            extra={
+                "maxIPReserveTime": f"{MAX_RESERVE_TIME:g}s",
+                **({"reserveAhead": True} if self.args.reserve_ahead else {}),
+            },
         )
         group, version = self.c.calico_group
         self.recorder = Recorder(
@@ -584,7 +587,11 @@ class Soak:
         )
         assert self.recorder is not None
         await self.recorder.stop()
-        policy = Policy(reserve_time=RESERVE_TIME, max_reserve_time=MAX_RESERVE_TIME)
+        policy = Policy(
+            reserve_time=RESERVE_TIME,
+            max_reserve_time=MAX_RESERVE_TIME,
+            reserve_ahead=self.args.reserve_ahead,
+        )
         checker = Checker(
             policy, manual=self.manual, blocked=self.blocked, operator_namespace=self.c.operator_namespace
         )
@@ -611,6 +618,7 @@ class Soak:
                 "ipReserveTime": f"{RESERVE_TIME:g}s",
                 "maxIPReserveTime": f"{MAX_RESERVE_TIME:g}s",
                 "ipReserveMaxCount": MAX_COUNT,
+                "reserveAhead": self.args.reserve_ahead,
                 "replicas": 3,
             },
             "violations": verdict["violations"],
@@ -670,6 +678,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-every", type=float, default=60, help="kill -9 the leader this often (s)")
     parser.add_argument("--chaos-every", type=float, default=4, help="mean seconds between faults")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--reserve-ahead",
+        action="store_true",
+        help="replicas run with reserveAhead: true (the checker judges reserved-ahead entries)",
+    )
     parser.add_argument("--workdir", help="operator logs and configs (default: a new temp directory)")
     parser.add_argument("--json", type=Path, help="also write the JSON result to this file")
     args = parser.parse_args(argv)

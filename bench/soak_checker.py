@@ -102,6 +102,9 @@ class Policy:
     selector_keys: tuple[str, ...] = DEFAULT_SELECTOR_KEYS
     grace: float = 10.0  # documented: a pod alive this long after its reservation stops the clock
     tolerance: float = 2.0  # second-granular timestamps plus watch delivery delays
+    # reserveAhead: the leader puts running selected pods' IPs into the IPReservation before any
+    # deletion (docs/soak.md, "Reserve ahead").
+    reserve_ahead: bool = False
 
     def hold_for(self, annotations: Mapping[str, str]) -> tuple[float, str]:
         """Hold length the README promises for a pod with these annotations, and why."""
@@ -216,6 +219,8 @@ class Hold:
     closed_rv: int | None = None
     closed_t: float | None = None
     events: int = 0
+    # reserveAhead: opened by a Calico entry while its pod ran selected (before any deletion).
+    ahead: bool = False
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -232,6 +237,7 @@ class Hold:
             "releasing": self.releasing,
             "closed_rv": self.closed_rv,
             "closed_at": _iso(self.closed_t),
+            "ahead": self.ahead,
         }
 
 
@@ -297,6 +303,8 @@ class Checker:
             "unprotected": 0,
             "assignments": 0,
             "entry_dropped_while_held": 0,
+            "reserved_ahead": 0,
+            "ahead_withdrawn": 0,
         }
         self.info: list[Violation] = []  # noted, not counted (see docs/soak.md)
 
@@ -331,6 +339,19 @@ class Checker:
         if final is not None:
             calico = {ip for ip in (entry_ip(e) for e in final.calico_entries) if ip}
             records = set(final.record_ips)
+            # reserveAhead: the IPs of the pods running selected at the end are held without a
+            # record (no deletion yet), and every one of them must be held.
+            ahead = self._running_selected() if self.policy.reserve_ahead else {}
+            for ip in sorted(ahead.keys() - calico, key=_ip_key):
+                self._count(
+                    "drift",
+                    ip,
+                    ahead[ip].ref,
+                    f"{ip} of running selected pod {ahead[ip].ref} has no Calico entry after the settle "
+                    "period (reserveAhead)",
+                    {"calico": sorted(calico, key=_ip_key), "hold": self._hold_summary(ip)},
+                    uid=ahead[ip].uid,
+                )
             for ip in sorted(records - calico, key=_ip_key):
                 self._count(
                     "drift",
@@ -339,7 +360,7 @@ class Checker:
                     f"record {ip} has no Calico entry after the settle period",
                     {"calico": sorted(calico, key=_ip_key), "hold": self._hold_summary(ip)},
                 )
-            for ip in sorted(calico - records, key=_ip_key):
+            for ip in sorted(calico - records - ahead.keys(), key=_ip_key):
                 self._count(
                     "drift",
                     ip,
@@ -379,6 +400,14 @@ class Checker:
 
     def _namespace_enabled(self, namespace: str) -> bool:
         return self.namespaces.get(namespace, {}).get(NAMESPACE_LABEL) in NAMESPACE_VALUES
+
+    def _selected(self, pod: PodState) -> bool:
+        """The product would reserve this pod's IPs: enabled namespace, selected by labels or opt-in."""
+        return self._namespace_enabled(pod.namespace) and self.policy.selected(pod.labels, pod.annotations)
+
+    def _running_selected(self) -> dict[str, PodState]:
+        """IP -> the alive selected pod using it now (the IPs reserveAhead holds before a deletion)."""
+        return {ip: pod for pod in self.pods.values() if pod.alive and self._selected(pod) for ip in pod.ips}
 
     # -- namespaces ---------------------------------------------------------------------------
 
@@ -500,7 +529,7 @@ class Checker:
         self.calico[name] = {ip for ip in (entry_ip(e) for e in entries) if ip}
         after = self._calico_ips()
         for ip in after - before:
-            (self.holds.get(ip) or self._open(ip, obs)).in_calico = True
+            (self.holds.get(ip) or self._open(ip, obs, entry=True)).in_calico = True
         for ip in before - after:
             hold = self.holds.get(ip)
             if hold is None:
@@ -511,12 +540,27 @@ class Checker:
                 self.stats["entry_dropped_while_held"] += 1
             self._maybe_close(hold, obs)
 
-    def _open(self, ip: str, obs: Observation) -> Hold:
+    def _open(self, ip: str, obs: Observation, *, entry: bool = False) -> Hold:
         user = self.pods.get(self.ip_user.get(ip, ""))
         hold = Hold(ip, obs.rv, obs.t, user.uid if user else None, user.ref if user else None)
+        # reserveAhead: an entry for the IP of a pod that runs selected, with no deletion seen yet
+        # (a deletion's own write comes before its deletionTimestamp, so it may look the same: the
+        # rules for ahead holds are right for it too).
+        hold.ahead = (
+            self.policy.reserve_ahead
+            and entry
+            and user is not None
+            and user.alive
+            and ip in user.ips
+            and self._selected(user)
+        )
         self.holds[ip] = hold
         self.stats["reservations"] += 1
-        if user is not None:
+        if hold.ahead:
+            self.stats["reserved_ahead"] += 1
+        elif user is not None:
+            # An ahead hold says nothing of the pod's deletion yet: if it ends while the pod runs
+            # (withdrawn), a later reuse before any reservation is still noted as unprotected.
             self.uids_held.add(user.uid)
         return hold
 
@@ -587,6 +631,11 @@ class Checker:
         pod = self.pods.get(hold.pod_uid or "")
         evidence: dict[str, Any] = {"hold": hold.summary()}
         if pod is not None and pod.alive:
+            if hold.ahead and hold.trigger is None and not self._selected(pod):
+                # reserveAhead withdraws the entry of a running pod that is no longer selected
+                # (namespace unlabelled, opted out); no deletion was ever reserved for it.
+                self.stats["ahead_withdrawn"] += 1
+                return
             self._count(
                 "early",
                 hold.ip,
@@ -599,8 +648,15 @@ class Checker:
             return
         annotations = pod.annotations if pod is not None else {}
         length, why = self.policy.hold_for(annotations)
-        start = min(t for t in (hold.opened_t, hold.first_reserved_at) if t is not None)
-        gone = pod.gone_t if pod is not None and pod.gone_t is not None else start
+        pod_gone = pod.gone_t if pod is not None else None
+        if hold.ahead:
+            # Reserved ahead: what the hold protects is the pod's going; its reservation is the
+            # deletion's (the record's reservedAt) or, with no review seen, the pod's going.
+            candidates = (hold.first_reserved_at, pod_gone)
+        else:
+            candidates = (hold.opened_t, hold.first_reserved_at)
+        start = min((t for t in candidates if t is not None), default=hold.opened_t)
+        gone = pod_gone if pod_gone is not None else start
         # Documented clock: a pod gone within `grace` of its reservation is held from the
         # reservation; one that lived on is held from when it went.
         clock = start if gone <= start + self.policy.grace else gone

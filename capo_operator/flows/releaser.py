@@ -244,6 +244,9 @@ class Releaser:
             logger.exception("could not compare the ledger with the live pods; will retry next term")
         while True:
             started = time.monotonic()
+            # Cleared before the pass, not after: a pod selected while the pass runs (it may wait
+            # for writes) wakes the next one instead of waiting a whole period.
+            self._wake.clear()
             try:
                 failures = await self.pass_once()
             except Exception:
@@ -254,7 +257,6 @@ class Releaser:
                         "release pass finished with %d failed step(s); retrying next period", failures
                     )
             period = self.config.current.ip_release_period.total_seconds()
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, period - (time.monotonic() - started)))
                 # Pods start in bursts (a StatefulSet rolling, a deployment scaling): one append for them.
@@ -293,6 +295,10 @@ class Releaser:
         valid until the namespaces or the config change, which rebuild them (`_save_ledger`)."""
         if self._selected_key is None:
             return
+        # IPs of this pod selected already (a status change, the deletion starting): no wake-up.
+        known: list[str] = []
+        if new is not None:
+            known = [ip for ip in new.ips if (e := self._selected.get(ip)) is not None and e.uid == new.uid]
         if old is not None:
             for ip in old.ips:
                 entry = self._selected.get(ip)
@@ -307,8 +313,8 @@ class Releaser:
                     self._left_at[ip] = now
             if len(self._left_at) > LEFT_AT_PRUNE:  # a standby never reconciles, which prunes it
                 self._left_at = {ip: at for ip, at in self._left_at.items() if now - at < ahead.ADOPT_GRACE}
-            if new is not None and any(ip in self._selected for ip in new.ips):
-                self._wake.set()
+            if new is not None and any(ip in self._selected and ip not in known for ip in new.ips):
+                self._wake.set()  # a newly selected IP: reserve it ahead soon
 
     async def recover_from_ledger(self) -> None:
         """Reserve the IPs of selected pods that vanished while no replica was watching."""

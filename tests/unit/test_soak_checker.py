@@ -446,6 +446,102 @@ def test_the_webhook_path_with_a_late_record_is_clean() -> None:
     assert counts(s.check()) == {}
 
 
+# -- reserveAhead: the leader holds running selected pods' IPs before any deletion ----------------
+
+AHEAD = Policy(reserve_time=20.0, max_reserve_time=40.0, reserve_ahead=True)
+
+
+def test_reserve_ahead_a_clean_life_counts_nothing() -> None:
+    s = Story()
+    s.pod(0, "redis-0", "10.0.0.1", etype="ADDED")
+    s.calico(0.3, "10.0.0.1/32")  # reserved ahead while the pod runs
+    s.pod(2, "kafka-0", "10.0.0.2", etype="ADDED")
+    s.calico(2.3, "10.0.0.1/32", "10.0.0.2/32")
+    s.pod(30, "redis-0", "10.0.0.1", deleting=True)  # the review writes nothing
+    s.pod(30.3, "redis-0", "10.0.0.1", deleting=True, etype="DELETED")
+    s.record(31, "10.0.0.1", "redis-0", reserved_at=30, expires_at=50)  # the follower's record
+    s.release(50.5, "10.0.0.1", "redis-0", reserved_at=30)
+    result = s.check(FinalState(("10.0.0.2/32",), ()), policy=AHEAD)
+    assert counts(result) == {}  # kafka-0 runs: its entry has no record and needs none
+    assert result["stats"]["reserved_ahead"] == 2
+    assert result["stats"]["releases"] == 1
+    # Without reserveAhead the same end state is drift: an entry nobody's record explains.
+    assert counts(s.check(FinalState(("10.0.0.2/32",), ()))) == {"drift": 1}
+
+
+def test_reserve_ahead_the_hold_runs_from_the_pods_going_not_from_the_entry() -> None:
+    def run(release_at: float) -> dict[str, int]:
+        s = Story()
+        s.pod(0, "redis-0", "10.0.0.1", etype="ADDED")
+        s.calico(0.3, "10.0.0.1/32")
+        s.pod(8, "redis-0", "10.0.0.1", etype="DELETED")  # webhook down: no review, no record yet
+        s.calico(release_at)  # released without a record ever seen
+        return counts(s.check(policy=AHEAD))
+
+    assert run(28.5) == {}
+    # 20 s after the entry but 12 s after the pod went: early. Counted from the first sighting (as
+    # a deletion's own entry is), the pod gone within 10 s of it would have let this pass.
+    assert run(20.5) == {"early": 1}
+
+
+def test_reserve_ahead_an_entry_removed_while_its_pod_runs_selected_is_early() -> None:
+    s = Story()
+    s.pod(0, "redis-0", "10.0.0.1", etype="ADDED")
+    s.calico(0.3, "10.0.0.1/32")
+    s.calico(40)
+    result = s.check(policy=AHEAD)
+    assert counts(result) == {"early": 1}
+    assert "still ran" in result["violations"][0]["detail"]
+
+
+def test_reserve_ahead_an_entry_withdrawn_from_a_deselected_running_pod_is_not_counted() -> None:
+    s = Story()
+    s.pod(0, "redis-0", "10.0.0.1", etype="ADDED")
+    s.calico(0.3, "10.0.0.1/32")
+    s.add("namespace", "MODIFIED", 10, {"metadata": {"name": "apps", "labels": {}}})  # unlabelled
+    s.calico(11)
+    result = s.check(FinalState((), ()), policy=AHEAD)
+    assert counts(result) == {}
+    assert result["stats"]["ahead_withdrawn"] == 1
+
+
+def test_reserve_ahead_a_reviewed_running_pod_keeps_its_hold() -> None:
+    # An eviction refused after its review: the record exists, the pod runs; removing the entry now
+    # is early even if the pod was deselected meanwhile.
+    s = Story()
+    s.pod(0, "redis-0", "10.0.0.1", etype="ADDED")
+    s.calico(0.3, "10.0.0.1/32")
+    s.record(5, "10.0.0.1", "redis-0", reserved_at=5, expires_at=25)
+    s.add("namespace", "MODIFIED", 10, {"metadata": {"name": "apps", "labels": {}}})
+    s.release(26, "10.0.0.1", "redis-0", reserved_at=5)
+    assert counts(s.check(policy=AHEAD)) == {"early": 1}
+
+
+def test_reserve_ahead_an_ip_held_ahead_and_handed_out_is_lost() -> None:
+    s = Story()
+    s.pod(0, "redis-0", "10.0.0.1", etype="ADDED")
+    s.calico(0.3, "10.0.0.1/32")
+    s.pod(8, "redis-0", "10.0.0.1", etype="DELETED")
+    s.pod(9, "intruder", "10.0.0.1", etype="ADDED")
+    result = s.check(policy=AHEAD)
+    assert counts(result) == {"lost": 1}
+    assert result["violations"][0]["evidence"]["hold"]["ahead"] is True
+
+
+def test_reserve_ahead_a_running_selected_pod_without_an_entry_at_the_end_is_drift() -> None:
+    s = Story()
+    s.pod(0, "redis-0", "10.0.0.1", etype="ADDED")  # selected, never reserved ahead
+    s.pod(0, "optout", "10.0.0.2", etype="ADDED", annotations={"capo.io/reserve": "false"})
+    s.pod(0, "plain", "10.0.0.3", ns="plain", etype="ADDED")
+    s.pod(0, "gone", "10.0.0.4", etype="ADDED")
+    s.pod(1, "gone", "10.0.0.4", etype="DELETED")
+    result = s.check(FinalState(("10.0.0.2/32",), ()), policy=AHEAD)
+    assert counts(result) == {"drift": 2}
+    details = {v["ip"]: v["detail"] for v in result["violations"]}
+    assert "10.0.0.1 of running selected pod apps/redis-0 has no Calico entry" in details["10.0.0.1"]
+    assert "Calico entry 10.0.0.2 has no record" in details["10.0.0.2"]  # not selected: not ahead
+
+
 @given(
     st.lists(st.tuples(st.integers(0, 999), st.sampled_from(["h", "m", "s", "ms"])), min_size=1, max_size=4)
 )
