@@ -32,6 +32,13 @@ class Allocator:
         self.pools: list[IPNetwork] = [ipaddress.ip_network(c, strict=False) for c in cidrs]
         self.allocated: dict[str, str] = {}  # ip -> "ns/name"
         self.by_pod: dict[str, list[str]] = {}  # pod uid -> ips
+        # Python's share of the work, not Calico's (Go parses these in microseconds): the in-use
+        # set is kept as IPs come and go, and the reservation filter is rebuilt only when an
+        # IPReservation changed (by resourceVersion), each entry parsed once.
+        self._in_use: set[int] = set()
+        self._filter_key: tuple[tuple[str, str], ...] | None = None
+        self._filter: tuple[set[int], list[IPNetwork], list[str]] = (set(), [], [])
+        self._parsed: dict[str, IPNetwork | None] = {}
 
     def reservations(self) -> tuple[list[str], list[IPNetwork], list[str]]:
         """(raw entries, parsed networks, malformed entries) of every stored IPReservation."""
@@ -45,27 +52,48 @@ class Allocator:
                 for entry in (obj.get("spec") or {}).get("reservedCIDRs") or []:
                     text = str(entry)
                     raw.append(text)
-                    net = parse_cidr_or_ip(text)
+                    if text in self._parsed:
+                        net = self._parsed[text]
+                    else:
+                        net = self._parsed[text] = parse_cidr_or_ip(text)
                     if net is None:
                         bad.append(text)
                     else:
                         nets.append(net)
+        if len(self._parsed) > 2 * len(raw) + 1024:
+            self._parsed = {text: self._parsed[text] for text in raw if text in self._parsed}
         return raw, nets, bad
 
+    def _reservation_filter(self) -> tuple[set[int], list[IPNetwork], list[str]]:
+        """(reserved IPs as ints, networks too large to expand, malformed entries), as of now."""
+        key = tuple(
+            (
+                str((obj.get("metadata") or {}).get("name")),
+                str((obj.get("metadata") or {}).get("resourceVersion")),
+            )
+            for bucket in RESERVATION_KEYS
+            if bucket in self.store.buckets
+            for obj in self.store.list(bucket)
+        )
+        if key != self._filter_key:
+            _raw, nets, bad = self.reservations()
+            small: set[int] = set()
+            large: list[IPNetwork] = []
+            for net in nets:
+                if net.num_addresses <= _EXPAND_LIMIT:
+                    small.update(range(int(net.network_address), int(net.broadcast_address) + 1))
+                else:
+                    large.append(net)
+            self._filter_key, self._filter = key, (small, large, bad)
+        return self._filter
+
     def auto_assign(self, owner: str, uid: str) -> list[str]:
-        _raw, nets, bad = self.reservations()
+        small, large, bad = self._reservation_filter()
         if bad:
             raise AllocationError(
                 f"failed to get IP reservations: invalid CIDR address in IPReservation: {bad[0]!r}"
             )
-        small: set[int] = set()
-        large: list[IPNetwork] = []
-        for net in nets:
-            if net.num_addresses <= _EXPAND_LIMIT:
-                small.update(range(int(net.network_address), int(net.broadcast_address) + 1))
-            else:
-                large.append(net)
-        in_use = {int(ipaddress.ip_address(ip)) for ip in self.allocated}
+        in_use = self._in_use
         chosen: list[str] = []
         for pool in self.pools:
             ip = self._lowest_free(pool, in_use, small, large)
@@ -120,12 +148,14 @@ class Allocator:
         self.release(uid)
         for ip in ips:
             self.allocated[ip] = owner
+            self._in_use.add(int(ipaddress.ip_address(ip)))
         self.by_pod[uid] = list(ips)
 
     def release(self, uid: str) -> list[str]:
         ips = self.by_pod.pop(uid, [])
         for ip in ips:
-            self.allocated.pop(ip, None)
+            if self.allocated.pop(ip, None) is not None:
+                self._in_use.discard(int(ipaddress.ip_address(ip)))
         return ips
 
     def snapshot(self) -> dict[str, Any]:

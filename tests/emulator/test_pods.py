@@ -77,6 +77,18 @@ async def test_reserved_ip_is_not_handed_out_until_released(http: Http, emu: Emu
     assert ips(q) == ["10.244.0.1"]
 
 
+async def test_every_change_of_a_reservation_counts_for_the_next_assignment(http: Http) -> None:
+    # The allocator keeps its parsed reservations between assignments: each write must show.
+    await http.post(CRD_RES, {"metadata": {"name": "r"}, "spec": {"reservedCIDRs": ["10.244.0.1/32"]}})
+    assert ips(await start(http, "a")) == ["10.244.0.2"]
+    await http.patch(f"{CRD_RES}/r", {"spec": {"reservedCIDRs": ["10.244.0.1/32", "10.244.0.3/32"]}})
+    assert ips(await start(http, "b")) == ["10.244.0.4"]
+    await http.request("DELETE", f"{CRD_RES}/r")
+    assert ips(await start(http, "c")) == ["10.244.0.1"]
+    await http.post(CRD_RES, {"metadata": {"name": "r"}, "spec": {"reservedCIDRs": ["10.244.0.3/32"]}})
+    assert ips(await start(http, "d")) == ["10.244.0.5"]
+
+
 async def test_v3_reservations_and_bare_ips_count() -> None:
     async with Emulator(calico="both", calico_variant="v3.31") as emu, aiohttp.ClientSession() as s:
         http = Http(emu.url, s, admin_ssl(emu))
