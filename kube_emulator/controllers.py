@@ -32,11 +32,36 @@ NS_KEY: Key = ("", "namespaces")
 class Controllers(Background):
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
+        # owner uid -> the objects whose ownerReferences name it (kube's GC keeps such a graph,
+        # uidToNode): a deletion looks up its dependents instead of scanning every object.
+        self._dependents: dict[str, set[tuple[Key, str, str]]] = {}
         super().__init__()
+
+    def _index(self, key: Key, obj: Obj | None, add: bool) -> None:
+        if obj is None:
+            return
+        meta = obj["metadata"]
+        ident = (key, meta.get("namespace") or "", meta["name"])
+        for ref in meta.get("ownerReferences") or []:
+            uid = ref.get("uid")
+            if not uid:
+                continue
+            if add:
+                self._dependents.setdefault(uid, set()).add(ident)
+            else:
+                dependents = self._dependents.get(uid)
+                if dependents is not None:
+                    dependents.discard(ident)
+                    if not dependents:
+                        del self._dependents[uid]
 
     def on_event(self, key: Key, event: WatchEvent) -> None:
         meta = event.obj["metadata"]
         old_meta = (event.old or {}).get("metadata") or {}
+        if meta.get("ownerReferences") or old_meta.get("ownerReferences"):
+            self._index(key, event.old, add=False)
+            if event.type != "DELETED":
+                self._index(key, event.obj, add=True)
         if (
             key == NS_KEY
             and event.type == "MODIFIED"
@@ -99,33 +124,35 @@ class Controllers(Background):
         orphan = uid in self.cluster.api.orphaning
         self.cluster.api.orphaning.discard(uid)
         store = self.cluster.store
-        seen: set[Key] = set()
-        for rt in self.cluster.registry.all():
-            if rt.key in seen:
+        types = {rt.key: rt for rt in self.cluster.registry.all()}
+        for key, dep_namespace, name in sorted(self._dependents.get(uid, ())):
+            rt = types.get(key)
+            # A namespaced owner's dependents are in its namespace (kube ignores other references).
+            if rt is None or (rt.namespaced and namespace and dep_namespace != namespace):
                 continue
-            seen.add(rt.key)
-            candidates = store.list(rt.key, namespace if rt.namespaced and namespace else None)
-            for obj in candidates:
-                refs = obj["metadata"].get("ownerReferences") or []
-                if not any(r.get("uid") == uid for r in refs):
-                    continue
-                if orphan:
-                    self._strip_reference(rt.key, obj, uid)
-                    continue
-                if any(r.get("uid") != uid and self._alive(r, obj) for r in refs):
-                    continue
-                if obj["metadata"].get("deletionTimestamp"):
-                    continue
-                try:
-                    await self.cluster.api.delete(
-                        rt,
-                        obj["metadata"].get("namespace"),
-                        obj["metadata"]["name"],
-                        {"preconditions": {"uid": obj["metadata"]["uid"]}},
-                        RequestContext(user=GARBAGE_COLLECTOR),
-                    )
-                except E.ApiError as exc:
-                    log.info("garbage collector: %s %s: %s", rt.plural, obj["metadata"]["name"], exc.message)
+            obj = store.get(key, dep_namespace or None, name)
+            if obj is None:
+                continue
+            refs = obj["metadata"].get("ownerReferences") or []
+            if not any(r.get("uid") == uid for r in refs):
+                continue
+            if orphan:
+                self._strip_reference(rt.key, obj, uid)
+                continue
+            if any(r.get("uid") != uid and self._alive(r, obj) for r in refs):
+                continue
+            if obj["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                await self.cluster.api.delete(
+                    rt,
+                    obj["metadata"].get("namespace"),
+                    obj["metadata"]["name"],
+                    {"preconditions": {"uid": obj["metadata"]["uid"]}},
+                    RequestContext(user=GARBAGE_COLLECTOR),
+                )
+            except E.ApiError as exc:
+                log.info("garbage collector: %s %s: %s", rt.plural, obj["metadata"]["name"], exc.message)
 
     def _alive(self, ref: Obj, dependent: Obj) -> bool:
         api_version = str(ref.get("apiVersion", ""))

@@ -216,6 +216,46 @@ async def test_garbage_collection_of_owned_pods(http: Http) -> None:
     raise AssertionError("owned pod not garbage-collected")
 
 
+async def test_garbage_collection_follows_references_as_they_change(http: Http) -> None:
+    """Dependents are found by their current ownerReferences (set at creation or added later), only
+    in the owner's namespace, and not while another owner is alive."""
+    cms = "/api/v1/namespaces/{}/configmaps"
+    _, owner, _ = await http.post(cms.format("default"), {"metadata": {"name": "owner"}})
+    _, other, _ = await http.post(cms.format("default"), {"metadata": {"name": "other"}})
+    await http.post("/api/v1/namespaces", {"metadata": {"name": "elsewhere"}})
+
+    def ref(obj: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "name": obj["metadata"]["name"],
+            "uid": obj["metadata"]["uid"],
+        }
+
+    await http.post(cms.format("default"), {"metadata": {"name": "later"}})
+    await http.patch(f"{cms.format('default')}/later", {"metadata": {"ownerReferences": [ref(owner)]}})
+    await http.post(
+        cms.format("default"), {"metadata": {"name": "shared", "ownerReferences": [ref(owner), ref(other)]}}
+    )
+    await http.post(
+        cms.format("elsewhere"), {"metadata": {"name": "foreign", "ownerReferences": [ref(owner)]}}
+    )
+    await http.post(cms.format("default"), {"metadata": {"name": "dropped", "ownerReferences": [ref(owner)]}})
+    await http.patch(f"{cms.format('default')}/dropped", {"metadata": {"ownerReferences": None}})
+
+    await http.delete(f"{cms.format('default')}/owner")
+    for _ in range(100):
+        if (await http.get(f"{cms.format('default')}/later"))[0] == 404:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("a reference added by an update was not followed")
+    await asyncio.sleep(0.1)
+    assert (await http.get(f"{cms.format('default')}/shared"))[0] == 200  # its other owner lives
+    assert (await http.get(f"{cms.format('elsewhere')}/foreign"))[0] == 200  # another namespace
+    assert (await http.get(f"{cms.format('default')}/dropped"))[0] == 200  # reference removed
+
+
 async def test_api_fault_injection(http: Http, emu: Emulator) -> None:
     fid = await emu.control.add_fault("api", method="PATCH", path="/configmaps/", status=500, times=1)
     await http.post("/api/v1/namespaces/default/configmaps", {"metadata": {"name": "x"}})
