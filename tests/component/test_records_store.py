@@ -13,6 +13,7 @@ from capo_operator.decisions.policy import Owner
 from capo_operator.decisions.record import GROUP, PLURAL, RELEASING_ANNOTATION, VERSION, PodRef, Record
 from capo_operator.kube import records as records_module
 from capo_operator.kube.records import RecordStore
+from capo_operator.kube.transport import ApiError
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -50,6 +51,16 @@ async def test_create_list_and_duplicate(cluster: Cluster) -> None:
         ),
     )
     assert [i["metadata"]["name"] for i in selected["items"]] == ["10.0.0.1"]
+
+
+async def test_a_failed_create_raises_with_the_status_and_creates_nothing(cluster: Cluster) -> None:
+    store = RecordStore(cluster.api)
+    await cluster.emu.control.add_fault(method="POST", path="reservedips", status=500, times=1)
+    with pytest.raises(ApiError) as failed:
+        await store.create(make("10.0.0.1"))
+    assert failed.value.status == 500
+    assert await store.list() == []
+    assert await store.create(make("10.0.0.1"))  # the retry
 
 
 async def test_a_recovered_record_without_a_pod(cluster: Cluster) -> None:
