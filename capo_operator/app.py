@@ -40,7 +40,7 @@ from capo_operator.kube.ledger import Ledger
 from capo_operator.kube.records import RecordStore
 from capo_operator.kube.slim import CoreV1
 from capo_operator.metrics import Metrics
-from capo_operator.serving import probes
+from capo_operator.serving import probes, reviews
 from capo_operator.serving.certs import BuiltinCertificates, ReloadingWebhookServer, certificate_expiry
 from capo_operator.serving.handlers import Memo  # importing it registers the Kopf handlers
 from capo_operator.serving.probes import Readiness
@@ -232,17 +232,21 @@ class KopfShutdownNoise(logging.Filter):
         return not any(mark in message for mark in self._MARKS)
 
 
-def kopf_settings(config: Config, cert: Path, key: Path) -> kopf.OperatorSettings:
+def kopf_settings(
+    config: Config, cert: Path, key: Path, shortcut: reviews.Shortcut | None = None
+) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     # Reloads a renewed certificate in place: Kopf's own server restarts its listener on a change
     # and refuses connections for a moment.
-    settings.admission.server = ReloadingWebhookServer(
+    server = ReloadingWebhookServer(
         addr=None,  # every interface, IPv6 included (aiohttp's None)
         port=config.webhook_port,
         certfile=str(cert),
         pkeyfile=str(key),
         file_check_interval=10,
     )
+    server.shortcut = shortcut  # a deletion's repeated reviews, answered before Kopf's dispatch
+    settings.admission.server = server
     settings.admission.managed = None  # the webhook configuration ships with the manifests
     settings.posting.enabled = False  # our own Events say more than Kopf's per-handler ones
     # Kopf only serves admission (the caches are our informers): it needs the resources found at
@@ -677,7 +681,7 @@ async def _run(
         readiness.missing_permissions = conn.missing_permissions
 
         cert_file, key_file, builtin = await webhook_certificates(options, api, metrics, sup)
-        settings = kopf_settings(config, cert_file, key_file)
+        settings = kopf_settings(config, cert_file, key_file, shortcut=op.admission.repeated)
         webhook_server = settings.admission.server
 
         def ready() -> tuple[bool, str]:

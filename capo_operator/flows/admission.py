@@ -58,6 +58,24 @@ class Admission:
         self.metrics = metrics
         self.events = events
 
+    def repeated(self, request: Mapping[str, Any]) -> bool:
+        """A pods DELETE review (not a dry run) of a pod this replica reserved already: the same
+        deletion's next call, answered "allowed" with nothing to do (outcome repeated), before any
+        handler dispatch. `request` is a checked review's request (serving/reviews.py)."""
+        if (
+            request.get("operation") != "DELETE"
+            or request.get("dryRun")
+            or request.get("subResource")
+            or (request.get("resource") or {}).get("resource") != "pods"
+        ):
+            return False
+        uid = ((request.get("oldObject") or {}).get("metadata") or {}).get("uid")
+        if not uid or uid not in self.recent:
+            return False
+        self.metrics.webhook_requests.labels(operation="delete", outcome="repeated").inc()
+        self.metrics.webhook_duration.labels(operation="delete").observe(0.0)
+        return True
+
     async def namespace_facts(self, name: str) -> NamespaceFacts | None:
         cached = self.views.namespace(name)
         if cached is not None:

@@ -591,11 +591,12 @@ class ReloadingWebhookServer(kopf.WebhookServer):
     """
 
     serving = False
+    shortcut: reviews.Shortcut | None = None  # reviews answered without Kopf (the repeats)
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:  # kopf.WebhookFn -> WebhookClientConfig
         async def serve(request: aiohttp.web.Request) -> aiohttp.web.Response:
             # Checked before Kopf reads it, and always answered in time (capo_operator/serving/reviews.py).
-            return await reviews.serve(fn, request)
+            return await reviews.serve(fn, request, shortcut=self.shortcut)
 
         cadata, context = self._build_ssl()
         path = self.path.rstrip("/") if self.path else ""

@@ -88,6 +88,30 @@ async def test_repeated_review_of_same_pod_makes_no_store_call(h: Harness) -> No
     assert h.sample("capo_reservations_total", trigger="delete") == 1
 
 
+def delete_request(uid: str, **changes: Any) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "operation": "DELETE",
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "oldObject": {"metadata": {"name": "db-0", "namespace": "db", "uid": uid}},
+    }
+    request.update(changes)
+    return request
+
+
+async def test_a_deletions_repeated_call_is_answered_before_any_handler(h: Harness) -> None:
+    pod = h.add_pod(make_pod())
+    assert not h.op.admission.repeated(delete_request(pod.uid))  # not reserved yet: the handler runs
+    await review(h, pod)
+
+    assert h.op.admission.repeated(delete_request(pod.uid))
+    assert outcome(h, "repeated") == 1
+    # Not a repeat: a dry run, an eviction (the pod's own DELETE follows), another pod.
+    assert not h.op.admission.repeated(delete_request(pod.uid, dryRun=True))
+    assert not h.op.admission.repeated(delete_request(pod.uid, subResource="eviction", operation="CREATE"))
+    assert not h.op.admission.repeated(delete_request("someone-else"))
+    assert outcome(h, "repeated") == 1
+
+
 async def test_the_answer_waits_for_the_calico_write_only(h: Harness) -> None:
     h.records.gate = asyncio.Event()  # record creation hangs
     pod = h.add_pod(make_pod(ips=("10.0.0.1",)))

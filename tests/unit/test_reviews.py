@@ -131,3 +131,30 @@ async def test_a_slow_handler_is_answered_in_time_and_finishes_in_the_background
             "warnings": ["capo-operator could not check this request (timed out)"],
         }
         await asyncio.wait_for(finished.wait(), 2)  # not cancelled: it queues its own retries
+
+
+async def test_a_review_the_shortcut_answers_never_reaches_the_handler() -> None:
+    reached: list[str] = []
+
+    async def handler(data: Any, **_: Any) -> dict[str, Any]:
+        reached.append(data["request"]["uid"])
+        return reviews.allowed(data["request"]["uid"], "from the handler")
+
+    def shortcut(request: Any) -> bool:
+        return bool(request["oldObject"]["metadata"]["uid"] == "p-1")  # a repeat of this pod
+
+    async def handle(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        return await reviews.serve(handler, request, shortcut=shortcut)
+
+    app = aiohttp.web.Application()
+    app.router.add_post("/{id}", handle)
+    async with TestClient(TestServer(app)) as http:
+        resp = await http.post("/reserve-on-delete", data=json.dumps(REVIEW))
+        assert (await resp.json())["response"] == {"uid": "r-1", "allowed": True}
+        other = changed(("request", "oldObject", "metadata", "uid"), "p-2")
+        resp = await http.post("/reserve-on-delete", data=json.dumps(other))
+        assert (await resp.json())["response"]["warnings"] == ["from the handler"]
+        # A malformed review is refused before any shortcut (it never reads one).
+        resp = await http.post("/reserve-on-delete", data=json.dumps(changed(("request", "uid"), 7)))
+        assert resp.status == 400
+    assert reached == ["r-1"]
