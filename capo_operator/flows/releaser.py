@@ -609,6 +609,17 @@ class Releaser:
         # Only a marked record's IP may leave Calico: an unmarked one would be re-added.
         releasing.update((rel.name, rel.reason) for rel in marked)
         manual = set(self.manual_releases)
+        # A record of the IP made since its deletion (a late write of the same pod's reservation,
+        # or a new one) stands: the person's release was of the deleted record, not of this hold.
+        reserved_again = {
+            ip
+            for ip in manual
+            if (r := records.get(record_name(ip))) is not None and not r.deleting and r.releasing is None
+        }
+        for ip in reserved_again:
+            self.manual_releases.discard(ip)
+            logger.info("not releasing %s: its record was deleted, but it is reserved again", ip)
+        manual -= reserved_again
         removed = await self._release(records, releasing, deleted, manual, now)
         return _Planned(records, releasing, deleted, manual, removed, the_plan.next_deadline)
 

@@ -286,6 +286,22 @@ async def test_manual_release_removes_from_calico_and_counts(h: Harness) -> None
     assert h.sample("capo_releases_total", reason="manual") == 1
 
 
+async def test_a_manual_release_leaves_an_ip_reserved_again_since(h: Harness) -> None:
+    # A person deleted the record of 10.0.0.7; before the leader's next pass, a late write of the
+    # same pod's reservation (its review had run out of time) made a new record of it. Taking the
+    # IP out of Calico now would leave that hold without its entry: the IP could be handed out.
+    h.op.manual_releases.add("10.0.0.7")
+    h.add_record(make_record("10.0.0.7", age=timedelta(seconds=1)))
+
+    await releaser(h).pass_once()
+
+    assert h.calico.ips == {"10.0.0.7"}
+    assert ("calico.remove", ("10.0.0.7",)) not in list(h.journal)
+    assert set(h.records.items) == {"10.0.0.7"}
+    assert h.op.manual_releases == set()
+    assert h.sample("capo_releases_total", reason="manual") == 0
+
+
 async def test_clock_of_a_record_whose_pod_survived_is_stopped(h: Harness) -> None:
     pod = h.add_pod(make_pod(name="pod-10.0.0.1", uid="uid-10.0.0.1"))  # eviction refused by a PDB
     h.add_record(make_record("10.0.0.1", age=timedelta(minutes=50), expires_in=timedelta(minutes=-10)))
