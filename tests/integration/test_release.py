@@ -17,10 +17,19 @@ async def test_cap_releases_the_oldest(capo: Harness) -> None:
     await capo.start_operators(1, reserve_time="60s", max_count=n)
     ns = await c.create_namespace("apps")
     ips = [pod_ip(await c.create_pod(ns, f"redis-{i}")) for i in range(n + k)]
-    # One at a time, each reserved before the next: the age order is the deletion order.
+    # One at a time, each reserved and its hold's clock running (the pod is gone) before the
+    # next: the age order is the deletion order. (A pass that sees a pod still terminating stops
+    # its record's clock and restarts it once the pod is gone, so without the wait a later
+    # deletion's record could be older than an earlier one's.)
     for i, ip in enumerate(ips):
         await c.delete_pod(ns, f"redis-{i}")
         await capo.wait_reserved(ip)
+        await eventually(
+            c.records,
+            lambda records, ip=ip: bool(((records.get(ip) or {}).get("spec") or {}).get("expiresAt")),
+            within=15,
+            what=f"the hold of {ip} to be running",
+        )
         if i >= n:
             await capo.wait_released(ips[i - n])
     assert set(await c.records()) == set(ips[k:])
